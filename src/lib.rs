@@ -1,0 +1,8 @@
+//! placeholder, replaced below
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
+
+mod host_fs;
+pub mod pattern;
+
+pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};

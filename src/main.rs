@@ -1,0 +1,2 @@
+//! The `disk-reserve` command line (placeholder until the CLI lands).
+fn main() {}
