@@ -1,8 +1,69 @@
-//! placeholder, replaced below
+//! A **structural disk reserve**: a file of really-allocated blocks in a program's home
+//! directory.
+//!
+//! While the reserve exists the kernel counts its blocks as used, so every writer on that
+//! filesystem hits `ENOSPC` that many bytes early — no policy code at any write site, the
+//! kernel enforces the floor at every `write(2)`. When the disk is full, an operator
+//! deletes the reserve (`unlink` needs no free space) and has that many bytes to run the
+//! recovery commands in. The next [`Reserve::ensure`] lays it down again once there is
+//! room, never taking the filesystem below its headroom.
+//!
+//! # A runtime at start-up (real filesystem)
+//!
+//! ```
+//! use disk_reserve::{is_out_of_space, Ensured, RealFs, Reserve, ReserveConfig};
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let home = dir.path();
+//! let reserve = Reserve::new(RealFs::new(), home, ReserveConfig::with_size_bytes(4 << 20))?;
+//! match reserve.ensure()? {
+//!     Ensured::Deferred { free_bytes, needed_bytes } => {
+//!         eprintln!("disk reserve deferred: {free_bytes} bytes free, {needed_bytes} needed");
+//!     }
+//!     _ => {}
+//! }
+//! // Later, when one of the runtime's own errors is out-of-space:
+//! let err = std::io::Error::from_raw_os_error(libc::ENOSPC);
+//! if is_out_of_space(&err) {
+//!     eprintln!("{}", reserve.out_of_space_hint());
+//! }
+//! # Ok::<(), disk_reserve::Error>(())
+//! ```
+//!
+//! # A test on a full disk (simulated filesystem)
+//!
+//! ```
+//! use disk_reserve::{Ensured, Released, Reserve, ReserveConfig, SimFs};
+//! let fs = SimFs::with_home(1 << 30, "/srv/app")?;
+//! let reserve = Reserve::new(fs.clone(), "/srv/app", ReserveConfig::default()).unwrap();
+//! reserve.ensure().unwrap();
+//! fs.set_free(0)?; // other writers ate every remaining byte
+//! assert!(matches!(reserve.ensure().unwrap(), Ensured::Present { .. }));
+//! assert_eq!(reserve.release().unwrap(), Released::Released { freed_bytes: 64 << 20 });
+//! assert_eq!(fs.free_bytes(), 64 << 20); // the lifeboat
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Layout
+//! [`HostFs`] is the one trait between the lifecycle and a filesystem; [`RealFs`] is the
+//! kernel (all `unsafe` lives there), [`SimFs`] a bounded in-memory filesystem with
+//! fault injection. [`Reserve`] is the lifecycle, [`decide`] its pure decision,
+//! [`Error`] the error type, [`is_out_of_space`] the classifier.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+mod classify;
+mod config;
+mod decision;
+mod error;
 mod host_fs;
 pub mod pattern;
+mod reserve;
+mod size;
 
+pub use classify::{is_out_of_space, out_of_space_hint};
+pub use config::{DEFAULT_FILE_NAME, DEFAULT_SIZE_BYTES, ReserveConfig, Strategy};
+pub use decision::{Condition, Observed, Plan, decide};
+pub use error::{Error, Operation, Result};
 pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+pub use reserve::{Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES};
+pub use size::{HumanBytes, SizeSpec};

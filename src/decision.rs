@@ -1,0 +1,410 @@
+//! The pure decision: given what `ensure` observed, what should it do?
+//!
+//! No I/O happens here. [`decide`] is a function of plain values, so the rules it encodes
+//! (1: count allocated bytes, not length; 4: headroom; 7: refuse what is not a regular
+//! file; 9: shrink what is too big) are property-tested directly in this module and in
+//! `tests/decision_props.rs`.
+
+use crate::{FileKind, Probe, Space};
+
+/// What is at the reserve path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Nothing.
+    Absent,
+    /// A regular file of `len` bytes with `allocated_bytes` really allocated.
+    Regular {
+        /// Length in bytes.
+        len: u64,
+        /// Allocated bytes (`st_blocks * 512`).
+        allocated_bytes: u64,
+    },
+    /// Something that is not a regular file.
+    Other(FileKind),
+}
+
+impl Observed {
+    /// What a probe found, in the decision's terms.
+    pub fn from_probe(probe: Option<Probe>) -> Observed {
+        match probe {
+            None => Observed::Absent,
+            Some(Probe {
+                kind: FileKind::Regular,
+                len,
+                allocated_bytes,
+            }) => Observed::Regular {
+                len,
+                allocated_bytes,
+            },
+            Some(p) => Observed::Other(p.kind),
+        }
+    }
+
+    /// Bytes the reserve really holds (0 when absent or not a regular file).
+    pub fn allocated_bytes(self) -> u64 {
+        match self {
+            Observed::Regular {
+                allocated_bytes, ..
+            } => allocated_bytes,
+            _ => 0,
+        }
+    }
+
+    /// The condition of the reserve against a target size.
+    pub fn condition(self, size_bytes: u64) -> Condition {
+        match self {
+            Observed::Absent => Condition::Absent,
+            Observed::Other(kind) => Condition::NotARegularFile(kind),
+            Observed::Regular {
+                len,
+                allocated_bytes,
+            } => {
+                if len > size_bytes {
+                    Condition::Oversized
+                } else if allocated_bytes < len {
+                    Condition::Sparse
+                } else if len == size_bytes && allocated_bytes >= size_bytes {
+                    Condition::Complete
+                } else {
+                    Condition::Partial
+                }
+            }
+        }
+    }
+
+    /// Bytes `ensure` must still allocate to make the reserve complete (rule 4's
+    /// `missing = size - allocated`).
+    pub fn missing_bytes(self, size_bytes: u64) -> u64 {
+        size_bytes.saturating_sub(self.allocated_bytes().min(size_bytes))
+    }
+}
+
+/// The state of the reserve compared with the configured size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// No file.
+    Absent,
+    /// Exactly the configured length, fully allocated.
+    Complete,
+    /// Dense but shorter than the configured size (a crash or a killed `ensure`).
+    Partial,
+    /// Fewer allocated bytes than its length (e.g. made by `truncate -s`): not a reserve.
+    Sparse,
+    /// Longer than the configured size.
+    Oversized,
+    /// Not a regular file; never touched.
+    NotARegularFile(FileKind),
+}
+
+impl Condition {
+    /// A lower-case word for messages: `absent`, `complete`, `partial`, `sparse`,
+    /// `oversized`, `not a regular file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Absent => "absent",
+            Condition::Complete => "complete",
+            Condition::Partial => "partial",
+            Condition::Sparse => "sparse",
+            Condition::Oversized => "oversized",
+            Condition::NotARegularFile(_) => "not a regular file",
+        }
+    }
+}
+
+/// What `ensure` should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// The reserve is complete: nothing.
+    Nothing,
+    /// Something that is not a regular file is at the path: refuse, touch nothing.
+    Refuse(FileKind),
+    /// Longer than configured: truncate to the size, then decide again (rule 9).
+    Shrink {
+        /// The current length.
+        from_len: u64,
+    },
+    /// The decision needs the free space (`statvfs`) before it can choose.
+    NeedSpace,
+    /// Not enough free space to allocate and still leave the headroom (rule 4).
+    Defer {
+        /// Free bytes seen.
+        free_bytes: u64,
+        /// Free bytes needed: what is missing plus the headroom.
+        needed_bytes: u64,
+    },
+    /// No file: create it and allocate `[0, size)`.
+    Create,
+    /// A dense file shorter than the size: allocate `[from_len, size)`.
+    Extend {
+        /// The current length.
+        from_len: u64,
+    },
+    /// A sparse file: cut it to 0 and allocate `[0, size)` (its holes cannot be found
+    /// through the portable interface, and its blocks are the reserve's own).
+    Refill {
+        /// The current length, restored if the refill fails.
+        from_len: u64,
+    },
+}
+
+impl Plan {
+    /// What `ensure` would do, in a word or two: `nothing`, `refuse`, `shrink`, `defer`,
+    /// `create`, `top up`, or `check free space`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Nothing => "nothing",
+            Plan::Refuse(_) => "refuse",
+            Plan::Shrink { .. } => "shrink",
+            Plan::NeedSpace => "check free space",
+            Plan::Defer { .. } => "defer",
+            Plan::Create => "create",
+            Plan::Extend { .. } | Plan::Refill { .. } => "top up",
+        }
+    }
+
+    /// Whether this plan allocates space.
+    pub fn allocates(self) -> bool {
+        matches!(
+            self,
+            Plan::Create | Plan::Extend { .. } | Plan::Refill { .. }
+        )
+    }
+}
+
+/// Decides what `ensure` does, from what it observed.
+///
+/// `space` may be `None` on the first call: a complete, oversized or refused reserve
+/// needs no `statvfs`, and the result is [`Plan::NeedSpace`] only when it does.
+///
+/// Rule 4: allocation happens only when `free >= missing + headroom`; one byte less
+/// defers. A reserve that misses nothing (all blocks there, length short) is extended
+/// without a space check, since extending it costs no space.
+///
+/// ```
+/// use disk_reserve::{decide, Observed, Plan, Space};
+/// let mib = 1 << 20;
+/// let space = Space { free_bytes: 128 * mib, total_bytes: 1024 * mib };
+/// assert_eq!(decide(Observed::Absent, 64 * mib, 64 * mib, Some(space)), Plan::Create);
+/// let tight = Space { free_bytes: 128 * mib - 1, ..space };
+/// assert!(matches!(decide(Observed::Absent, 64 * mib, 64 * mib, Some(tight)), Plan::Defer { .. }));
+/// ```
+pub fn decide(
+    observed: Observed,
+    size_bytes: u64,
+    headroom_bytes: u64,
+    space: Option<Space>,
+) -> Plan {
+    let (len, allocated_bytes) = match observed {
+        Observed::Other(kind) => return Plan::Refuse(kind),
+        Observed::Absent => (None, 0),
+        Observed::Regular {
+            len,
+            allocated_bytes,
+        } => (Some(len), allocated_bytes),
+    };
+    if let Some(len) = len {
+        if len > size_bytes {
+            return Plan::Shrink { from_len: len };
+        }
+        if len == size_bytes && allocated_bytes >= size_bytes {
+            return Plan::Nothing;
+        }
+    }
+    let missing = observed.missing_bytes(size_bytes);
+    let fill = match len {
+        None => Plan::Create,
+        Some(len) if allocated_bytes < len => Plan::Refill { from_len: len },
+        Some(len) => Plan::Extend { from_len: len },
+    };
+    if missing == 0 {
+        return fill;
+    }
+    let Some(space) = space else {
+        return Plan::NeedSpace;
+    };
+    match missing.checked_add(headroom_bytes) {
+        Some(needed) if space.free_bytes >= needed => fill,
+        needed => Plan::Defer {
+            free_bytes: space.free_bytes,
+            needed_bytes: needed.unwrap_or(u64::MAX),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn space(free_bytes: u64) -> Option<Space> {
+        Some(Space {
+            free_bytes,
+            total_bytes: 1 << 40,
+        })
+    }
+
+    /// Rule 4 at the boundary: one byte below `missing + headroom` defers, exactly at it
+    /// allocates.
+    #[test]
+    fn rule4_headroom_boundary_is_exact() {
+        let size = 64 * MIB;
+        let at = space(2 * size);
+        let below = space(2 * size - 1);
+        assert_eq!(decide(Observed::Absent, size, size, at), Plan::Create);
+        assert_eq!(
+            decide(Observed::Absent, size, size, below),
+            Plan::Defer {
+                free_bytes: 2 * size - 1,
+                needed_bytes: 2 * size
+            },
+            "rule 4: one byte below missing + headroom must defer"
+        );
+        // A half-allocated reserve needs only the missing half plus headroom.
+        let half = Observed::Regular {
+            len: size / 2,
+            allocated_bytes: size / 2,
+        };
+        assert_eq!(
+            decide(half, size, size, space(size + size / 2)),
+            Plan::Extend { from_len: size / 2 }
+        );
+        assert!(matches!(
+            decide(half, size, size, space(size + size / 2 - 1)),
+            Plan::Defer { .. }
+        ));
+    }
+
+    /// Rule 1: a sparse file of the right length is not a reserve; it is refilled.
+    #[test]
+    fn rule1_sparse_file_of_right_length_is_refilled() {
+        let sparse = Observed::Regular {
+            len: 64 * MIB,
+            allocated_bytes: 0,
+        };
+        assert_eq!(
+            decide(sparse, 64 * MIB, 0, None),
+            Plan::NeedSpace,
+            "rule 1: a sparse file must not count as complete"
+        );
+        assert_eq!(
+            decide(sparse, 64 * MIB, 0, space(64 * MIB)),
+            Plan::Refill { from_len: 64 * MIB }
+        );
+    }
+
+    /// Rule 4's corollary: a complete reserve needs no statvfs.
+    #[test]
+    fn rule4_complete_reserve_needs_no_space() {
+        let complete = Observed::Regular {
+            len: 64 * MIB,
+            allocated_bytes: 64 * MIB + 4096,
+        };
+        assert_eq!(decide(complete, 64 * MIB, 64 * MIB, None), Plan::Nothing);
+    }
+
+    /// Rule 9: longer than configured is shrunk, whatever the free space.
+    #[test]
+    fn rule9_oversized_is_shrunk_without_space() {
+        let big = Observed::Regular {
+            len: 128 * MIB,
+            allocated_bytes: 128 * MIB,
+        };
+        assert_eq!(
+            decide(big, 64 * MIB, 64 * MIB, None),
+            Plan::Shrink {
+                from_len: 128 * MIB
+            }
+        );
+    }
+
+    /// Rule 7: anything not a regular file is refused before anything else.
+    #[test]
+    fn rule7_non_regular_is_refused() {
+        for kind in [
+            FileKind::Symlink,
+            FileKind::Directory,
+            FileKind::Fifo,
+            FileKind::Socket,
+        ] {
+            assert_eq!(
+                decide(Observed::Other(kind), MIB, MIB, space(0)),
+                Plan::Refuse(kind)
+            );
+        }
+    }
+
+    /// Headroom that overflows `u64` defers rather than wrapping around.
+    #[test]
+    fn overflowing_headroom_defers() {
+        assert!(matches!(
+            decide(Observed::Absent, MIB, u64::MAX, space(u64::MAX)),
+            Plan::Defer {
+                needed_bytes: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    fn observed() -> impl Strategy<Value = Observed> {
+        prop_oneof![
+            Just(Observed::Absent),
+            (0..1u64 << 32, 0..1u64 << 32).prop_map(|(len, allocated_bytes)| {
+                Observed::Regular {
+                    len,
+                    allocated_bytes,
+                }
+            }),
+            Just(Observed::Other(FileKind::Symlink)),
+        ]
+    }
+
+    proptest! {
+        /// Rule 4 as an invariant: whenever the plan allocates, free space after
+        /// allocating what is missing is still at least the headroom.
+        #[test]
+        fn prop_allocation_never_goes_below_headroom(
+            obs in observed(),
+            size in 1..1u64 << 32,
+            headroom in 0..1u64 << 33,
+            free in 0..1u64 << 34,
+        ) {
+            let plan = decide(obs, size, headroom, space(free));
+            if plan.allocates() {
+                let missing = obs.missing_bytes(size);
+                prop_assert!(missing == 0 || free - missing >= headroom,
+                    "rule 4: plan {plan:?} leaves {} < headroom {headroom}", free.saturating_sub(missing));
+            }
+        }
+
+        /// The plan is Nothing exactly when the reserve is complete.
+        #[test]
+        fn prop_nothing_iff_complete(
+            obs in observed(),
+            size in 1..1u64 << 32,
+            free in 0..1u64 << 34,
+        ) {
+            let plan = decide(obs, size, size, space(free));
+            prop_assert_eq!(plan == Plan::Nothing, obs.condition(size) == Condition::Complete);
+        }
+
+        /// Without free space the decision asks for it only when it would allocate.
+        #[test]
+        fn prop_need_space_only_when_allocating(
+            obs in observed(),
+            size in 1..1u64 << 32,
+            headroom in 0..1u64 << 33,
+            free in 0..1u64 << 34,
+        ) {
+            let without = decide(obs, size, headroom, None);
+            let with = decide(obs, size, headroom, space(free));
+            if without == Plan::NeedSpace {
+                let allocates_or_defers = with.allocates() || matches!(with, Plan::Defer { .. });
+                prop_assert!(allocates_or_defers, "NeedSpace resolved to {:?}", with);
+            } else {
+                prop_assert_eq!(without, with);
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The crate's one error type: which operation failed, on which path, and why.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use camino::Utf8PathBuf;
+
+use crate::FileKind;
+
+/// The filesystem operation a reserve call was doing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `lstat` of the reserve path or the home directory.
+    Probe,
+    /// `statvfs` of the home directory.
+    ReadSpace,
+    /// `flock` of the home directory.
+    Lock,
+    /// Creating the reserve file.
+    Create,
+    /// `fallocate` of the reserve.
+    Allocate,
+    /// Writing the incompressible fill.
+    Write,
+    /// `ftruncate` of the reserve (shrinking or rolling back).
+    Truncate,
+    /// `fsync` of the reserve file.
+    SyncFile,
+    /// `fsync` of the home directory.
+    SyncDir,
+    /// `unlink` of the reserve.
+    Remove,
+}
+
+impl Operation {
+    /// What the operation did, as the start of an error message: `"allocate reserve"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Probe => "inspect",
+            Operation::ReadSpace => "read free space of",
+            Operation::Lock => "lock home directory",
+            Operation::Create => "create reserve",
+            Operation::Allocate => "allocate reserve",
+            Operation::Write => "write reserve",
+            Operation::Truncate => "truncate reserve",
+            Operation::SyncFile => "sync reserve",
+            Operation::SyncDir => "sync home directory",
+            Operation::Remove => "remove reserve",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong in [`Reserve`](crate::Reserve) calls.
+///
+/// Each variant names the path; those caused by an I/O error keep it as the
+/// [`source`](std::error::Error::source) with its `kind()` and raw errno intact, so
+/// [`is_out_of_space`](crate::is_out_of_space) sees through it. Messages read like
+/// ``allocate reserve `/srv/app/.reserve`: No space left on device (os error 28)``.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The home directory does not exist.
+    #[error("home directory `{path}` does not exist")]
+    HomeMissing {
+        /// The home directory.
+        path: Utf8PathBuf,
+        /// The `ENOENT` that said so.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The home path exists but is not a directory.
+    #[error("home `{path}` is not a directory")]
+    HomeNotDirectory {
+        /// The home path.
+        path: Utf8PathBuf,
+        /// The `ENOTDIR` that said so.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Something other than a regular file is at the reserve path; it was left as it was.
+    #[error("`{path}` is a {kind}, not a regular file; refusing to touch it")]
+    NotARegularFile {
+        /// The reserve path.
+        path: Utf8PathBuf,
+        /// What is there instead.
+        kind: FileKind,
+    },
+
+    /// The filesystem is mounted read-only.
+    #[error("{op} `{path}`: the filesystem is read-only ({source})")]
+    ReadOnly {
+        /// What was being done.
+        op: Operation,
+        /// The path it was done to.
+        path: Utf8PathBuf,
+        /// The `EROFS`.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The process may not do this to the path.
+    #[error("{op} `{path}`: permission denied ({source})")]
+    PermissionDenied {
+        /// What was being done.
+        op: Operation,
+        /// The path it was done to.
+        path: Utf8PathBuf,
+        /// The `EACCES` or `EPERM`.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Any other I/O failure, including `ENOSPC` and `EDQUOT` from a racing writer.
+    #[error("{op} `{path}`: {source}")]
+    Io {
+        /// What was being done.
+        op: Operation,
+        /// The path it was done to.
+        path: Utf8PathBuf,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The configured size is zero.
+    #[error("reserve size for `{path}` is 0 bytes; a reserve must be at least 1 byte")]
+    ZeroSize {
+        /// The reserve path.
+        path: Utf8PathBuf,
+    },
+
+    /// The configured size does not fit on the filesystem at all.
+    #[error(
+        "reserve size {size_bytes} bytes for `{path}` is larger than the whole filesystem ({total_bytes} bytes)"
+    )]
+    SizeExceedsFilesystem {
+        /// The reserve path.
+        path: Utf8PathBuf,
+        /// The configured size.
+        size_bytes: u64,
+        /// The filesystem's size.
+        total_bytes: u64,
+    },
+
+    /// `fallocate` reported success but the blocks did not appear (a copy-on-write or
+    /// compressing filesystem such as ZFS) and the strategy forbids writing data.
+    #[error(
+        "allocate reserve `{path}`: fallocate succeeded but only {allocated_bytes} of {size_bytes} bytes are allocated; use the `auto` or `write` strategy on this filesystem"
+    )]
+    NotAllocated {
+        /// The reserve path.
+        path: Utf8PathBuf,
+        /// Bytes allocated after `fallocate`.
+        allocated_bytes: u64,
+        /// The configured size.
+        size_bytes: u64,
+    },
+
+    /// The configured file name is empty, `.`/`..`, or contains a `/` or NUL.
+    #[error("reserve file name {name:?} must be a single path component")]
+    InvalidFileName {
+        /// The rejected name.
+        name: String,
+    },
+
+    /// A path given to the library is not valid UTF-8.
+    #[error("path {path:?} is not valid UTF-8")]
+    NonUtf8Path {
+        /// The path as given.
+        path: PathBuf,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error from `op` on `path`, choosing the most telling variant:
+    /// `EROFS` → [`ReadOnly`](Error::ReadOnly), `EACCES`/`EPERM` →
+    /// [`PermissionDenied`](Error::PermissionDenied), anything else →
+    /// [`Io`](Error::Io).
+    pub fn io(op: Operation, path: impl Into<Utf8PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::EROFS) => Error::ReadOnly { op, path, source },
+            Some(libc::EACCES | libc::EPERM) => Error::PermissionDenied { op, path, source },
+            _ => Error::Io { op, path, source },
+        }
+    }
+
+    /// The I/O error underneath, if this error has one.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Error::HomeMissing { source, .. }
+            | Error::HomeNotDirectory { source, .. }
+            | Error::ReadOnly { source, .. }
+            | Error::PermissionDenied { source, .. }
+            | Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The path the error is about (the home, the reserve, or the non-UTF-8 path as
+    /// lossy text), for messages such as the operator hint.
+    pub fn path(&self) -> Option<&camino::Utf8Path> {
+        match self {
+            Error::HomeMissing { path, .. }
+            | Error::HomeNotDirectory { path, .. }
+            | Error::NotARegularFile { path, .. }
+            | Error::ReadOnly { path, .. }
+            | Error::PermissionDenied { path, .. }
+            | Error::Io { path, .. }
+            | Error::ZeroSize { path }
+            | Error::NotAllocated { path, .. }
+            | Error::SizeExceedsFilesystem { path, .. } => Some(path),
+            Error::InvalidFileName { .. } | Error::NonUtf8Path { .. } => None,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
