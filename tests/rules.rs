@@ -1,0 +1,774 @@
+//! The twelve rules of the design, each shown by tests that fail when the rule is broken.
+//! Test names start with the rule they guard. Most run on `SimFs`; where the kernel's own
+//! behaviour is the point, on `RealFs` in a temporary directory.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use camino::{Utf8Path, Utf8PathBuf};
+use disk_reserve::{
+    AllocateMode, Condition, DirLock, Ensured, Error, FileKind, HostFs, Plan, Probe, RealFs,
+    Released, Reserve, ReserveConfig, SimFs, SimOp, SizeSpec, Space, Strategy, is_out_of_space,
+};
+
+const MIB: u64 = 1 << 20;
+const SIZE: u64 = 4 * MIB;
+const HOME: &str = "/srv/app";
+const PATH: &str = "/srv/app/.reserve";
+
+fn sim(capacity: u64) -> SimFs {
+    SimFs::with_home(capacity, HOME).unwrap()
+}
+
+fn reserve_on(fs: &SimFs, config: ReserveConfig) -> Reserve<SimFs> {
+    Reserve::new(fs.clone(), HOME, config).unwrap()
+}
+
+fn config() -> ReserveConfig {
+    ReserveConfig::with_size_bytes(SIZE)
+}
+
+fn probe(fs: &impl HostFs, path: &str) -> Option<Probe> {
+    fs.probe(Utf8Path::new(path)).unwrap()
+}
+
+fn assert_complete(fs: &impl HostFs, path: &str, size: u64) {
+    let p = probe(fs, path).expect("reserve must exist");
+    assert_eq!(p.kind, FileKind::Regular);
+    assert_eq!(p.len, size, "length must equal the size");
+    assert!(
+        p.allocated_bytes >= size,
+        "rule 1: allocated {} < size {size}",
+        p.allocated_bytes
+    );
+}
+
+fn tempdir() -> (tempfile::TempDir, Utf8PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = Utf8PathBuf::try_from(dir.path().to_path_buf()).unwrap();
+    (dir, path)
+}
+
+// ---------------------------------------------------------------- rule 1
+
+/// Rule 1: a sparse file of the right length (`truncate -s`) is not a reserve: ensure
+/// fills it.
+#[test]
+fn rule1_sparse_file_of_right_length_is_filled_sim() {
+    let fs = sim(64 * MIB);
+    fs.write_sparse(Utf8Path::new(PATH), SIZE).unwrap();
+    let outcome = reserve_on(&fs, config()).ensure().unwrap();
+    assert_eq!(
+        outcome,
+        Ensured::ToppedUp {
+            from_allocated_bytes: 0,
+            allocated_bytes: SIZE
+        },
+        "rule 1: a sparse reserve must be filled"
+    );
+    assert_complete(&fs, PATH, SIZE);
+}
+
+/// Rule 1 on the kernel: `set_len` makes a sparse file; ensure really allocates it.
+#[test]
+fn rule1_sparse_file_of_right_length_is_filled_real() {
+    let (_dir, home) = tempdir();
+    let path = home.join(".reserve");
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let before = probe(&RealFs::new(), path.as_str()).unwrap();
+    assert!(before.allocated_bytes < SIZE, "setup: file must be sparse");
+    let reserve = Reserve::new(RealFs::new(), &home, config()).unwrap();
+    assert!(matches!(reserve.ensure().unwrap(), Ensured::ToppedUp { .. }));
+    assert_complete(&RealFs::new(), path.as_str(), SIZE);
+}
+
+/// Rule 1: status calls a sparse reserve sparse and plans to top it up.
+#[test]
+fn rule1_status_reports_sparse() {
+    let fs = sim(64 * MIB);
+    fs.write_sparse(Utf8Path::new(PATH), SIZE).unwrap();
+    let status = reserve_on(&fs, config()).status().unwrap();
+    assert_eq!(status.condition, Condition::Sparse);
+    assert_eq!(status.plan, Plan::Refill { from_len: SIZE });
+}
+
+// ---------------------------------------------------------------- rule 2
+
+/// Rule 2: EOPNOTSUPP, ENOTSUP and ENOSYS from fallocate fall back to writing data.
+#[test]
+fn rule2_unsupported_fallocate_falls_back_to_writing() {
+    for errno in [libc::EOPNOTSUPP, libc::ENOTSUP, libc::ENOSYS] {
+        let fs = sim(64 * MIB);
+        fs.set_allocate(AllocateMode::Unsupported { errno });
+        let outcome = reserve_on(&fs, config()).ensure().unwrap();
+        assert_eq!(outcome, Ensured::Created { allocated_bytes: SIZE });
+        assert!(fs.calls(SimOp::WriteFill) > 0, "rule 2: errno {errno} must fall back");
+        assert_complete(&fs, PATH, SIZE);
+    }
+}
+
+/// Rule 2: fallocate that succeeds without allocating (ZFS) is followed by writing.
+#[test]
+fn rule2_fallocate_without_blocks_falls_back_to_writing() {
+    let fs = sim(64 * MIB);
+    fs.set_allocate(AllocateMode::NoBlocks);
+    assert_eq!(
+        reserve_on(&fs, config()).ensure().unwrap(),
+        Ensured::Created { allocated_bytes: SIZE }
+    );
+    assert_complete(&fs, PATH, SIZE);
+}
+
+/// Rule 2: with the fallocate strategy, blocks that do not appear are an error, and the
+/// file is removed again.
+#[test]
+fn rule2_fallocate_strategy_reports_missing_blocks() {
+    let fs = sim(64 * MIB);
+    fs.set_allocate(AllocateMode::NoBlocks);
+    let before = fs.snapshot();
+    let err = reserve_on(&fs, config().strategy(Strategy::Fallocate))
+        .ensure()
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAllocated { .. }), "{err:?}");
+    assert_eq!(fs.snapshot(), before);
+}
+
+/// Rule 2: ENOSPC, EDQUOT, EINVAL and EIO from fallocate are reported, never followed by
+/// writing, and leave nothing behind.
+#[test]
+fn rule2_hard_fallocate_errors_do_not_fall_back() {
+    for errno in [libc::ENOSPC, libc::EDQUOT, libc::EINVAL, libc::EIO] {
+        let fs = sim(64 * MIB);
+        let before = fs.snapshot();
+        fs.fail_next(SimOp::Allocate, errno);
+        let err = reserve_on(&fs, config()).ensure().unwrap_err();
+        assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(errno));
+        assert_eq!(fs.calls(SimOp::WriteFill), 0, "rule 2: errno {errno} fell back");
+        assert_eq!(fs.snapshot(), before, "rule 5: errno {errno} left a trace");
+    }
+}
+
+/// Rule 2: a quota is not a reason to write instead.
+#[test]
+fn rule2_quota_exceeded_is_reported_not_written_around() {
+    let fs = sim(64 * MIB);
+    fs.set_quota(Some(SIZE / 2));
+    let err = reserve_on(&fs, config()).ensure().unwrap_err();
+    assert_eq!(
+        err.io_error().and_then(io::Error::raw_os_error),
+        Some(libc::EDQUOT)
+    );
+    assert!(is_out_of_space(&err), "rule 12: EDQUOT is out of space");
+    assert_eq!(fs.calls(SimOp::WriteFill), 0);
+    assert_eq!(probe(&fs, PATH), None);
+}
+
+// ---------------------------------------------------------------- rule 3
+
+/// Rule 3: the write path's bytes are incompressible: no two 4 KiB blocks equal, none all
+/// zeros (read back from a real file).
+#[test]
+fn rule3_write_strategy_writes_incompressible_blocks() {
+    let (_dir, home) = tempdir();
+    let reserve = Reserve::new(RealFs::new(), &home, config().strategy(Strategy::Write)).unwrap();
+    assert!(matches!(reserve.ensure().unwrap(), Ensured::Created { .. }));
+    let data = std::fs::read(home.join(".reserve")).unwrap();
+    assert_eq!(data.len() as u64, SIZE);
+    let mut seen = std::collections::HashSet::new();
+    for block in data.chunks(4096) {
+        assert!(block.iter().any(|&b| b != 0), "rule 3: an all-zero block");
+        assert!(seen.insert(block), "rule 3: two equal 4 KiB blocks");
+    }
+}
+
+// ---------------------------------------------------------------- rule 4
+
+/// Rule 4: one byte below `missing + headroom` defers and changes nothing; exactly at it
+/// allocates.
+#[test]
+fn rule4_headroom_boundary_on_a_filesystem() {
+    let headroom = 2 * MIB;
+    let cfg = config().headroom(SizeSpec::Bytes(headroom));
+
+    let fs = sim(64 * MIB);
+    fs.set_free(SIZE + headroom - 4096).unwrap(); // SimFs counts whole 4 KiB blocks
+    let before = fs.snapshot();
+    let outcome = reserve_on(&fs, cfg.clone()).ensure().unwrap();
+    assert_eq!(
+        outcome,
+        Ensured::Deferred {
+            free_bytes: SIZE + headroom - 4096,
+            needed_bytes: SIZE + headroom
+        },
+        "rule 4: below missing + headroom must defer"
+    );
+    assert_eq!(fs.snapshot(), before, "rule 4: a deferral changes nothing");
+
+    let fs = sim(64 * MIB);
+    fs.set_free(SIZE + headroom).unwrap();
+    assert!(matches!(
+        reserve_on(&fs, cfg).ensure().unwrap(),
+        Ensured::Created { .. }
+    ));
+    assert_eq!(fs.free_bytes(), headroom, "rule 4: exactly the headroom is left");
+}
+
+/// Rule 4: the default headroom is one reserve size (the origin's `free >= 2 × size`).
+#[test]
+fn rule4_default_headroom_is_one_size() {
+    let fs = sim(64 * MIB);
+    fs.set_free(2 * SIZE - 4096).unwrap();
+    assert!(matches!(
+        reserve_on(&fs, config()).ensure().unwrap(),
+        Ensured::Deferred { .. }
+    ));
+    fs.free_external(4096);
+    assert!(matches!(
+        reserve_on(&fs, config()).ensure().unwrap(),
+        Ensured::Created { .. }
+    ));
+}
+
+/// Rule 4: a partial reserve needs only its missing bytes plus the headroom.
+#[test]
+fn rule4_partial_reserve_needs_only_what_is_missing() {
+    let fs = sim(64 * MIB);
+    fs.write_file(Utf8Path::new(PATH), SIZE / 2).unwrap();
+    fs.set_free(SIZE / 2 + SIZE).unwrap();
+    assert_eq!(
+        reserve_on(&fs, config()).ensure().unwrap(),
+        Ensured::ToppedUp {
+            from_allocated_bytes: SIZE / 2,
+            allocated_bytes: SIZE
+        }
+    );
+    assert_eq!(fs.free_bytes(), SIZE);
+}
+
+/// Rule 4: a present, complete reserve needs no statvfs and no lock.
+#[test]
+fn rule4_complete_reserve_needs_no_statvfs() {
+    let fs = sim(64 * MIB);
+    let reserve = reserve_on(&fs, config());
+    reserve.ensure().unwrap();
+    let (space, locks) = (fs.calls(SimOp::Space), fs.calls(SimOp::LockDir));
+    assert!(matches!(reserve.ensure().unwrap(), Ensured::Present { .. }));
+    assert_eq!(fs.calls(SimOp::Space), space, "rule 4: statvfs on the no-op path");
+    assert_eq!(fs.calls(SimOp::LockDir), locks, "rule 10: lock on the no-op path");
+}
+
+// ---------------------------------------------------------------- rule 5
+
+/// A backend that "crashes" after a number of calls: the inner SimFs loses what was not
+/// synced and every later call fails, like a process that was killed.
+#[derive(Debug)]
+struct CrashAfter {
+    inner: SimFs,
+    calls_left: AtomicUsize,
+}
+
+impl CrashAfter {
+    fn tick(&self) -> io::Result<()> {
+        let left = self.calls_left.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if self.calls_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.crash();
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+impl HostFs for CrashAfter {
+    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
+        self.tick()?;
+        self.inner.space(path)
+    }
+    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
+        self.tick()?;
+        self.inner.probe(path)
+    }
+    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.create_file(path)
+    }
+    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+        self.tick()?;
+        self.inner.allocate(path, offset, len)
+    }
+    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+        self.tick()?;
+        self.inner.write_fill(path, offset, len)
+    }
+    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
+        self.tick()?;
+        self.inner.set_len(path, len)
+    }
+    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.sync_file(path)
+    }
+    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.sync_dir(dir)
+    }
+    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.inner.remove_file(path)
+    }
+    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
+        self.tick()?;
+        self.inner.lock_dir(dir)
+    }
+}
+
+/// The starting states the failure tests run from.
+fn starting_states() -> Vec<(&'static str, SimFs)> {
+    let absent = sim(64 * MIB);
+    let partial = sim(64 * MIB);
+    partial.write_file(Utf8Path::new(PATH), SIZE / 4).unwrap();
+    let sparse = sim(64 * MIB);
+    sparse.write_sparse(Utf8Path::new(PATH), SIZE).unwrap();
+    let oversized = sim(64 * MIB);
+    oversized.write_file(Utf8Path::new(PATH), 2 * SIZE).unwrap();
+    vec![
+        ("absent", absent),
+        ("partial", partial),
+        ("sparse", sparse),
+        ("oversized", oversized),
+    ]
+}
+
+const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::Fallocate, Strategy::Write];
+
+/// Rule 5: an EIO injected at every call of every operation either leaves the disk exactly
+/// as found or is an error-free outcome; a failed ensure never consumes space.
+#[test]
+fn rule5_failure_at_every_step_leaves_the_disk_as_found() {
+    let ops = [
+        SimOp::Probe,
+        SimOp::Space,
+        SimOp::LockDir,
+        SimOp::CreateFile,
+        SimOp::Allocate,
+        SimOp::WriteFill,
+        SimOp::SetLen,
+        SimOp::SyncFile,
+        SimOp::SyncDir,
+    ];
+    let mut failures_seen = 0;
+    for strategy in STRATEGIES {
+        for (name, _) in starting_states() {
+            for op in ops {
+                for nth in 1..=3 {
+                    let fs = starting_states()
+                        .into_iter()
+                        .find(|(n, _)| *n == name)
+                        .unwrap()
+                        .1;
+                    let before = fs.snapshot();
+                    let free_before = fs.free_bytes();
+                    fs.fail_nth(op, nth, libc::EIO);
+                    let reserve = reserve_on(&fs, config().strategy(strategy));
+                    match reserve.ensure() {
+                        Err(err) => {
+                            failures_seen += 1;
+                            // A shrink that completed before the failure is kept: it only
+                            // gave space back. Everything else must be exactly as found.
+                            let shrunk_first = name == "oversized"
+                                && probe(&fs, PATH).is_some_and(|p| p.len == SIZE);
+                            if !shrunk_first {
+                                assert_eq!(
+                                    fs.snapshot(),
+                                    before,
+                                    "rule 5: {strategy:?} from {name}, EIO at {op:?} #{nth}: {err}"
+                                );
+                            }
+                            assert!(
+                                fs.free_bytes() >= free_before,
+                                "rule 5: a failed ensure consumed space"
+                            );
+                        }
+                        Ok(outcome) => {
+                            if !matches!(outcome, Ensured::Deferred { .. }) {
+                                assert_complete(&fs, PATH, SIZE);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures_seen > 50, "the injected faults must hit: {failures_seen}");
+}
+
+/// Rule 5: a write path that runs out of space mid-way is cut back to the old length.
+#[test]
+fn rule5_write_running_out_of_space_is_rolled_back() {
+    let fs = sim(64 * MIB);
+    fs.write_file(Utf8Path::new(PATH), SIZE / 4).unwrap();
+    let before = probe(&fs, PATH);
+    // Enough free to pass the headroom check (calls 1-4: probe, lock, probe, statvfs),
+    // then another writer eats all but 1 MiB just before the write (call 5).
+    fs.schedule_space_changes([0, 0, 0, 0, 62 * MIB as i64]);
+    let result = reserve_on(&fs, config().strategy(Strategy::Write).headroom(SizeSpec::Bytes(0)))
+        .ensure();
+    if let Err(err) = result {
+        assert!(is_out_of_space(&err), "{err}");
+        assert_eq!(probe(&fs, PATH), before, "rule 5: not cut back to the old length");
+    } else {
+        panic!("the scheduled writer should have filled the disk mid-write");
+    }
+}
+
+// ---------------------------------------------------------------- rule 6
+
+/// Rule 6: a crash after any number of calls leaves the old state or a partial reserve,
+/// and the next ensure completes it.
+#[test]
+fn rule6_crash_at_every_step_heals_on_next_ensure() {
+    for strategy in STRATEGIES {
+        for (name, _) in starting_states() {
+            for crash_at in 1..=12 {
+                let fs = starting_states()
+                    .into_iter()
+                    .find(|(n, _)| *n == name)
+                    .unwrap()
+                    .1;
+                let crashing = CrashAfter {
+                    inner: fs.clone(),
+                    calls_left: AtomicUsize::new(crash_at),
+                };
+                let cfg = config().strategy(strategy);
+                let _ = Reserve::new(&crashing, HOME, cfg.clone()).unwrap().ensure();
+                if crashing.calls_left.load(Ordering::SeqCst) > 0 {
+                    fs.crash(); // ensure finished first; crash afterwards anyway
+                }
+                let outcome = reserve_on(&fs, cfg).ensure().unwrap_or_else(|e| {
+                    panic!("rule 6: {strategy:?} from {name}, crash at call {crash_at}: {e}")
+                });
+                assert!(!matches!(outcome, Ensured::Deferred { .. }));
+                assert_complete(&fs, PATH, SIZE);
+            }
+        }
+    }
+}
+
+/// Rule 6: a created reserve is durable: it survives a crash right after ensure.
+#[test]
+fn rule6_created_reserve_survives_a_crash() {
+    let fs = sim(64 * MIB);
+    reserve_on(&fs, config()).ensure().unwrap();
+    fs.crash();
+    assert_complete(&fs, PATH, SIZE);
+}
+
+// ---------------------------------------------------------------- rule 7
+
+/// Rule 7: a symlink, directory, fifo or socket at the reserve path is refused with an
+/// error naming the path and its kind, and left exactly as it was.
+#[test]
+fn rule7_non_regular_file_is_refused_and_untouched() {
+    let setups: [(FileKind, fn(&SimFs)); 4] = [
+        (FileKind::Symlink, |fs| {
+            fs.write_file(Utf8Path::new("/srv/victim"), MIB).unwrap();
+            fs.symlink(Utf8Path::new(PATH), Utf8Path::new("/srv/victim"))
+                .unwrap();
+        }),
+        (FileKind::Directory, |fs| {
+            fs.mkdir_all(Utf8Path::new(PATH)).unwrap();
+        }),
+        (FileKind::Fifo, |fs| fs.mkfifo(Utf8Path::new(PATH)).unwrap()),
+        (FileKind::Socket, |fs| {
+            fs.mksocket(Utf8Path::new(PATH)).unwrap()
+        }),
+    ];
+    for (kind, setup) in setups {
+        let fs = sim(64 * MIB);
+        setup(&fs);
+        let before = fs.snapshot();
+        let reserve = reserve_on(&fs, config());
+        for err in [reserve.ensure().unwrap_err(), reserve.release().unwrap_err()] {
+            match &err {
+                Error::NotARegularFile { path, kind: k } => {
+                    assert_eq!(path, PATH);
+                    assert_eq!(*k, kind);
+                }
+                other => panic!("rule 7: {kind}: expected a refusal, got {other:?}"),
+            }
+            assert_eq!(
+                err.to_string(),
+                format!("`{PATH}` is a {kind}, not a regular file; refusing to touch it")
+            );
+        }
+        assert_eq!(fs.snapshot(), before, "rule 7: the {kind} was changed");
+    }
+}
+
+/// Rule 7 on the kernel: a planted symlink to another file neither grows nor deletes it.
+#[test]
+fn rule7_planted_symlink_is_not_followed_real() {
+    let (_dir, home) = tempdir();
+    let victim = home.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, home.join(".reserve")).unwrap();
+    let reserve = Reserve::new(RealFs::new(), &home, config()).unwrap();
+    assert!(matches!(
+        reserve.ensure(),
+        Err(Error::NotARegularFile {
+            kind: FileKind::Symlink,
+            ..
+        })
+    ));
+    assert!(matches!(
+        reserve.release(),
+        Err(Error::NotARegularFile { .. })
+    ));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        std::fs::symlink_metadata(home.join(".reserve"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+/// Rule 7: ensure and release touch the reserve path and nothing else.
+#[test]
+fn rule7_only_the_reserve_path_changes() {
+    let fs = sim(64 * MIB);
+    fs.write_file(Utf8Path::new("/srv/app/data.db"), MIB).unwrap();
+    fs.mkdir_all(Utf8Path::new("/srv/app/boxes/1")).unwrap();
+    let before = fs.snapshot();
+    let reserve = reserve_on(&fs, config());
+    reserve.ensure().unwrap();
+    assert_eq!(
+        fs.snapshot().without(Utf8Path::new(PATH)),
+        before.without(Utf8Path::new(PATH))
+    );
+    reserve.release().unwrap();
+    assert_eq!(fs.snapshot(), before);
+}
+
+// ---------------------------------------------------------------- rule 8
+
+/// Rule 8: release works at zero free, needs no statvfs and no new file, and reports the
+/// bytes really allocated.
+#[test]
+fn rule8_release_at_zero_free() {
+    let fs = sim(64 * MIB);
+    let reserve = reserve_on(&fs, config());
+    reserve.ensure().unwrap();
+    fs.set_free(0).unwrap();
+    let (space, creates) = (fs.calls(SimOp::Space), fs.calls(SimOp::CreateFile));
+    assert_eq!(
+        reserve.release().unwrap(),
+        Released::Released { freed_bytes: SIZE }
+    );
+    assert_eq!(fs.free_bytes(), SIZE, "rule 8: the lifeboat is the reserve's size");
+    assert_eq!(fs.calls(SimOp::Space), space, "rule 8: release read statvfs");
+    assert_eq!(fs.calls(SimOp::CreateFile), creates);
+    assert_eq!(reserve.release().unwrap(), Released::Absent);
+}
+
+/// Rule 8: a sparse reserve frees only what it really held.
+#[test]
+fn rule8_release_reports_allocated_not_length() {
+    let fs = sim(64 * MIB);
+    fs.write_sparse(Utf8Path::new(PATH), SIZE).unwrap();
+    assert_eq!(
+        reserve_on(&fs, config()).release().unwrap(),
+        Released::Released { freed_bytes: 0 }
+    );
+}
+
+/// Rule 8 on the kernel: release gives the blocks back to statvfs.
+#[test]
+fn rule8_release_returns_bytes_real() {
+    let (_dir, home) = tempdir();
+    let reserve = Reserve::new(RealFs::new(), &home, config()).unwrap();
+    reserve.ensure().unwrap();
+    match reserve.release().unwrap() {
+        Released::Released { freed_bytes } => assert!(freed_bytes >= SIZE),
+        Released::Absent => panic!("rule 8: the reserve was there"),
+    }
+    assert!(!home.join(".reserve").exists());
+}
+
+// ---------------------------------------------------------------- rule 9
+
+/// Rule 9: a reserve bigger than configured is cut down to the size.
+#[test]
+fn rule9_oversized_reserve_is_shrunk() {
+    let fs = sim(64 * MIB);
+    fs.write_file(Utf8Path::new(PATH), 3 * SIZE).unwrap();
+    fs.set_free(0).unwrap();
+    assert_eq!(
+        reserve_on(&fs, config()).ensure().unwrap(),
+        Ensured::Shrunk {
+            from_len: 3 * SIZE,
+            allocated_bytes: SIZE
+        },
+        "rule 9: oversized must shrink, even at zero free"
+    );
+    assert_complete(&fs, PATH, SIZE);
+    assert_eq!(fs.free_bytes(), 2 * SIZE);
+}
+
+// ---------------------------------------------------------------- rule 10
+
+/// Rule 10: any number of threads on one home; afterwards absent or exactly complete.
+fn hammer(fs: impl HostFs + Clone + 'static, home: Utf8PathBuf, size: u64) {
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let fs = fs.clone();
+            let home = home.clone();
+            std::thread::spawn(move || {
+                let mut seed = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..200 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let strategy = STRATEGIES[(seed % 3) as usize];
+                    let reserve = Reserve::new(
+                        fs.clone(),
+                        &home,
+                        ReserveConfig::with_size_bytes(size).strategy(strategy),
+                    )
+                    .unwrap();
+                    match (seed >> 8) % 3 {
+                        0 => match reserve.ensure() {
+                            Ok(Ensured::Deferred { .. }) => panic!("rule 10: deferred with room"),
+                            Ok(_) => {}
+                            Err(e) => panic!("rule 10: ensure failed: {e}"),
+                        },
+                        1 => {
+                            reserve.release().expect("rule 10: release failed");
+                        }
+                        _ => {
+                            reserve.status().expect("rule 10: status failed");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("a thread panicked");
+    }
+    let path = home.join(".reserve");
+    match fs.probe(&path).unwrap() {
+        None => {}
+        Some(p) => {
+            assert_eq!(p.kind, FileKind::Regular);
+            assert_eq!(p.len, size, "rule 10: torn length");
+            assert!(p.allocated_bytes >= size, "rule 10: torn allocation");
+        }
+    }
+}
+
+#[test]
+fn rule10_eight_threads_sim() {
+    let fs = sim(64 * MIB);
+    let before = fs.snapshot();
+    hammer(fs.clone(), Utf8PathBuf::from(HOME), SIZE);
+    assert_eq!(
+        fs.snapshot().without(Utf8Path::new(PATH)),
+        before.without(Utf8Path::new(PATH)),
+        "rule 7: only the reserve path may change"
+    );
+}
+
+#[test]
+fn rule10_eight_threads_real() {
+    let (_dir, home) = tempdir();
+    hammer(RealFs::new(), home.clone(), MIB);
+    let names: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names.is_empty() || names == [".reserve"],
+        "rule 7: stray files {names:?}"
+    );
+}
+
+// ---------------------------------------------------------------- rule 11
+
+/// Rule 11: each bad input gives its own readable error, and nothing panics.
+#[test]
+fn rule11_each_bad_input_has_its_own_error() {
+    // Home missing.
+    let fs = sim(64 * MIB);
+    let r = Reserve::new(fs.clone(), "/nowhere", config()).unwrap();
+    for err in [r.ensure().unwrap_err(), r.release().unwrap_err(), r.status().unwrap_err()] {
+        assert!(matches!(err, Error::HomeMissing { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "home directory `/nowhere` does not exist");
+    }
+    // Home is a file.
+    fs.write_file(Utf8Path::new("/srv/file"), 10).unwrap();
+    let r = Reserve::new(fs.clone(), "/srv/file", config()).unwrap();
+    for err in [r.ensure().unwrap_err(), r.release().unwrap_err(), r.status().unwrap_err()] {
+        assert!(matches!(err, Error::HomeNotDirectory { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "home `/srv/file` is not a directory");
+    }
+    // Read-only filesystem.
+    let fs = sim(64 * MIB);
+    fs.set_read_only(true);
+    let err = reserve_on(&fs, config()).ensure().unwrap_err();
+    assert!(matches!(err, Error::ReadOnly { .. }), "{err:?}");
+    assert!(err.to_string().contains("the filesystem is read-only"), "{err}");
+    // Permission denied.
+    let fs = sim(64 * MIB);
+    fs.fail_next(SimOp::CreateFile, libc::EACCES);
+    let err = reserve_on(&fs, config()).ensure().unwrap_err();
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("create reserve `/srv/app/.reserve`: permission denied"));
+    // Size 0.
+    let fs = sim(64 * MIB);
+    let err = reserve_on(&fs, ReserveConfig::with_size_bytes(0)).ensure().unwrap_err();
+    assert!(matches!(err, Error::ZeroSize { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "reserve size for `/srv/app/.reserve` is 0 bytes; a reserve must be at least 1 byte"
+    );
+    // Larger than the filesystem.
+    let err = reserve_on(&fs, ReserveConfig::with_size_bytes(65 * MIB)).ensure().unwrap_err();
+    assert!(matches!(err, Error::SizeExceedsFilesystem { .. }), "{err:?}");
+    assert!(err.to_string().contains("larger than the whole filesystem"));
+    assert_eq!(probe(&fs, PATH), None, "rule 11: nothing written");
+    // Non-UTF-8 home.
+    use std::os::unix::ffi::OsStrExt;
+    let bad = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/srv/\xff\xfe"));
+    let err = Reserve::new(fs.clone(), bad, config()).unwrap_err();
+    assert!(matches!(err, Error::NonUtf8Path { .. }), "{err:?}");
+    assert_eq!(err.to_string(), r#"path "/srv/\xFF\xFE" is not valid UTF-8"#);
+    // Bad file name.
+    let err = Reserve::new(fs.clone(), HOME, config().file_name("../escape")).unwrap_err();
+    assert!(matches!(err, Error::InvalidFileName { .. }), "{err:?}");
+}
+
+/// Rule 11: a share of the filesystem resolves against its total size.
+#[test]
+fn rule11_share_of_filesystem_size() {
+    let fs = sim(100 * MIB);
+    let cfg = ReserveConfig::default().size(SizeSpec::percent(1.0).unwrap());
+    let outcome = reserve_on(&fs, cfg).ensure().unwrap();
+    assert_eq!(outcome, Ensured::Created { allocated_bytes: 1_048_576 });
+}
+
+// ---------------------------------------------------------------- rule 12
+
+/// Rule 12: an out-of-space error from ensure is recognised through the crate's error.
+#[test]
+fn rule12_ensure_error_is_classified() {
+    let fs = sim(64 * MIB);
+    fs.fail_next(SimOp::Allocate, libc::ENOSPC);
+    let err = reserve_on(&fs, config()).ensure().unwrap_err();
+    assert!(is_out_of_space(&err), "rule 12: {err}");
+    let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+    let flattened = io::Error::other(boxed.to_string());
+    assert!(is_out_of_space(&flattened));
+}
