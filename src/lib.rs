@@ -57,6 +57,7 @@ mod decision;
 mod error;
 mod host_fs;
 pub mod pattern;
+mod real_fs;
 mod reserve;
 mod size;
 
@@ -65,5 +66,6 @@ pub use config::{DEFAULT_FILE_NAME, DEFAULT_SIZE_BYTES, ReserveConfig, Strategy}
 pub use decision::{Condition, Observed, Plan, decide};
 pub use error::{Error, Operation, Result};
 pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+pub use real_fs::RealFs;
 pub use reserve::{Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES};
 pub use size::{HumanBytes, SizeSpec};
