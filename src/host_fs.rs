@@ -115,9 +115,10 @@ impl fmt::Debug for DirLock {
 ///   `EDQUOT` past a quota, `EROFS` on a read-only filesystem, `EOPNOTSUPP` when
 ///   [`allocate`](HostFs::allocate) is not supported.
 /// * Methods that open a file (`allocate`, `write_fill`, `set_len`, `sync_file`) never
-///   follow a symlink at the last component (`ELOOP`), never block on a fifo (`ENXIO`),
-///   fail on a directory with `EISDIR`, and fail with `EINVAL` on anything else that is
-///   not a regular file.
+///   follow a symlink at the last component (`ELOOP`), never block on a fifo or socket
+///   (`ENXIO`), fail on a directory with `EISDIR`, and fail with `EINVAL` on anything
+///   else that is not a regular file (devices).
+/// * [`allocate`](HostFs::allocate) of an empty range is `EINVAL`, as `fallocate(2)` says.
 pub trait HostFs: Send + Sync + fmt::Debug {
     /// Free and total bytes of the filesystem holding `path` (`statvfs(2)`).
     ///
