@@ -1,0 +1,170 @@
+//! The command line as clap sees it (the CLI contract in the design).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use disk_reserve::{DEFAULT_SIZE_BYTES, SizeSpec, Strategy};
+
+use super::size_arg;
+
+const ABOUT: &str = "Keep a structural disk reserve: a file of really-allocated blocks in a \
+program's home directory that an operator deletes on a full disk to get room back.";
+
+const LONG_ABOUT_TAIL: &str = "\
+Exit status:
+  0   done (ensure: present, created, topped up, shrunk; release: released or absent; status: read)
+  75  ensure deferred: too little free space to lay the reserve down and keep the headroom;
+      nothing was changed (EX_TEMPFAIL: try again later)
+  1   an error, printed on stderr with the path and the cause
+  2   bad usage (unknown option, malformed SIZE)
+
+SIZE is plain bytes (67108864), a size with a unit (64MiB, 1GiB, 500MB: KiB MiB GiB TiB
+are powers of 1024, KB MB GB TB powers of 1000) or a share of the filesystem (1%, 0.5%).
+
+--json prints exactly one JSON object on stdout, sizes as integers in bytes:
+  outcome         present created topped_up shrunk deferred released absent status, or error
+  path            the reserve file
+  size_bytes      the configured size, resolved (release: the length of the removed file)
+  allocated_bytes bytes the reserve really holds now (release: 0)
+  free_bytes      free bytes on the filesystem now
+  total_bytes     size of the filesystem
+  headroom_bytes  free bytes ensure always leaves (release: 0)
+plus from_allocated_bytes (topped_up), from_len_bytes (shrunk), needed_bytes (deferred),
+freed_bytes (released), and for status: condition (present absent partial sparse oversized
+not_a_regular_file), len_bytes, kind, ensure_would (nothing create top_up shrink defer refuse).
+On an error (exit 1) stdout still holds one object, {\"outcome\": \"error\", \"error\": MESSAGE,
+\"path\": PATH or null, \"out_of_space\": BOOL, \"hint\": TEXT or null}, and the error is also
+printed on stderr. Usage errors (exit 2) print nothing on stdout.
+
+Logs go to stderr; RUST_LOG sets the level (default: warn).";
+
+/// `disk-reserve`: ensure, release or inspect a structural disk reserve.
+#[derive(Debug, Parser)]
+#[command(name = "disk-reserve", version, about = ABOUT, long_about = None, after_long_help = LONG_ABOUT_TAIL)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The three subcommands of the contract.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make the reserve exist, complete, at its size — or defer (exit 75) when that would
+    /// take free space below the headroom.
+    #[command(after_help = "\
+Example (at a service's start-up; 75 means \"not now\", not a failure):
+  disk-reserve ensure --home /srv/app --size 1GiB
+  created /srv/app/.reserve: 1.0 GiB allocated, 37.2 GiB free")]
+    Ensure(EnsureArgs),
+
+    /// Delete the reserve, giving its blocks back. Needs no free space: run it on a full
+    /// disk.
+    #[command(after_help = "\
+Example (on a full disk, then clean up and run ensure again):
+  disk-reserve release --home /srv/app
+  released /srv/app/.reserve: freed 1.0 GiB, 1.0 GiB free")]
+    Release(ReleaseArgs),
+
+    /// Show the reserve (present, absent, partial, sparse, not a regular file), the free
+    /// space, and what an ensure would do now. Changes nothing.
+    #[command(after_help = "\
+Example:
+  disk-reserve status --home /srv/app --size 1GiB
+  present /srv/app/.reserve: 1.0 GiB of 1.0 GiB allocated; 37.2 GiB free of 50.0 GiB, headroom 1.0 GiB; ensure would do nothing")]
+    Status(StatusArgs),
+}
+
+/// Arguments every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The program's home directory; the reserve is DIR/.reserve.
+    #[arg(long, value_name = "DIR")]
+    pub home: PathBuf,
+
+    /// Print one JSON object on stdout instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The reserve's size.
+#[derive(Debug, Args)]
+pub struct SizeArg {
+    /// Reserve size: bytes, a unit (64MiB, 1GiB, 500MB) or a share of the filesystem (1%).
+    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse,
+          default_value_t = SizeSpec::Bytes(DEFAULT_SIZE_BYTES))]
+    pub size: SizeSpec,
+}
+
+/// Free space ensure always leaves.
+#[derive(Debug, Args)]
+pub struct HeadroomArg {
+    /// Free space ensure never goes below [default: the size].
+    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse)]
+    pub headroom: Option<SizeSpec>,
+}
+
+/// `ensure` arguments.
+#[derive(Debug, Args)]
+pub struct EnsureArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub size: SizeArg,
+    #[command(flatten)]
+    pub headroom: HeadroomArg,
+    /// How blocks are obtained: fallocate, falling back to writing data only where
+    /// fallocate is unsupported (auto); fallocate only; or writing data only.
+    #[arg(long, value_enum, default_value_t = StrategyArg::Auto)]
+    pub strategy: StrategyArg,
+}
+
+/// `release` arguments.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub size: SizeArg,
+    #[command(flatten)]
+    pub headroom: HeadroomArg,
+}
+
+/// `--strategy` on the command line (the library stays free of clap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// fallocate; write data only where it is unsupported or allocates nothing.
+    Auto,
+    /// fallocate only; an unsupported filesystem is an error.
+    Fallocate,
+    /// Write incompressible data only.
+    Write,
+}
+
+impl From<StrategyArg> for Strategy {
+    fn from(arg: StrategyArg) -> Self {
+        match arg {
+            StrategyArg::Auto => Strategy::Auto,
+            StrategyArg::Fallocate => Strategy::Fallocate,
+            StrategyArg::Write => Strategy::Write,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

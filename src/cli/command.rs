@@ -1,0 +1,122 @@
+//! Running a subcommand: build the reserve, call the library, print the result.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use disk_reserve::{Error, FileKind, HostFs, Operation, RealFs, Released, Reserve, ReserveConfig};
+
+use super::args::{Cli, Command, EnsureArgs, ReleaseArgs, StatusArgs};
+use super::exit::Exit;
+use super::failure::Failure;
+use super::progress::Progress;
+use super::report::{Report, What};
+
+/// Runs the parsed command line and prints its result; returns how the process exits.
+pub fn run(cli: Cli) -> Exit {
+    let (json, result) = match cli.command {
+        Command::Ensure(args) => (args.common.json, ensure(args)),
+        Command::Release(args) => (args.common.json, release(args)),
+        Command::Status(args) => (args.common.json, status(args)),
+    };
+    match result {
+        Ok(report) => {
+            let line = if json {
+                report.to_json().to_string()
+            } else {
+                report.to_string()
+            };
+            print_stdout(&line);
+            report.exit()
+        }
+        Err(failure) => {
+            for line in failure.lines() {
+                eprintln!("{line}");
+            }
+            if json {
+                print_stdout(&failure.to_json().to_string());
+            }
+            Exit::Failed
+        }
+    }
+}
+
+/// Prints one line on stdout; a closed pipe is not worth a panic.
+fn print_stdout(line: &str) {
+    let _ = writeln!(io::stdout().lock(), "{line}");
+}
+
+fn open(home: &Path, config: ReserveConfig) -> Result<Reserve<RealFs>, Failure> {
+    Reserve::new(RealFs::new(), home, config).map_err(Failure::early)
+}
+
+fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
+    let mut config = ReserveConfig::default()
+        .size(args.size.size)
+        .strategy(args.strategy.into());
+    if let Some(headroom) = args.headroom.headroom {
+        config = config.headroom(headroom);
+    }
+    let mut reserve = open(&args.common.home, config)?;
+    let progress = Progress::for_terminal(reserve.path().as_str(), args.common.json).map(Arc::new);
+    if let Some(progress) = &progress {
+        let progress = Arc::clone(progress);
+        reserve = reserve.on_progress(move |done, total| progress.update(done, total));
+    }
+    let ensured = reserve.ensure();
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
+    let ensured = ensured.map_err(|e| Failure::of(e, &reserve))?;
+    let status = reserve.status().map_err(|e| Failure::of(e, &reserve))?;
+    Ok(Report::from_status(
+        reserve.path().to_owned(),
+        &status,
+        What::Ensured(ensured),
+    ))
+}
+
+fn release(args: ReleaseArgs) -> Result<Report, Failure> {
+    let reserve = open(&args.common.home, ReserveConfig::default())?;
+    // Only for the report: the length of what is about to be removed.
+    let len_before = match reserve.fs().probe(reserve.path()) {
+        Ok(Some(probe)) if probe.kind == FileKind::Regular => probe.len,
+        _ => 0,
+    };
+    let released = reserve.release().map_err(|e| Failure::of(e, &reserve))?;
+    let space = reserve
+        .fs()
+        .space(reserve.home())
+        .map_err(|e| Error::io(Operation::ReadSpace, reserve.home(), e))
+        .map_err(|e| Failure::of(e, &reserve))?;
+    Ok(Report {
+        path: reserve.path().to_owned(),
+        size_bytes: match released {
+            Released::Released { .. } => len_before,
+            Released::Absent => 0,
+        },
+        allocated_bytes: 0,
+        free_bytes: space.free_bytes,
+        total_bytes: space.total_bytes,
+        headroom_bytes: 0,
+        what: What::Released(released),
+    })
+}
+
+fn status(args: StatusArgs) -> Result<Report, Failure> {
+    let mut config = ReserveConfig::default().size(args.size.size);
+    if let Some(headroom) = args.headroom.headroom {
+        config = config.headroom(headroom);
+    }
+    let reserve = open(&args.common.home, config)?;
+    let status = reserve.status().map_err(|e| Failure::of(e, &reserve))?;
+    Ok(Report::from_status(
+        reserve.path().to_owned(),
+        &status,
+        What::Status {
+            observed: status.observed,
+            condition: status.condition,
+            plan: status.plan,
+        },
+    ))
+}

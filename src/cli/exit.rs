@@ -1,0 +1,31 @@
+//! The exit statuses of the CLI contract.
+
+use std::process::ExitCode;
+
+/// How a run ends, as scripts see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `0`: done (ensure present/created/topped up/shrunk; release; status).
+    Done,
+    /// `75` (`EX_TEMPFAIL`): ensure deferred for low space; nothing was changed.
+    Deferred,
+    /// `1`: an error, reported on stderr.
+    Failed,
+}
+
+impl Exit {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Done => 0,
+            Exit::Deferred => 75,
+            Exit::Failed => 1,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit.code())
+    }
+}

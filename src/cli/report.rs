@@ -1,0 +1,242 @@
+//! What a successful run reports: one human line, or one JSON object, and its exit status.
+
+use std::fmt;
+
+use camino::Utf8PathBuf;
+use disk_reserve::{Condition, Ensured, HumanBytes, Observed, Plan, Released, Status};
+use serde_json::{Value, json};
+
+use super::exit::Exit;
+
+/// The result of one subcommand, with the numbers every outcome reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The reserve file.
+    pub path: Utf8PathBuf,
+    /// The configured size, resolved (release: the length of the removed file).
+    pub size_bytes: u64,
+    /// Bytes the reserve really holds now.
+    pub allocated_bytes: u64,
+    /// Free bytes on the filesystem now.
+    pub free_bytes: u64,
+    /// Size of the filesystem.
+    pub total_bytes: u64,
+    /// Free bytes ensure always leaves (release: 0).
+    pub headroom_bytes: u64,
+    /// What happened.
+    pub what: What,
+}
+
+/// The subcommand's own outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum What {
+    /// `ensure`.
+    Ensured(Ensured),
+    /// `release`.
+    Released(Released),
+    /// `status`: what is there and what an ensure would do.
+    Status {
+        /// What is at the reserve path.
+        observed: Observed,
+        /// Its condition against the size.
+        condition: Condition,
+        /// What an ensure would do now.
+        plan: Plan,
+    },
+}
+
+impl Report {
+    /// A report of the state `status` read after (or instead of) an action.
+    pub fn from_status(path: Utf8PathBuf, status: &Status, what: What) -> Report {
+        Report {
+            path,
+            size_bytes: status.size_bytes,
+            allocated_bytes: status.observed.allocated_bytes(),
+            free_bytes: status.space.free_bytes,
+            total_bytes: status.space.total_bytes,
+            headroom_bytes: status.headroom_bytes,
+            what,
+        }
+    }
+
+    /// The exit status: 75 for a deferred ensure, 0 otherwise.
+    pub fn exit(&self) -> Exit {
+        match self.what {
+            What::Ensured(Ensured::Deferred { .. }) => Exit::Deferred,
+            _ => Exit::Done,
+        }
+    }
+
+    /// The contract's `outcome` word.
+    pub fn outcome(&self) -> &'static str {
+        match &self.what {
+            What::Ensured(ensured) => ensured.as_str(),
+            What::Released(released) => released.as_str(),
+            What::Status { .. } => "status",
+        }
+    }
+
+    /// The JSON object for `--json`.
+    pub fn to_json(&self) -> Value {
+        let mut object = json!({
+            "outcome": self.outcome(),
+            "path": self.path.as_str(),
+            "size_bytes": self.size_bytes,
+            "allocated_bytes": self.allocated_bytes,
+            "free_bytes": self.free_bytes,
+            "total_bytes": self.total_bytes,
+            "headroom_bytes": self.headroom_bytes,
+        });
+        let extra = match &self.what {
+            What::Ensured(Ensured::ToppedUp {
+                from_allocated_bytes,
+                ..
+            }) => json!({ "from_allocated_bytes": from_allocated_bytes }),
+            What::Ensured(Ensured::Shrunk { from_len, .. }) => {
+                json!({ "from_len_bytes": from_len })
+            }
+            What::Ensured(Ensured::Deferred { needed_bytes, .. }) => {
+                json!({ "needed_bytes": needed_bytes })
+            }
+            What::Ensured(_) => json!({}),
+            What::Released(Released::Released { freed_bytes }) => {
+                json!({ "freed_bytes": freed_bytes })
+            }
+            What::Released(Released::Absent) => json!({ "freed_bytes": 0 }),
+            What::Status {
+                observed,
+                condition,
+                plan,
+            } => json!({
+                "condition": condition_word(*condition).replace(' ', "_"),
+                "len_bytes": len_bytes(*observed),
+                "kind": kind_word(*observed).replace(' ', "_"),
+                "ensure_would": plan_word(*plan).replace(' ', "_"),
+            }),
+        };
+        if let (Value::Object(object), Value::Object(extra)) = (&mut object, extra) {
+            object.extend(extra);
+        }
+        object
+    }
+}
+
+/// The one human line.
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = &self.path;
+        let allocated = HumanBytes(self.allocated_bytes);
+        let free = HumanBytes(self.free_bytes);
+        match &self.what {
+            What::Ensured(Ensured::Present { .. }) => {
+                write!(f, "present {path}: {allocated} allocated, {free} free")
+            }
+            What::Ensured(Ensured::Created { .. }) => {
+                write!(f, "created {path}: {allocated} allocated, {free} free")
+            }
+            What::Ensured(Ensured::ToppedUp {
+                from_allocated_bytes,
+                ..
+            }) => write!(
+                f,
+                "topped up {path}: {allocated} allocated (was {}), {free} free",
+                HumanBytes(*from_allocated_bytes)
+            ),
+            What::Ensured(Ensured::Shrunk { from_len, .. }) => write!(
+                f,
+                "shrunk {path}: {allocated} allocated (was {} long), {free} free",
+                HumanBytes(*from_len)
+            ),
+            What::Ensured(Ensured::Deferred { needed_bytes, .. }) => write!(
+                f,
+                "deferred {path}: {free} free, {} needed ({} missing + {} headroom); nothing changed, run ensure again once space is freed",
+                HumanBytes(*needed_bytes),
+                HumanBytes(needed_bytes.saturating_sub(self.headroom_bytes)),
+                HumanBytes(self.headroom_bytes),
+            ),
+            What::Released(Released::Released { freed_bytes }) => write!(
+                f,
+                "released {path}: freed {}, {free} free",
+                HumanBytes(*freed_bytes)
+            ),
+            What::Released(Released::Absent) => {
+                write!(f, "absent {path}: no reserve to release, {free} free")
+            }
+            What::Status {
+                observed,
+                condition,
+                plan,
+            } => {
+                write!(f, "{} {path}: ", condition_word(*condition))?;
+                if let Observed::Other(kind) = observed {
+                    write!(f, "a {kind}, never touched")?;
+                } else {
+                    write!(
+                        f,
+                        "{allocated} of {} allocated",
+                        HumanBytes(self.size_bytes)
+                    )?;
+                    if matches!(condition, Condition::Sparse | Condition::Oversized) {
+                        write!(f, ", {} long", HumanBytes(len_bytes(*observed)))?;
+                    }
+                }
+                write!(
+                    f,
+                    "; {free} free of {}, headroom {}; ensure would {}",
+                    HumanBytes(self.total_bytes),
+                    HumanBytes(self.headroom_bytes),
+                    plan_phrase(*plan)
+                )
+            }
+        }
+    }
+}
+
+/// The status word: `present absent partial sparse oversized`, `not a regular file`.
+fn condition_word(condition: Condition) -> &'static str {
+    match condition {
+        Condition::Complete => "present",
+        Condition::NotARegularFile(_) => "not a regular file",
+        other => other.as_str(),
+    }
+}
+
+/// What an ensure would do, as a word: `nothing create top up shrink defer refuse`.
+fn plan_word(plan: Plan) -> &'static str {
+    plan.as_str()
+}
+
+/// What an ensure would do, as the end of a sentence.
+fn plan_phrase(plan: Plan) -> String {
+    match plan {
+        Plan::Nothing => "do nothing".to_owned(),
+        Plan::Create => "create it".to_owned(),
+        Plan::Extend { .. } | Plan::Refill { .. } => "top it up".to_owned(),
+        Plan::Shrink { .. } => "shrink it".to_owned(),
+        Plan::Refuse(kind) => format!("refuse (a {kind} is in the way)"),
+        Plan::Defer {
+            free_bytes,
+            needed_bytes,
+        } => format!(
+            "defer ({} free, {} needed)",
+            HumanBytes(free_bytes),
+            HumanBytes(needed_bytes)
+        ),
+        Plan::NeedSpace => "check the free space first".to_owned(),
+    }
+}
+
+fn len_bytes(observed: Observed) -> u64 {
+    match observed {
+        Observed::Regular { len, .. } => len,
+        _ => 0,
+    }
+}
+
+fn kind_word(observed: Observed) -> &'static str {
+    match observed {
+        Observed::Absent => "absent",
+        Observed::Regular { .. } => "regular file",
+        Observed::Other(kind) => kind.as_str(),
+    }
+}
