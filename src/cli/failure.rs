@@ -52,3 +52,70 @@ impl Failure {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use disk_reserve::{Operation, RealFs, ReserveConfig};
+
+    use super::*;
+
+    fn enospc_on(reserve: &Reserve<RealFs>) -> Error {
+        Error::io(
+            Operation::Allocate,
+            reserve.path(),
+            io::Error::from_raw_os_error(libc::ENOSPC),
+        )
+    }
+
+    #[test]
+    fn out_of_space_adds_the_hint_with_the_bytes_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = Reserve::new(
+            RealFs::new(),
+            dir.path(),
+            ReserveConfig::with_size_bytes(1 << 20),
+        )
+        .unwrap();
+        let home = reserve.home().to_owned();
+        let path = reserve.path().to_owned();
+
+        let lines = Failure::of(enospc_on(&reserve), &reserve).lines();
+        assert_eq!(
+            lines,
+            [
+                format!("error: allocate reserve `{path}`: No space left on device (os error 28)"),
+                format!(
+                    "hint: the disk is full and there is no reserve in {home} to release; free space by hand, then run `disk-reserve ensure --home {home}`"
+                ),
+            ]
+        );
+
+        reserve.ensure().unwrap();
+        let lines = Failure::of(enospc_on(&reserve), &reserve).lines();
+        assert_eq!(
+            lines[1],
+            format!(
+                "hint: the disk is full; run `disk-reserve release --home {home}` to free 1.0 MiB, then clean up and run `disk-reserve ensure --home {home}`"
+            )
+        );
+        let json = Failure::of(enospc_on(&reserve), &reserve).to_json();
+        assert_eq!(json["out_of_space"], true);
+        assert_eq!(json["hint"], lines[1]);
+    }
+
+    #[test]
+    fn other_errors_have_no_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = Reserve::new(RealFs::new(), dir.path(), ReserveConfig::default()).unwrap();
+        let eio = Error::io(
+            Operation::Allocate,
+            reserve.path(),
+            io::Error::from_raw_os_error(libc::EIO),
+        );
+        let failure = Failure::of(eio, &reserve);
+        assert_eq!(failure.lines().len(), 1);
+        assert_eq!(failure.to_json()["hint"], serde_json::Value::Null);
+    }
+}

@@ -1,0 +1,1182 @@
+//! The `disk-reserve` binary against the CLI contract: every subcommand and outcome,
+//! every exit status, the JSON shape, bad usage and bad homes, and — where this machine
+//! lets a test mount a small filesystem (root) — a real full disk.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use camino::Utf8Path;
+use disk_reserve::{HumanBytes, out_of_space_hint};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_disk-reserve");
+const MIB: u64 = 1 << 20;
+const KIB: u64 = 1 << 10;
+
+/// Runs the binary with `args` (stdin closed, `RUST_LOG` cleared so defaults apply).
+fn run<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run disk-reserve")
+}
+
+/// Runs `disk-reserve SUB --home HOME EXTRA…`.
+fn sub(subcommand: &str, home: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&OsStr> = vec![
+        OsStr::new(subcommand),
+        OsStr::new("--home"),
+        home.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    run(args)
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited, not killed by a signal")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts the exit status, showing both streams when it is wrong.
+#[track_caller]
+fn assert_exit(out: &Output, want: i32) {
+    assert_eq!(
+        code(out),
+        want,
+        "exit status\n--- stdout\n{}--- stderr\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    assert!(!stderr(out).contains("panicked"), "{}", stderr(out));
+}
+
+/// Parses stdout as exactly one JSON object (one line, nothing else).
+#[track_caller]
+fn json(out: &Output) -> Value {
+    let text = stdout(out);
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "exactly one line on stdout: {text:?}"
+    );
+    let value: Value = serde_json::from_str(&text).expect("stdout is JSON");
+    assert!(value.is_object(), "stdout is a JSON object: {value}");
+    value
+}
+
+/// The contract's fields are all there, the sizes as integers.
+#[track_caller]
+fn assert_contract_fields(value: &Value, outcome: &str, reserve: &Path) {
+    assert_eq!(value["outcome"], outcome, "{value}");
+    assert_eq!(value["path"], reserve.to_str().unwrap(), "{value}");
+    for field in [
+        "size_bytes",
+        "allocated_bytes",
+        "free_bytes",
+        "total_bytes",
+        "headroom_bytes",
+    ] {
+        assert!(value[field].is_u64(), "{field} is an integer: {value}");
+    }
+    assert!(value["total_bytes"].as_u64().unwrap() > 0, "{value}");
+}
+
+fn home() -> TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+fn reserve_of(home: &TempDir) -> PathBuf {
+    home.path().join(".reserve")
+}
+
+fn allocated(path: &Path) -> u64 {
+    fs::symlink_metadata(path).unwrap().blocks() * 512
+}
+
+/// A dense file of `len` bytes of data (not a hole).
+fn write_dense(path: &Path, len: u64) {
+    let mut file = File::create(path).unwrap();
+    let chunk = vec![0x5au8; 64 * KIB as usize];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.sync_all().unwrap();
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+// ---------------------------------------------------------------------------------------
+// ensure: every outcome
+
+#[test]
+fn ensure_creates_then_is_present_with_one_human_line() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let out = sub("ensure", home.path(), &["--size", "1MiB"]);
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let want = format!("created {}: 1.0 MiB allocated, ", reserve.display());
+    assert!(line.starts_with(&want), "{line:?} starts with {want:?}");
+    assert!(line.trim_end().ends_with(" free"), "{line}");
+    assert!(
+        stderr(&out).is_empty(),
+        "nothing on stderr by default: {}",
+        stderr(&out)
+    );
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), MIB);
+    assert!(allocated(&reserve) >= MIB, "really allocated");
+
+    let out = sub("ensure", home.path(), &["--size", "1MiB"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with(&format!(
+        "present {}: 1.0 MiB allocated, ",
+        reserve.display()
+    )));
+}
+
+#[test]
+fn ensure_json_has_the_contract_fields() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let out = sub(
+        "ensure",
+        home.path(),
+        &["--size", "2MiB", "--headroom", "1MiB", "--json"],
+    );
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_contract_fields(&value, "created", &reserve);
+    assert_eq!(value["size_bytes"], 2 * MIB);
+    assert_eq!(value["headroom_bytes"], MIB);
+    assert!(
+        value["allocated_bytes"].as_u64().unwrap() >= 2 * MIB,
+        "{value}"
+    );
+    assert!(value["free_bytes"].as_u64().unwrap() <= value["total_bytes"].as_u64().unwrap());
+
+    let out = sub("ensure", home.path(), &["--size", "2MiB", "--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_contract_fields(&value, "present", &reserve);
+    assert_eq!(
+        value["headroom_bytes"],
+        2 * MIB,
+        "headroom defaults to the size"
+    );
+}
+
+#[test]
+fn ensure_default_size_is_64_mib() {
+    let home = home();
+    let out = sub("ensure", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["size_bytes"], 64 * MIB);
+    assert_eq!(value["headroom_bytes"], 64 * MIB);
+    assert_eq!(fs::metadata(reserve_of(&home)).unwrap().len(), 64 * MIB);
+}
+
+#[test]
+fn ensure_each_strategy_creates_a_real_reserve() {
+    for strategy in ["auto", "fallocate", "write"] {
+        let home = home();
+        let reserve = reserve_of(&home);
+        let out = sub(
+            "ensure",
+            home.path(),
+            &["--size", "3MiB", "--strategy", strategy, "--json"],
+        );
+        if strategy == "fallocate" && code(&out) == 1 && stderr(&out).contains("not supported") {
+            eprintln!("skipped: this filesystem has no fallocate");
+            continue;
+        }
+        assert_exit(&out, 0);
+        assert_eq!(json(&out)["outcome"], "created", "{strategy}");
+        assert_eq!(fs::metadata(&reserve).unwrap().len(), 3 * MIB, "{strategy}");
+        assert!(
+            allocated(&reserve) >= 3 * MIB,
+            "{strategy}: really allocated"
+        );
+    }
+}
+
+#[test]
+fn ensure_tops_up_a_sparse_file() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    File::create(&reserve).unwrap().set_len(4 * MIB).unwrap();
+    assert!(allocated(&reserve) < 4 * MIB, "the file starts sparse");
+
+    let out = sub("status", home.path(), &["--size", "4MiB"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).starts_with(&format!("sparse {}: ", reserve.display())),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("ensure would top it up"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = sub("ensure", home.path(), &["--size", "4MiB", "--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_contract_fields(&value, "topped_up", &reserve);
+    assert!(
+        value["from_allocated_bytes"].as_u64().unwrap() < 4 * MIB,
+        "{value}"
+    );
+    assert!(
+        allocated(&reserve) >= 4 * MIB,
+        "rule 1: the sparse file is really allocated now"
+    );
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 * MIB);
+}
+
+#[test]
+fn ensure_tops_up_a_partial_reserve_in_human_words() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    write_dense(&reserve, MIB);
+    let out = sub("ensure", home.path(), &["--size", "4MiB"]);
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    assert!(
+        line.starts_with(&format!(
+            "topped up {}: 4.0 MiB allocated (was 1.0 MiB), ",
+            reserve.display()
+        )),
+        "{line}"
+    );
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 * MIB);
+}
+
+#[test]
+fn ensure_shrinks_a_larger_reserve() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    write_dense(&reserve, 8 * MIB);
+    let out = sub("ensure", home.path(), &["--size", "4MiB", "--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_contract_fields(&value, "shrunk", &reserve);
+    assert_eq!(value["from_len_bytes"], 8 * MIB);
+    assert_eq!(
+        fs::metadata(&reserve).unwrap().len(),
+        4 * MIB,
+        "rule 9: cut to the size"
+    );
+
+    write_dense(&reserve, 8 * MIB);
+    let out = sub("ensure", home.path(), &["--size", "4MiB"]);
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).starts_with(&format!(
+            "shrunk {}: 4.0 MiB allocated (was 8.0 MiB long), ",
+            reserve.display()
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn ensure_defers_with_exit_75_and_writes_nothing() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let out = sub(
+        "ensure",
+        home.path(),
+        &["--size", "1MiB", "--headroom", "1000000TiB"],
+    );
+    assert_exit(&out, 75);
+    let line = stdout(&out);
+    assert!(
+        line.starts_with(&format!("deferred {}: ", reserve.display())),
+        "{line}"
+    );
+    assert!(line.contains("nothing changed"), "{line}");
+    assert!(
+        stderr(&out).contains("WARN"),
+        "the deferral is logged as a warning: {}",
+        stderr(&out)
+    );
+    assert!(!reserve.exists(), "nothing written when deferred");
+
+    let out = sub(
+        "ensure",
+        home.path(),
+        &["--size", "1MiB", "--headroom", "1000000TiB", "--json"],
+    );
+    assert_exit(&out, 75);
+    let value = json(&out);
+    assert_contract_fields(&value, "deferred", &reserve);
+    assert_eq!(value["allocated_bytes"], 0);
+    assert!(value["needed_bytes"].as_u64().unwrap() > value["free_bytes"].as_u64().unwrap());
+    assert!(!reserve.exists(), "nothing written when deferred");
+}
+
+#[test]
+fn ensure_deferring_leaves_a_partial_reserve_as_it_was() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    write_dense(&reserve, MIB);
+    let out = sub(
+        "ensure",
+        home.path(),
+        &["--size", "4MiB", "--headroom", "1000000TiB"],
+    );
+    assert_exit(&out, 75);
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), MIB, "left as it was");
+}
+
+// ---------------------------------------------------------------------------------------
+// release and status
+
+#[test]
+fn release_reports_freed_bytes_then_absent() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    assert_exit(&sub("ensure", home.path(), &["--size", "2MiB"]), 0);
+    let out = sub("release", home.path(), &[]);
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    assert!(
+        line.starts_with(&format!("released {}: freed 2.0 MiB, ", reserve.display())),
+        "{line}"
+    );
+    assert!(!reserve.exists());
+
+    let out = sub("release", home.path(), &[]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with(&format!(
+        "absent {}: no reserve to release, ",
+        reserve.display()
+    )));
+}
+
+#[test]
+fn release_json_has_the_contract_fields() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    assert_exit(&sub("ensure", home.path(), &["--size", "2MiB"]), 0);
+    let held = allocated(&reserve);
+    let out = sub("release", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_contract_fields(&value, "released", &reserve);
+    assert_eq!(value["freed_bytes"], held, "the bytes really held");
+    assert_eq!(
+        value["size_bytes"],
+        2 * MIB,
+        "the length of the removed file"
+    );
+    assert_eq!(value["allocated_bytes"], 0);
+
+    let out = sub("release", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_contract_fields(&value, "absent", &reserve);
+    assert_eq!(value["freed_bytes"], 0);
+}
+
+#[test]
+fn status_names_each_condition_and_what_ensure_would_do() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let status = |extra: &[&str]| {
+        let mut args = vec!["--size", "4MiB"];
+        args.extend_from_slice(extra);
+        let out = sub("status", home.path(), &args);
+        assert_exit(&out, 0);
+        out
+    };
+
+    let line = stdout(&status(&[]));
+    assert!(
+        line.starts_with(&format!(
+            "absent {}: 0 B of 4.0 MiB allocated; ",
+            reserve.display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains(" free of "), "{line}");
+    assert!(
+        line.trim_end().ends_with("ensure would create it"),
+        "{line}"
+    );
+    assert!(!reserve.exists(), "status writes nothing");
+
+    write_dense(&reserve, MIB);
+    let line = stdout(&status(&[]));
+    assert!(
+        line.starts_with(&format!(
+            "partial {}: 1.0 MiB of 4.0 MiB allocated; ",
+            reserve.display()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.trim_end().ends_with("ensure would top it up"),
+        "{line}"
+    );
+
+    let line = stdout(&status(&["--headroom", "1000000TiB"]));
+    assert!(line.contains("ensure would defer ("), "{line}");
+
+    assert_exit(&sub("ensure", home.path(), &["--size", "4MiB"]), 0);
+    let line = stdout(&status(&[]));
+    assert!(
+        line.starts_with(&format!(
+            "present {}: 4.0 MiB of 4.0 MiB allocated; ",
+            reserve.display()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.trim_end().ends_with("ensure would do nothing"),
+        "{line}"
+    );
+
+    let line = stdout(&sub("status", home.path(), &["--size", "1MiB"]));
+    assert!(
+        line.starts_with(&format!("oversized {}: ", reserve.display())),
+        "{line}"
+    );
+    assert!(
+        line.trim_end().ends_with("ensure would shrink it"),
+        "{line}"
+    );
+
+    fs::remove_file(&reserve).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", &reserve).unwrap();
+    let line = stdout(&status(&[]));
+    assert!(
+        line.starts_with(&format!(
+            "not a regular file {}: a symlink",
+            reserve.display()
+        )),
+        "{line}"
+    );
+    assert!(line.contains("ensure would refuse"), "{line}");
+}
+
+#[test]
+fn status_json_adds_condition_and_ensure_would() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let status = |condition: &str, would: &str| {
+        let out = sub("status", home.path(), &["--size", "4MiB", "--json"]);
+        assert_exit(&out, 0);
+        let value = json(&out);
+        assert_contract_fields(&value, "status", &reserve);
+        assert_eq!(value["size_bytes"], 4 * MIB);
+        assert_eq!(value["condition"], condition, "{value}");
+        assert_eq!(value["ensure_would"], would, "{value}");
+        value
+    };
+    status("absent", "create");
+    write_dense(&reserve, MIB);
+    status("partial", "top_up");
+    write_dense(&reserve, 4 * MIB);
+    status("present", "nothing");
+    write_dense(&reserve, 8 * MIB);
+    status("oversized", "shrink");
+    fs::remove_file(&reserve).unwrap();
+    File::create(&reserve).unwrap().set_len(4 * MIB).unwrap();
+    assert_eq!(status("sparse", "top_up")["len_bytes"], 4 * MIB);
+    fs::remove_file(&reserve).unwrap();
+    fs::create_dir(&reserve).unwrap();
+    assert_eq!(status("not_a_regular_file", "refuse")["kind"], "directory");
+}
+
+#[test]
+fn sizes_accept_units_and_shares_of_the_filesystem() {
+    let home = home();
+    for (text, bytes) in [
+        ("1048576", MIB),
+        ("64MiB", 64 * MIB),
+        ("4KiB", 4 * KIB),
+        ("1GiB", 1 << 30),
+        ("2TiB", 2 << 40),
+        ("500MB", 500_000_000),
+        ("5KB", 5_000),
+        ("3GB", 3_000_000_000),
+        ("1TB", 1_000_000_000_000),
+    ] {
+        let out = sub(
+            "status",
+            home.path(),
+            &["--size", text, "--headroom", text, "--json"],
+        );
+        if code(&out) == 1 && stderr(&out).contains("larger than the whole filesystem") {
+            continue; // larger than this filesystem: covered by its own test
+        }
+        assert_exit(&out, 0);
+        let value = json(&out);
+        assert_eq!(value["size_bytes"], bytes, "{text}");
+        assert_eq!(value["headroom_bytes"], bytes, "{text}");
+    }
+    for (text, ppm) in [("1%", 10_000u128), ("0.5%", 5_000)] {
+        let out = sub("status", home.path(), &["--size", text, "--json"]);
+        assert_exit(&out, 0);
+        let value = json(&out);
+        let total = u128::from(value["total_bytes"].as_u64().unwrap());
+        assert_eq!(
+            u128::from(value["size_bytes"].as_u64().unwrap()),
+            total * ppm / 1_000_000,
+            "{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// errors: exit 1, nothing written
+
+#[test]
+fn size_zero_is_a_clear_error_and_writes_nothing() {
+    let home = home();
+    for size in ["0", "0MiB", "0%"] {
+        for subcommand in ["ensure", "status"] {
+            let out = sub(subcommand, home.path(), &["--size", size]);
+            assert_exit(&out, 1);
+            assert!(stdout(&out).is_empty());
+            let err = stderr(&out);
+            assert!(
+                err.starts_with("error: reserve size for `"),
+                "{size}: {err}"
+            );
+            assert!(err.contains("is 0 bytes"), "{size}: {err}");
+        }
+        assert!(
+            !reserve_of(&home).exists(),
+            "nothing written for size {size}"
+        );
+    }
+}
+
+#[test]
+fn size_larger_than_the_filesystem_is_a_clear_error_and_writes_nothing() {
+    let home = home();
+    for subcommand in ["ensure", "status"] {
+        let out = sub(subcommand, home.path(), &["--size", "1000000TiB"]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains("larger than the whole filesystem"), "{err}");
+        assert!(
+            err.contains(reserve_of(&home).to_str().unwrap()),
+            "names the path: {err}"
+        );
+    }
+    assert!(!reserve_of(&home).exists(), "nothing written");
+}
+
+#[test]
+fn missing_home_is_an_error_naming_it() {
+    let home = home();
+    let missing = home.path().join("nope");
+    for subcommand in ["ensure", "release", "status"] {
+        let out = sub(subcommand, &missing, &[]);
+        assert_exit(&out, 1);
+        assert_eq!(
+            stderr(&out).trim_end(),
+            format!(
+                "error: home directory `{}` does not exist",
+                missing.display()
+            ),
+            "{subcommand}"
+        );
+        assert!(stdout(&out).is_empty());
+    }
+    assert!(!missing.exists(), "the home is not created");
+}
+
+#[test]
+fn home_that_is_a_file_is_an_error_naming_it() {
+    let home = home();
+    let file = home.path().join("file");
+    fs::write(&file, b"data").unwrap();
+    for subcommand in ["ensure", "release", "status"] {
+        let out = sub(subcommand, &file, &[]);
+        assert_exit(&out, 1);
+        assert_eq!(
+            stderr(&out).trim_end(),
+            format!("error: home `{}` is not a directory", file.display()),
+            "{subcommand}"
+        );
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"data");
+}
+
+#[test]
+fn symlink_at_the_reserve_path_is_refused_and_untouched() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let target = home.path().join("precious");
+    fs::write(&target, b"twelve bytes").unwrap();
+    std::os::unix::fs::symlink(&target, &reserve).unwrap();
+    for subcommand in ["ensure", "release"] {
+        let out = sub(subcommand, home.path(), &["--json"]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&format!(
+                "error: `{}` is a symlink, not a regular file",
+                reserve.display()
+            )),
+            "{subcommand}: {err}"
+        );
+        assert_eq!(json(&out)["outcome"], "error");
+        assert!(
+            fs::symlink_metadata(&reserve)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "link kept"
+        );
+        assert_eq!(
+            fs::metadata(&target).unwrap().len(),
+            12,
+            "rule 7: target untouched"
+        );
+        assert_eq!(
+            allocated(&target),
+            fs::symlink_metadata(&target).unwrap().blocks() * 512
+        );
+    }
+}
+
+#[test]
+fn directory_at_the_reserve_path_is_refused_and_untouched() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    fs::create_dir(&reserve).unwrap();
+    fs::write(reserve.join("inside"), b"x").unwrap();
+    for subcommand in ["ensure", "release"] {
+        let out = sub(subcommand, home.path(), &[]);
+        assert_exit(&out, 1);
+        assert!(
+            stderr(&out).starts_with(&format!(
+                "error: `{}` is a directory, not a regular file",
+                reserve.display()
+            )),
+            "{}",
+            stderr(&out)
+        );
+        assert!(reserve.is_dir(), "the directory still exists");
+        assert!(reserve.join("inside").exists());
+    }
+}
+
+#[test]
+fn fifo_at_the_reserve_path_is_refused_and_untouched() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    mkfifo(&reserve);
+    for subcommand in ["ensure", "release"] {
+        let out = sub(subcommand, home.path(), &[]);
+        assert_exit(&out, 1);
+        assert!(
+            stderr(&out).starts_with(&format!(
+                "error: `{}` is a fifo, not a regular file",
+                reserve.display()
+            )),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            fs::symlink_metadata(&reserve)
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+    }
+}
+
+#[test]
+fn non_utf8_home_is_a_clear_error_not_a_panic() {
+    let home = home();
+    let mut bytes = home.path().as_os_str().as_bytes().to_vec();
+    bytes.extend_from_slice(b"/bad-\xff-name");
+    let bad = PathBuf::from(OsStr::from_bytes(&bytes));
+    fs::create_dir(&bad).unwrap();
+    for subcommand in ["ensure", "release", "status"] {
+        let out = sub(subcommand, &bad, &[]);
+        assert_exit(&out, 1);
+        let err = stderr(&out);
+        assert!(err.starts_with("error: path "), "{err}");
+        assert!(err.contains("is not valid UTF-8"), "{err}");
+        let out = sub(subcommand, &bad, &["--json"]);
+        assert_exit(&out, 1);
+        let value = json(&out);
+        assert_eq!(value["outcome"], "error");
+        assert_eq!(value["path"], Value::Null);
+    }
+    assert_eq!(fs::read_dir(&bad).unwrap().count(), 0, "nothing written");
+}
+
+#[test]
+fn json_error_is_one_object_and_the_error_is_on_stderr_too() {
+    let home = home();
+    let missing = home.path().join("nope");
+    let out = sub("ensure", &missing, &["--json"]);
+    assert_exit(&out, 1);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "error");
+    let message = value["error"].as_str().unwrap();
+    assert_eq!(
+        message,
+        format!("home directory `{}` does not exist", missing.display())
+    );
+    assert_eq!(value["path"], missing.join(".reserve").to_str().unwrap());
+    assert_eq!(value["out_of_space"], false);
+    assert_eq!(value["hint"], Value::Null);
+    assert_eq!(stderr(&out).trim_end(), format!("error: {message}"));
+}
+
+// ---------------------------------------------------------------------------------------
+// usage: exit 2, nothing on stdout
+
+#[test]
+fn malformed_size_is_a_usage_error_naming_the_text() {
+    let home = home();
+    for (subcommand, flag) in [
+        ("ensure", "--size"),
+        ("ensure", "--headroom"),
+        ("status", "--size"),
+    ] {
+        for bad in ["12XB", "abc", "-5", "1.2.3MiB", "x%", "-1%", "101%", ""] {
+            // `--size=-5`: the form that keeps a leading `-` from reading as a flag.
+            let arg = format!("{flag}={bad}");
+            let out = sub(subcommand, home.path(), &[&arg, "--json"]);
+            assert_exit(&out, 2);
+            assert!(
+                stdout(&out).is_empty(),
+                "nothing on stdout for a usage error"
+            );
+            let err = stderr(&out);
+            assert!(err.contains(&format!("`{bad}`")), "{flag} {bad:?}: {err}");
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    for args in [
+        vec![],
+        vec!["frobnicate"],
+        vec!["ensure"],
+        vec!["ensure", "--home"],
+        vec!["ensure", "--home", h, "--strategy", "magic"],
+        vec!["ensure", "--home", h, "--bogus"],
+        vec!["release", "--home", h, "--size", "1MiB"],
+        vec!["status", "--home", h, "--strategy", "write"],
+    ] {
+        let out = run(&args);
+        assert_exit(&out, 2);
+        assert!(stdout(&out).is_empty(), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("error:") || err.contains("Usage:"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn help_has_an_example_per_subcommand_and_version_prints() {
+    for subcommand in ["ensure", "release", "status"] {
+        let out = run([subcommand, "--help"]);
+        assert_exit(&out, 0);
+        let help = stdout(&out);
+        assert!(help.contains("Example"), "{subcommand}: {help}");
+        assert!(
+            help.contains(&format!("disk-reserve {subcommand} --home /srv/app")),
+            "{help}"
+        );
+    }
+    let out = run(["--help"]);
+    assert_exit(&out, 0);
+    let help = stdout(&out);
+    for needle in ["75", "--json", "outcome", "\"error\"", "RUST_LOG"] {
+        assert!(
+            help.contains(needle),
+            "top-level help mentions {needle}: {help}"
+        );
+    }
+    let out = run(["--version"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out).trim_end(),
+        format!("disk-reserve {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// logs and progress
+
+#[test]
+fn rust_log_turns_on_the_library_logs() {
+    let home = home();
+    let out = Command::new(BIN)
+        .args(["ensure", "--size", "1MiB", "--home"])
+        .arg(home.path())
+        .env("RUST_LOG", "disk_reserve=info")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("disk reserve laid down"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).starts_with("created "), "logs stay off stdout");
+}
+
+#[test]
+fn no_progress_when_stderr_is_not_a_terminal() {
+    let home = home();
+    let out = sub(
+        "ensure",
+        home.path(),
+        &["--size", "24MiB", "--strategy", "write"],
+    );
+    assert_exit(&out, 0);
+    assert!(stderr(&out).is_empty(), "{:?}", stderr(&out));
+}
+
+/// Runs a shell command line under a pseudo-terminal with `script(1)`; `None` when it
+/// is not installed.
+fn under_pty(command_line: &str) -> Option<String> {
+    let out = Command::new("script")
+        .args(["-qec", command_line, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn progress_shows_on_a_terminal_but_not_with_json() {
+    let home = home();
+    let h = home.path().to_str().unwrap();
+    let Some(text) = under_pty(&format!(
+        "{BIN} ensure --home '{h}' --size 24MiB --strategy write"
+    )) else {
+        println!("skipped: script(1) is not available to give the command a terminal");
+        return;
+    };
+    assert!(text.contains("\rallocating "), "{text:?}");
+    assert!(text.contains("24.0 MiB of 24.0 MiB (100%)"), "{text:?}");
+    assert!(text.contains("created "), "{text:?}");
+
+    fs::remove_file(reserve_of(&home)).unwrap();
+    let text = under_pty(&format!(
+        "{BIN} ensure --home '{h}' --size 24MiB --strategy write --json"
+    ))
+    .unwrap();
+    assert!(!text.contains("allocating"), "{text:?}");
+    let value: Value = serde_json::from_str(text.trim()).expect("only the JSON object");
+    assert_eq!(value["outcome"], "created");
+}
+
+// ---------------------------------------------------------------------------------------
+// out of space: the hint line
+
+#[test]
+fn hint_line_format() {
+    let home = Utf8Path::new("/srv/app");
+    assert_eq!(
+        out_of_space_hint(home, Some(64 * MIB)),
+        "hint: the disk is full; run `disk-reserve release --home /srv/app` to free 64.0 MiB, then clean up and run `disk-reserve ensure --home /srv/app`"
+    );
+    assert_eq!(
+        out_of_space_hint(home, None),
+        "hint: the disk is full and there is no reserve in /srv/app to release; free space by hand, then run `disk-reserve ensure --home /srv/app`"
+    );
+    assert_eq!(
+        out_of_space_hint(home, Some(0)),
+        out_of_space_hint(home, None)
+    );
+}
+
+/// A small filesystem mounted for one test; unmounted when dropped.
+struct Mount {
+    dir: TempDir,
+    _image: Option<TempDir>,
+}
+
+impl Mount {
+    /// `mount -t tmpfs -o OPTIONS`, or `None` (with a printed line) when this machine
+    /// does not let the test mount (not root, no tmpfs).
+    fn tmpfs(options: &str) -> Option<Mount> {
+        let dir = home();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Mount { dir, _image: None })
+    }
+
+    /// A 16 MiB ext2 image with 1 KiB blocks, loop-mounted: no fallocate, so `ensure`
+    /// writes data, and writing needs indirect blocks beyond the data itself.
+    fn ext2() -> Option<Mount> {
+        let image_dir = home();
+        let image = image_dir.path().join("ext2.img");
+        File::create(&image).unwrap().set_len(16 * MIB).unwrap();
+        let made = Command::new("mkfs.ext2")
+            .args(["-q", "-F", "-b", "1024", "-m", "0"])
+            .arg(&image)
+            .status()
+            .is_ok_and(|s| s.success());
+        let dir = home();
+        let mounted = made
+            && Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if !mounted {
+            println!(
+                "skipped: cannot loop-mount an ext2 image here (needs root, mkfs.ext2, loop devices)"
+            );
+            return None;
+        }
+        Some(Mount {
+            dir,
+            _image: Some(image_dir),
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// Writes `path` until the filesystem says ENOSPC, in shrinking chunks; returns its
+/// length then.
+fn fill_until_full(path: &Path) -> u64 {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for chunk in [MIB, 64 * KIB, 4 * KIB, 1] {
+        let buf = vec![0xa5u8; chunk as usize];
+        loop {
+            match file.write_all(&buf).and_then(|()| file.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    // A failed write_all may have written part of a chunk: the length says what is there.
+    fs::metadata(path).unwrap().len()
+}
+
+fn one_byte_probe(dir: &Path) -> io::Result<()> {
+    let mut file = File::create(dir.join("probe"))?;
+    file.write_all(b"x")?;
+    file.sync_all()
+}
+
+/// The origin's full-host test through the command line: reserve, fill, release gives
+/// room back, ensure defers while the disk is tight and lays it down again after clean-up.
+#[test]
+fn full_disk_runbook_end_to_end() {
+    let Some(mount) = Mount::tmpfs("size=8m") else {
+        return;
+    };
+    let home = mount.path();
+    let reserve = home.join(".reserve");
+
+    assert_exit(&sub("ensure", home, &["--size", "1MiB"]), 0);
+    fill_until_full(&home.join("filler"));
+    let probe = one_byte_probe(home);
+    assert_eq!(
+        probe.unwrap_err().raw_os_error(),
+        Some(libc::ENOSPC),
+        "the disk is full"
+    );
+    let _ = fs::remove_file(home.join("probe"));
+
+    let out = sub("status", home, &["--size", "1MiB"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with(&format!(
+        "present {}: 1.0 MiB of 1.0 MiB allocated; ",
+        reserve.display()
+    )));
+
+    let out = sub("release", home, &["--json"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["freed_bytes"], MIB);
+    one_byte_probe(home).expect("released space takes a write");
+    fs::remove_file(home.join("probe")).unwrap();
+
+    let out = sub("ensure", home, &["--size", "1MiB"]);
+    assert_exit(&out, 75);
+    assert!(!reserve.exists(), "deferred: nothing written");
+
+    fs::remove_file(home.join("filler")).unwrap();
+    let out = sub("ensure", home, &["--size", "1MiB"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with("created "), "{}", stdout(&out));
+}
+
+/// A real ENOSPC with no reserve on disk: the hint says there is none to release.
+#[test]
+fn out_of_space_without_a_reserve_says_so() {
+    let Some(mount) = Mount::tmpfs("size=8m,nr_inodes=8") else {
+        return;
+    };
+    let home = mount.path();
+    for i in 0.. {
+        if let Err(e) = File::create(home.join(format!("f{i}"))) {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "out of inodes");
+            break;
+        }
+    }
+    let reserve = home.join(".reserve");
+    let out = sub("ensure", home, &["--size", "1MiB"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "error: create reserve `{}`: No space left on device (os error 28)",
+                reserve.display()
+            ),
+            out_of_space_hint(Utf8Path::from_path(home).unwrap(), None),
+        ],
+        "{err}"
+    );
+    assert!(lines[1].contains("no reserve"), "{err}");
+
+    let out = sub("ensure", home, &["--size", "1MiB", "--json"]);
+    assert_exit(&out, 1);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "error");
+    assert_eq!(value["out_of_space"], true);
+    assert_eq!(value["hint"], lines[1]);
+    assert!(!reserve.exists());
+}
+
+/// A real ENOSPC while topping up a partial reserve: the hint names the bytes the
+/// reserve really holds on disk, and the reserve is cut back to what it was.
+#[test]
+fn out_of_space_with_a_partial_reserve_names_its_bytes() {
+    let Some(mount) = Mount::ext2() else { return };
+    let home = mount.path();
+    let reserve = home.join(".reserve");
+    write_dense(&reserve, MIB);
+    let filler = home.join("filler");
+    fill_until_full(&filler);
+    // Give back just enough that free space covers the missing 3 MiB of data, but not
+    // the indirect blocks writing them needs: the decision allocates, the disk refuses.
+    let file = OpenOptions::new().write(true).open(&filler).unwrap();
+    let mut len = file.metadata().unwrap().len() - 3 * MIB + 64 * KIB;
+    file.set_len(len).unwrap();
+    loop {
+        let out = sub(
+            "status",
+            home,
+            &["--size", "4MiB", "--headroom", "0", "--json"],
+        );
+        if json(&out)["free_bytes"].as_u64().unwrap() >= 3 * MIB {
+            break;
+        }
+        len -= KIB;
+        file.set_len(len).unwrap();
+    }
+    file.sync_all().unwrap();
+    let held = allocated(&reserve);
+
+    let out = sub("ensure", home, &["--size", "4MiB", "--headroom", "0"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "error: write reserve `{}`: No space left on device (os error 28)",
+            reserve.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        lines[1],
+        out_of_space_hint(Utf8Path::from_path(home).unwrap(), Some(held)),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains(&format!("to free {}", HumanBytes(held))),
+        "{err}"
+    );
+    assert_eq!(
+        fs::metadata(&reserve).unwrap().len(),
+        MIB,
+        "rule 5: cut back to its old length"
+    );
+}
