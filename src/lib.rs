@@ -51,6 +51,10 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod classify;
 mod config;
 mod decision;
