@@ -4,5 +4,7 @@
 
 mod host_fs;
 pub mod pattern;
+pub mod sim_fs;
 
 pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+pub use sim_fs::{AllocateMode, SimFs, SimOp};
