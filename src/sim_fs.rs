@@ -655,15 +655,21 @@ impl State {
         self.nodes.retain(|ino, _| reachable.contains(ino));
     }
 
-    /// Creates `node` at `path` for the setup API: durable at once, `EEXIST` if taken.
-    fn setup_create(&mut self, path: &Utf8Path, node: Node) -> io::Result<u64> {
+    /// The directory and name where something new can go at `path`: `EEXIST` if taken.
+    fn free_entry(&self, path: &Utf8Path) -> io::Result<(u64, String)> {
         match self.resolve(path, false)? {
             Lookup {
-                entry: Some((parent, name)),
+                entry: Some(entry),
                 ino: None,
-            } => Ok(self.link_new(parent, name, node, true)),
+            } => Ok(entry),
             _ => Err(errno(libc::EEXIST)),
         }
+    }
+
+    /// Creates `node` at `path` for the setup API: durable at once, `EEXIST` if taken.
+    fn setup_create(&mut self, path: &Utf8Path, node: Node) -> io::Result<u64> {
+        let (parent, name) = self.free_entry(path)?;
+        Ok(self.link_new(parent, name, node, true))
     }
 
     fn mkdir_all(&mut self, path: &Utf8Path) -> io::Result<()> {
@@ -962,8 +968,8 @@ impl SimFs {
     /// `EDQUOT` if the blocks do not fit (nothing is created), `EFBIG`.
     pub fn write_file(&self, path: impl AsRef<Utf8Path>, len: u64) -> io::Result<()> {
         let mut state = self.state();
-        let end = checked_end(0, len)?;
-        let blocks = end.div_ceil(state.block_size);
+        let (parent, name) = state.free_entry(path.as_ref())?;
+        let blocks = checked_end(0, len)?.div_ceil(state.block_size);
         let (budget, out_of_space) = state.allocation_budget();
         if blocks > budget {
             return Err(errno(out_of_space));
@@ -973,13 +979,11 @@ impl SimFs {
             blocks: Extents::default(),
         };
         data.blocks.insert(0, blocks);
-        state.setup_create(
-            path.as_ref(),
-            Node::Regular {
-                live: data.clone(),
-                durable: data,
-            },
-        )?;
+        let node = Node::Regular {
+            live: data.clone(),
+            durable: data,
+        };
+        state.link_new(parent, name, node, true);
         Ok(())
     }
 
@@ -1165,13 +1169,7 @@ impl HostFs for SimFs {
             state.resolve(Utf8Path::new(trimmed), false)?;
             return Err(errno(libc::EISDIR));
         }
-        let Lookup {
-            entry: Some((parent, name)),
-            ino: None,
-        } = state.resolve(path, false)?
-        else {
-            return Err(errno(libc::EEXIST));
-        };
+        let (parent, name) = state.free_entry(path)?;
         if state.read_only {
             return Err(errno(libc::EROFS));
         }
