@@ -63,6 +63,7 @@ mod host_fs;
 pub mod pattern;
 mod real_fs;
 mod reserve;
+pub mod sim_fs;
 mod size;
 
 pub use classify::{is_out_of_space, out_of_space_hint};
@@ -72,4 +73,5 @@ pub use error::{Error, Operation, Result};
 pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};
 pub use real_fs::RealFs;
 pub use reserve::{Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES};
+pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};
