@@ -33,7 +33,7 @@
 //!
 //! ```
 //! use disk_reserve::{Ensured, Released, Reserve, ReserveConfig, SimFs};
-//! let fs = SimFs::with_home(1 << 30, "/srv/app")?;
+//! let fs = SimFs::with_home(1 << 30, "/srv/app");
 //! let reserve = Reserve::new(fs.clone(), "/srv/app", ReserveConfig::default()).unwrap();
 //! reserve.ensure().unwrap();
 //! fs.set_free(0)?; // other writers ate every remaining byte

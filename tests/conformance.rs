@@ -27,7 +27,7 @@ struct Sim(SimFs);
 
 impl Sim {
     fn new() -> Self {
-        Sim(SimFs::with_home(256 * MIB, "/root").unwrap())
+        Sim(SimFs::with_home(256 * MIB, "/root"))
     }
 }
 
