@@ -33,7 +33,7 @@
 //!
 //! ```
 //! use disk_reserve::{Ensured, Released, Reserve, ReserveConfig, SimFs};
-//! let fs = SimFs::with_home(1 << 30, "/srv/app")?;
+//! let fs = SimFs::with_home(1 << 30, "/srv/app");
 //! let reserve = Reserve::new(fs.clone(), "/srv/app", ReserveConfig::default()).unwrap();
 //! reserve.ensure().unwrap();
 //! fs.set_free(0)?; // other writers ate every remaining byte
@@ -51,6 +51,10 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod classify;
 mod config;
 mod decision;
@@ -59,6 +63,7 @@ mod host_fs;
 pub mod pattern;
 mod real_fs;
 mod reserve;
+pub mod sim_fs;
 mod size;
 
 pub use classify::{is_out_of_space, out_of_space_hint};
@@ -68,4 +73,5 @@ pub use error::{Error, Operation, Result};
 pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};
 pub use real_fs::RealFs;
 pub use reserve::{Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES};
+pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};

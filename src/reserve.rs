@@ -129,7 +129,7 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 ///
 /// ```
 /// use disk_reserve::{Ensured, Released, Reserve, ReserveConfig, SimFs};
-/// let fs = SimFs::with_home(1 << 30, "/srv/app").unwrap();
+/// let fs = SimFs::with_home(1 << 30, "/srv/app");
 /// let reserve = Reserve::new(fs.clone(), "/srv/app", ReserveConfig::default()).unwrap();
 /// assert!(matches!(reserve.ensure().unwrap(), Ensured::Created { .. }));
 /// assert!(matches!(reserve.ensure().unwrap(), Ensured::Present { .. }));

@@ -27,7 +27,7 @@ struct Sim(SimFs);
 
 impl Sim {
     fn new() -> Self {
-        Sim(SimFs::with_home(256 * MIB, "/root").unwrap())
+        Sim(SimFs::with_home(256 * MIB, "/root"))
     }
 }
 
@@ -76,7 +76,10 @@ impl Fixture for Real {
         std::os::unix::fs::symlink(target, link).unwrap();
     }
     fn mkfifo(&self, path: &Utf8Path) {
-        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
         assert!(status.success());
     }
     fn mkdir(&self, path: &Utf8Path) {
@@ -179,7 +182,10 @@ fn set_len_shrinks_and_frees(fx: &impl Fixture) {
     fs.set_len(&path, 4 * MIB).unwrap();
     let grown = fs.probe(&path).unwrap().unwrap();
     assert_eq!(grown.len, 4 * MIB);
-    assert_eq!(grown.allocated_bytes, p.allocated_bytes, "growing allocates nothing");
+    assert_eq!(
+        grown.allocated_bytes, p.allocated_bytes,
+        "growing allocates nothing"
+    );
 }
 
 fn opening_ops_refuse_non_regular_files(fx: &impl Fixture) {
@@ -196,8 +202,16 @@ fn opening_ops_refuse_non_regular_files(fx: &impl Fixture) {
         ("missing", libc::ENOENT),
     ] {
         let path = root.join(name);
-        assert_eq!(errno(fs.allocate(&path, 0, MIB)), expected, "allocate {name}");
-        assert_eq!(errno(fs.write_fill(&path, 0, MIB)), expected, "write_fill {name}");
+        assert_eq!(
+            errno(fs.allocate(&path, 0, MIB)),
+            expected,
+            "allocate {name}"
+        );
+        assert_eq!(
+            errno(fs.write_fill(&path, 0, MIB)),
+            expected,
+            "write_fill {name}"
+        );
         assert_eq!(errno(fs.set_len(&path, 0)), expected, "set_len {name}");
     }
     let target = fs.probe(&root.join("target")).unwrap().unwrap();
@@ -232,7 +246,10 @@ fn dir_ops_need_a_directory(fx: &impl Fixture) {
 fn space_reports_the_filesystem(fx: &impl Fixture) {
     let space = fx.fs().space(&fx.root()).unwrap();
     assert!(space.total_bytes > 0 && space.free_bytes <= space.total_bytes);
-    assert_eq!(errno(fx.fs().space(&fx.root().join("missing"))), libc::ENOENT);
+    assert_eq!(
+        errno(fx.fs().space(&fx.root().join("missing"))),
+        libc::ENOENT
+    );
 }
 
 fn lifecycle_round_trip(fx: &impl Fixture) {
@@ -254,10 +271,16 @@ fn lifecycle_repairs_sparse_partial_and_oversized(fx: &impl Fixture) {
     let reserve =
         Reserve::new(fx.fs(), fx.root(), ReserveConfig::with_size_bytes(2 * MIB)).unwrap();
     fx.write_sparse(&path, 2 * MIB);
-    assert!(matches!(reserve.ensure().unwrap(), Ensured::ToppedUp { .. }));
+    assert!(matches!(
+        reserve.ensure().unwrap(),
+        Ensured::ToppedUp { .. }
+    ));
     reserve.release().unwrap();
     fx.write_dense(&path, MIB / 2);
-    assert!(matches!(reserve.ensure().unwrap(), Ensured::ToppedUp { .. }));
+    assert!(matches!(
+        reserve.ensure().unwrap(),
+        Ensured::ToppedUp { .. }
+    ));
     reserve.release().unwrap();
     fx.write_dense(&path, 3 * MIB);
     assert!(matches!(
@@ -281,8 +304,14 @@ fn lifecycle_refuses_symlink(fx: &impl Fixture) {
             ..
         })
     ));
-    assert!(matches!(reserve.release(), Err(Error::NotARegularFile { .. })));
-    assert_eq!(fx.fs().probe(&root.join("victim")).unwrap().unwrap().len, 100);
+    assert!(matches!(
+        reserve.release(),
+        Err(Error::NotARegularFile { .. })
+    ));
+    assert_eq!(
+        fx.fs().probe(&root.join("victim")).unwrap().unwrap().len,
+        100
+    );
 }
 
 fn lifecycle_home_errors(fx: &impl Fixture) {

@@ -1,0 +1,1364 @@
+//! [`SimFs`]: a bounded, in-memory [`HostFs`] with fault injection, for tests.
+//!
+//! The simulator puts code on the disks that are hard to make for real: one with zero bytes
+//! free, one past its quota, one where `fallocate` is not supported or allocates nothing,
+//! one that is read-only, one whose operations fail with a chosen errno on the Nth call,
+//! one that other writers fill between any two calls, and one that crashes and forgets
+//! whatever was not fsynced. It returns the errnos the Linux kernel returns.
+//!
+//! Memory does not grow with simulated sizes: a file is a length and a set of allocated
+//! block ranges, never a buffer, so a 1 PiB disk holding a 1 TiB file costs a few hundred
+//! bytes. `SimFs` is a cheap [`Clone`] handle: clones share one filesystem, and it is
+//! `Send + Sync`, so threads can race on it.
+//!
+//! # Examples
+//!
+//! A disk with 0 bytes free, in one line; unlink still works there:
+//!
+//! ```
+//! use disk_reserve::{HostFs, SimFs};
+//!
+//! let fs = SimFs::with_home(1 << 30, "/srv/app");
+//! fs.write_file("/srv/app/.reserve", 64 << 20)?;
+//! fs.set_free(0)?; // this disk has 0 bytes free
+//!
+//! let err = fs.write_fill("/srv/app/.reserve".into(), 64 << 20, 4096).unwrap_err();
+//! assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+//! fs.remove_file("/srv/app/.reserve".into())?;
+//! assert_eq!(fs.free_bytes(), 64 << 20);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A fault plan: the second `fsync` of a file fails with `EIO` and has no effect.
+//!
+//! ```
+//! use disk_reserve::{HostFs, SimFs, SimOp};
+//!
+//! let fs = SimFs::with_home(1 << 20, "/data");
+//! fs.fail_nth(SimOp::SyncFile, 2, libc::EIO);
+//! fs.create_file("/data/f".into())?;
+//! fs.sync_file("/data/f".into())?;
+//! let err = fs.sync_file("/data/f".into()).unwrap_err();
+//! assert_eq!(err.raw_os_error(), Some(libc::EIO));
+//! fs.sync_file("/data/f".into())?; // the plan fired once and is gone
+//! assert_eq!(fs.calls(SimOp::SyncFile), 3);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A crash: what was not fsynced is lost.
+//!
+//! ```
+//! use disk_reserve::{HostFs, SimFs};
+//!
+//! let fs = SimFs::with_home(1 << 20, "/data");
+//! fs.create_file("/data/kept".into())?;
+//! fs.allocate("/data/kept".into(), 0, 8192)?;
+//! fs.sync_file("/data/kept".into())?;
+//! fs.sync_dir("/data".into())?;
+//! fs.create_file("/data/lost".into())?; // its directory is never synced
+//!
+//! fs.crash();
+//! assert_eq!(fs.probe("/data/kept".into())?.map(|p| p.allocated_bytes), Some(8192));
+//! assert_eq!(fs.probe("/data/lost".into())?, None);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Not modelled
+//!
+//! Permissions and ownership (no `EACCES`), inode limits, hard links, renames, timestamps,
+//! the data itself (reads are not part of [`HostFs`]), and directories' own blocks:
+//! directories and symlinks take no space. A trailing `/` is treated as a trailing `/.`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+
+/// Block size of [`SimFs::new`], the common one on Linux filesystems.
+const DEFAULT_BLOCK_SIZE: u64 = 4096;
+/// Symlinks followed in one path resolution before `ELOOP` (the kernel's `MAXSYMLINKS`).
+const MAX_SYMLINK_HOPS: u32 = 40;
+/// Longest path, terminating NUL included (`PATH_MAX`).
+const PATH_MAX: usize = 4096;
+/// Longest path component (`NAME_MAX`).
+const NAME_MAX: usize = 255;
+/// Largest file length or offset (`off_t` is signed).
+const MAX_FILE_BYTES: u64 = i64::MAX as u64;
+/// Inode number of `/`.
+const ROOT_INO: u64 = 1;
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// The [`HostFs`] operations, for fault plans ([`SimFs::fail_nth`]) and call counts
+/// ([`SimFs::calls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum SimOp {
+    /// [`HostFs::space`].
+    Space,
+    /// [`HostFs::probe`].
+    Probe,
+    /// [`HostFs::create_file`].
+    CreateFile,
+    /// [`HostFs::allocate`].
+    Allocate,
+    /// [`HostFs::write_fill`].
+    WriteFill,
+    /// [`HostFs::set_len`].
+    SetLen,
+    /// [`HostFs::sync_file`].
+    SyncFile,
+    /// [`HostFs::sync_dir`].
+    SyncDir,
+    /// [`HostFs::remove_file`].
+    RemoveFile,
+    /// [`HostFs::lock_dir`].
+    LockDir,
+}
+
+impl SimOp {
+    /// Every operation, in declaration order.
+    pub const ALL: [SimOp; 10] = [
+        SimOp::Space,
+        SimOp::Probe,
+        SimOp::CreateFile,
+        SimOp::Allocate,
+        SimOp::WriteFill,
+        SimOp::SetLen,
+        SimOp::SyncFile,
+        SimOp::SyncDir,
+        SimOp::RemoveFile,
+        SimOp::LockDir,
+    ];
+}
+
+/// What [`HostFs::allocate`] does on a [`SimFs`] ([`SimFs::set_allocate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum AllocateMode {
+    /// `fallocate` allocates blocks, all or nothing (ext4, XFS, btrfs, tmpfs).
+    #[default]
+    Supported,
+    /// `fallocate` fails with `errno` after the usual argument checks: `EOPNOTSUPP`
+    /// (ext2, many FUSE filesystems) or `ENOSYS` (old kernels, some FUSE daemons).
+    Unsupported {
+        /// The errno every allocation returns.
+        errno: i32,
+    },
+    /// `fallocate` succeeds and extends the length but allocates nothing, so the file
+    /// stays sparse (ZFS).
+    NoBlocks,
+}
+
+/// What a [`SimFs`] holds at one moment ([`SimFs::snapshot`]): every live path with what
+/// [`HostFs::probe`] says of it, and the bytes other writers hold.
+///
+/// Compare two snapshots to assert that an operation changed nothing but one path:
+///
+/// ```
+/// use disk_reserve::{HostFs, SimFs};
+///
+/// let fs = SimFs::with_home(1 << 20, "/data");
+/// fs.write_file("/data/db", 4096)?;
+/// let before = fs.snapshot();
+/// fs.create_file("/data/.reserve".into())?;
+/// fs.allocate("/data/.reserve".into(), 0, 65536)?;
+/// assert_eq!(fs.snapshot().without("/data/.reserve"), before);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSnapshot {
+    /// Every path reachable from `/` (included), with its `lstat`.
+    pub entries: BTreeMap<Utf8PathBuf, Probe>,
+    /// Bytes held by other writers ([`SimFs::eat`]).
+    pub other_writers_bytes: u64,
+}
+
+impl SimSnapshot {
+    /// This snapshot without `path` and anything under it.
+    pub fn without(mut self, path: impl AsRef<Utf8Path>) -> Self {
+        let path = path.as_ref();
+        self.entries.retain(|p, _| !p.starts_with(path));
+        self
+    }
+
+    /// What the snapshot says of `path`, if it was there.
+    pub fn get(&self, path: impl AsRef<Utf8Path>) -> Option<&Probe> {
+        self.entries.get(path.as_ref())
+    }
+}
+
+/// A bounded, in-memory, thread-safe filesystem implementing [`HostFs`].
+///
+/// See the [module documentation](self) for examples. Clones share one filesystem.
+///
+/// Three groups of methods:
+///
+/// * [`HostFs`] methods: the code under test. They count calls, apply scheduled space
+///   changes and fault plans, follow the kernel's errnos, and only become durable when
+///   synced.
+/// * Setup methods ([`mkdir_all`](SimFs::mkdir_all), [`write_file`](SimFs::write_file),
+///   [`remove`](SimFs::remove)…): the test's own hands. No fault injection, no call
+///   counting, no read-only check; durable at once.
+/// * Knobs and inspection ([`set_free`](SimFs::set_free), [`fail_nth`](SimFs::fail_nth),
+///   [`crash`](SimFs::crash), [`snapshot`](SimFs::snapshot)…).
+#[derive(Clone)]
+pub struct SimFs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Signalled when a directory lock is released or the lock table is emptied.
+    lock_released: Condvar,
+}
+
+/// Allocated blocks of one file: disjoint, non-adjacent `[start, end)` block ranges keyed
+/// by start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Extents(BTreeMap<u64, u64>);
+
+impl Extents {
+    fn block_count(&self) -> u64 {
+        self.0.iter().map(|(start, end)| end - start).sum()
+    }
+
+    /// The unallocated ranges inside `[start, end)`, in order.
+    fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut cursor = start;
+        if let Some((_, &covered_to)) = self.0.range(..=start).next_back() {
+            cursor = cursor.max(covered_to);
+        }
+        for (&range_start, &range_end) in self.0.range(start..end) {
+            if range_start > cursor {
+                gaps.push((cursor, range_start));
+            }
+            cursor = cursor.max(range_end);
+        }
+        if cursor < end {
+            gaps.push((cursor, end));
+        }
+        gaps
+    }
+
+    /// Marks `[start, end)` allocated, merging with touching ranges.
+    fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut merged_start, mut merged_end) = (start, end);
+        if let Some((&before_start, &before_end)) = self.0.range(..start).next_back()
+            && before_end >= start
+        {
+            merged_start = before_start;
+            merged_end = merged_end.max(before_end);
+        }
+        let absorbed: Vec<u64> = self.0.range(merged_start..=end).map(|(&s, _)| s).collect();
+        for range_start in absorbed {
+            if let Some(range_end) = self.0.remove(&range_start) {
+                merged_end = merged_end.max(range_end);
+            }
+        }
+        self.0.insert(merged_start, merged_end);
+    }
+
+    /// Frees every block at index `first_freed` or later.
+    fn truncate(&mut self, first_freed: u64) {
+        self.0.split_off(&first_freed);
+        if let Some(mut last) = self.0.last_entry()
+            && *last.get() > first_freed
+        {
+            *last.get_mut() = first_freed;
+        }
+    }
+}
+
+/// Length and allocated blocks of a regular file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FileData {
+    len: u64,
+    blocks: Extents,
+}
+
+/// One inode. Directories and files keep a live state and the state a crash returns to.
+#[derive(Debug)]
+enum Node {
+    Directory {
+        live: BTreeMap<String, u64>,
+        durable: BTreeMap<String, u64>,
+    },
+    Regular {
+        live: FileData,
+        durable: FileData,
+    },
+    Symlink {
+        target: String,
+    },
+    /// Fifos, sockets and devices: no content.
+    Special(FileKind),
+}
+
+impl Node {
+    fn kind(&self) -> FileKind {
+        match self {
+            Node::Directory { .. } => FileKind::Directory,
+            Node::Regular { .. } => FileKind::Regular,
+            Node::Symlink { .. } => FileKind::Symlink,
+            Node::Special(kind) => *kind,
+        }
+    }
+
+    fn probe(&self, block_size: u64) -> Probe {
+        let (len, allocated_bytes) = match self {
+            Node::Regular { live, .. } => (live.len, live.blocks.block_count() * block_size),
+            Node::Symlink { target } => (target.len() as u64, 0),
+            Node::Directory { .. } | Node::Special(_) => (0, 0),
+        };
+        Probe {
+            kind: self.kind(),
+            len,
+            allocated_bytes,
+        }
+    }
+}
+
+/// Where a path resolved to.
+struct Lookup {
+    /// The directory holding the last component and its name, or `None` when the path
+    /// ends at `/`, `.` or `..` (then `ino` is that directory).
+    entry: Option<(u64, String)>,
+    /// The inode at the path, if any.
+    ino: Option<u64>,
+}
+
+/// A pending fault plan: the `calls_left`-th next call of `op` fails with `errno`.
+struct Fault {
+    op: SimOp,
+    calls_left: u32,
+    errno: i32,
+}
+
+struct State {
+    capacity: u64,
+    block_size: u64,
+    other_writers: u64,
+    quota: Option<u64>,
+    allocate_mode: AllocateMode,
+    read_only: bool,
+    nodes: BTreeMap<u64, Node>,
+    next_ino: u64,
+    faults: Vec<Fault>,
+    calls: [u64; SimOp::ALL.len()],
+    space_changes: VecDeque<i64>,
+    /// Held directory locks: directory inode → token of the holder.
+    locks: HashMap<u64, u64>,
+    next_lock_token: u64,
+}
+
+/// Component of a path being resolved.
+enum Component {
+    Root,
+    Current,
+    Parent,
+    Normal(String),
+}
+
+fn components(path: &str) -> impl Iterator<Item = Component> + '_ {
+    let root = path.starts_with('/').then_some(Component::Root);
+    let trailing_slash = (path.len() > 1 && path.ends_with('/')).then_some(Component::Current);
+    let middle = path.split('/').filter(|c| !c.is_empty()).map(|c| match c {
+        "." => Component::Current,
+        ".." => Component::Parent,
+        name => Component::Normal(name.to_owned()),
+    });
+    root.into_iter().chain(middle).chain(trailing_slash)
+}
+
+impl State {
+    fn new(capacity: u64, block_size: u64) -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            ROOT_INO,
+            Node::Directory {
+                live: BTreeMap::new(),
+                durable: BTreeMap::new(),
+            },
+        );
+        State {
+            capacity,
+            block_size,
+            other_writers: 0,
+            quota: None,
+            allocate_mode: AllocateMode::Supported,
+            read_only: false,
+            nodes,
+            next_ino: ROOT_INO + 1,
+            faults: Vec::new(),
+            calls: [0; SimOp::ALL.len()],
+            space_changes: VecDeque::new(),
+            locks: HashMap::new(),
+            next_lock_token: 1,
+        }
+    }
+
+    // ---- space ----
+
+    fn file_bytes(&self) -> u64 {
+        let blocks: u64 = self
+            .nodes
+            .values()
+            .map(|node| match node {
+                Node::Regular { live, .. } => live.blocks.block_count(),
+                _ => 0,
+            })
+            .sum();
+        blocks.saturating_mul(self.block_size)
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.file_bytes().saturating_add(self.other_writers)
+    }
+
+    fn free_bytes(&self) -> u64 {
+        self.capacity.saturating_sub(self.used_bytes())
+    }
+
+    /// Blocks files may still allocate, and the errno once they are gone: `ENOSPC` when
+    /// free space is the tighter limit (checked first, like ext4), `EDQUOT` when the quota is.
+    fn allocation_budget(&self) -> (u64, i32) {
+        let free_blocks = self.free_bytes() / self.block_size;
+        match self.quota {
+            Some(quota) => {
+                let quota_blocks = quota.saturating_sub(self.file_bytes()) / self.block_size;
+                if quota_blocks < free_blocks {
+                    (quota_blocks, libc::EDQUOT)
+                } else {
+                    (free_blocks, libc::ENOSPC)
+                }
+            }
+            None => (free_blocks, libc::ENOSPC),
+        }
+    }
+
+    fn eat(&mut self, bytes: u64) -> u64 {
+        let taken = bytes.min(self.free_bytes());
+        self.other_writers += taken;
+        taken
+    }
+
+    fn free_external(&mut self, bytes: u64) -> u64 {
+        let freed = bytes.min(self.other_writers);
+        self.other_writers -= freed;
+        freed
+    }
+
+    // ---- per-call prelude ----
+
+    /// Counts the call, applies the next scheduled space change, fires a due fault plan.
+    fn begin(&mut self, op: SimOp) -> io::Result<()> {
+        self.calls[op as usize] += 1;
+        if let Some(delta) = self.space_changes.pop_front() {
+            if delta >= 0 {
+                self.eat(delta.unsigned_abs());
+            } else {
+                self.free_external(delta.unsigned_abs());
+            }
+        }
+        let mut fired = None;
+        for fault in self.faults.iter_mut().filter(|f| f.op == op) {
+            fault.calls_left -= 1;
+            if fault.calls_left == 0 && fired.is_none() {
+                fired = Some(fault.errno);
+            }
+        }
+        self.faults.retain(|f| f.calls_left > 0);
+        match fired {
+            Some(code) => {
+                tracing::debug!(?op, errno = code, "sim_fs: injected fault");
+                Err(errno(code))
+            }
+            None => Ok(()),
+        }
+    }
+
+    // ---- path resolution ----
+
+    fn node(&self, ino: u64) -> &Node {
+        &self.nodes[&ino]
+    }
+
+    fn node_mut(&mut self, ino: u64) -> &mut Node {
+        self.nodes
+            .get_mut(&ino)
+            .expect("sim_fs: dangling inode number")
+    }
+
+    fn live_entries(&self, dir: u64) -> &BTreeMap<String, u64> {
+        match self.node(dir) {
+            Node::Directory { live, .. } => live,
+            _ => unreachable!("sim_fs: resolution stack holds directories only"),
+        }
+    }
+
+    /// Resolves `path` component by component, following intermediate symlinks, and the
+    /// last one too when `follow_last`.
+    fn resolve(&self, path: &Utf8Path, follow_last: bool) -> io::Result<Lookup> {
+        let text = path.as_str();
+        if text.is_empty() {
+            return Err(errno(libc::ENOENT));
+        }
+        if text.contains('\0') || !text.starts_with('/') {
+            return Err(errno(libc::EINVAL));
+        }
+        if text.len() >= PATH_MAX {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        let mut pending: VecDeque<Component> = components(text).collect();
+        let mut stack = vec![ROOT_INO];
+        let mut hops = 0;
+        while let Some(component) = pending.pop_front() {
+            let is_last = pending.is_empty();
+            let name = match component {
+                Component::Root => {
+                    stack.truncate(1);
+                    continue;
+                }
+                Component::Current => continue,
+                Component::Parent => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                Component::Normal(name) => name,
+            };
+            if name.len() > NAME_MAX {
+                return Err(errno(libc::ENAMETOOLONG));
+            }
+            let dir = *stack.last().expect("resolution stack holds `/`");
+            let Some(&ino) = self.live_entries(dir).get(&name) else {
+                if is_last {
+                    return Ok(Lookup {
+                        entry: Some((dir, name)),
+                        ino: None,
+                    });
+                }
+                return Err(errno(libc::ENOENT));
+            };
+            match self.node(ino) {
+                Node::Symlink { target } if !is_last || follow_last => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(errno(libc::ELOOP));
+                    }
+                    if target.is_empty() {
+                        return Err(errno(libc::ENOENT));
+                    }
+                    for component in components(target).collect::<Vec<_>>().into_iter().rev() {
+                        pending.push_front(component);
+                    }
+                }
+                _ if is_last => {
+                    return Ok(Lookup {
+                        entry: Some((dir, name)),
+                        ino: Some(ino),
+                    });
+                }
+                Node::Directory { .. } => stack.push(ino),
+                _ => return Err(errno(libc::ENOTDIR)),
+            }
+        }
+        Ok(Lookup {
+            entry: None,
+            ino: stack.last().copied(),
+        })
+    }
+
+    /// The directory at `path` (last component not followed): `ENOENT`, `ENOTDIR`.
+    fn resolve_dir(&self, path: &Utf8Path) -> io::Result<u64> {
+        let ino = self
+            .resolve(path, false)?
+            .ino
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        match self.node(ino) {
+            Node::Directory { .. } => Ok(ino),
+            _ => Err(errno(libc::ENOTDIR)),
+        }
+    }
+
+    /// Opens the regular file at `path` as `open(O_NOFOLLOW | O_NONBLOCK)` would, for
+    /// writing when `write`.
+    fn open_regular(&self, path: &Utf8Path, write: bool) -> io::Result<u64> {
+        let ino = self
+            .resolve(path, false)?
+            .ino
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        match self.node(ino).kind() {
+            FileKind::Regular if write && self.read_only => Err(errno(libc::EROFS)),
+            FileKind::Regular => Ok(ino),
+            FileKind::Symlink => Err(errno(libc::ELOOP)),
+            FileKind::Directory => Err(errno(libc::EISDIR)),
+            FileKind::Fifo | FileKind::Socket => Err(errno(libc::ENXIO)),
+            FileKind::BlockDevice | FileKind::CharDevice => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    fn file_mut(&mut self, ino: u64) -> &mut FileData {
+        match self.node_mut(ino) {
+            Node::Regular { live, .. } => live,
+            _ => unreachable!("sim_fs: open_regular returned a non-regular inode"),
+        }
+    }
+
+    // ---- inode table ----
+
+    /// Adds `node` under `name` in `parent`, durable at once when `durable`.
+    fn link_new(&mut self, parent: u64, name: String, node: Node, durable: bool) -> u64 {
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.nodes.insert(ino, node);
+        match self.node_mut(parent) {
+            Node::Directory {
+                live,
+                durable: durable_entries,
+            } => {
+                if durable {
+                    durable_entries.insert(name.clone(), ino);
+                }
+                live.insert(name, ino);
+            }
+            _ => unreachable!("sim_fs: parent is a directory"),
+        }
+        ino
+    }
+
+    /// Drops inodes no directory names, live or durable.
+    fn collect_garbage(&mut self) {
+        let mut reachable = std::collections::BTreeSet::from([ROOT_INO]);
+        let mut queue = vec![ROOT_INO];
+        while let Some(ino) = queue.pop() {
+            if let Some(Node::Directory { live, durable }) = self.nodes.get(&ino) {
+                for &child in live.values().chain(durable.values()) {
+                    if reachable.insert(child) {
+                        queue.push(child);
+                    }
+                }
+            }
+        }
+        self.nodes.retain(|ino, _| reachable.contains(ino));
+    }
+
+    /// The directory and name where something new can go at `path`: `EEXIST` if taken.
+    fn free_entry(&self, path: &Utf8Path) -> io::Result<(u64, String)> {
+        match self.resolve(path, false)? {
+            Lookup {
+                entry: Some(entry),
+                ino: None,
+            } => Ok(entry),
+            _ => Err(errno(libc::EEXIST)),
+        }
+    }
+
+    /// Creates `node` at `path` for the setup API: durable at once, `EEXIST` if taken.
+    fn setup_create(&mut self, path: &Utf8Path, node: Node) -> io::Result<u64> {
+        let (parent, name) = self.free_entry(path)?;
+        Ok(self.link_new(parent, name, node, true))
+    }
+
+    fn mkdir_all(&mut self, path: &Utf8Path) -> io::Result<()> {
+        match self.resolve(path, true) {
+            Ok(Lookup { ino: Some(ino), .. }) => match self.node(ino) {
+                Node::Directory { .. } => Ok(()),
+                _ => Err(errno(libc::EEXIST)),
+            },
+            Ok(Lookup { ino: None, .. }) => self.mkdir(path),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                if let Some(parent) = path.parent() {
+                    self.mkdir_all(parent)?;
+                }
+                self.mkdir(path)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn mkdir(&mut self, path: &Utf8Path) -> io::Result<()> {
+        let dir = Node::Directory {
+            live: BTreeMap::new(),
+            durable: BTreeMap::new(),
+        };
+        self.setup_create(path, dir).map(drop)
+    }
+
+    fn snapshot(&self) -> SimSnapshot {
+        let mut entries = BTreeMap::new();
+        let mut queue = vec![(Utf8PathBuf::from("/"), ROOT_INO)];
+        while let Some((path, ino)) = queue.pop() {
+            let node = self.node(ino);
+            if let Node::Directory { live, .. } = node {
+                queue.extend(live.iter().map(|(name, &child)| (path.join(name), child)));
+            }
+            entries.insert(path, node.probe(self.block_size));
+        }
+        SimSnapshot {
+            entries,
+            other_writers_bytes: self.other_writers,
+        }
+    }
+}
+
+/// Keeps one directory lock of a [`SimFs`]; dropping it releases the lock unless a crash
+/// emptied the lock table since (the token no longer matches).
+struct SimLockGuard {
+    inner: Arc<Inner>,
+    dir_ino: u64,
+    token: u64,
+}
+
+impl Drop for SimLockGuard {
+    fn drop(&mut self) {
+        let mut state = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if state.locks.get(&self.dir_ino) == Some(&self.token) {
+            state.locks.remove(&self.dir_ino);
+            self.inner.lock_released.notify_all();
+        }
+    }
+}
+
+/// Checks that an offset and length stay within the largest file: `EINVAL` for an offset
+/// `off_t` cannot hold, `EFBIG` for an end past it. Returns the end.
+fn checked_end(offset: u64, len: u64) -> io::Result<u64> {
+    if offset > MAX_FILE_BYTES {
+        return Err(errno(libc::EINVAL));
+    }
+    offset
+        .checked_add(len)
+        .filter(|&end| end <= MAX_FILE_BYTES)
+        .ok_or_else(|| errno(libc::EFBIG))
+}
+
+impl SimFs {
+    /// An empty filesystem of `capacity_bytes` with 4096-byte blocks; only `/` exists.
+    ///
+    /// ```
+    /// let fs = disk_reserve::SimFs::new(1 << 20);
+    /// assert_eq!(fs.free_bytes(), 1 << 20);
+    /// ```
+    pub fn new(capacity_bytes: u64) -> Self {
+        SimFs::with_block_size(capacity_bytes, DEFAULT_BLOCK_SIZE)
+    }
+
+    /// An empty filesystem of `capacity_bytes` with blocks of `block_size` bytes.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, SimFs};
+    ///
+    /// let fs = SimFs::with_block_size(1 << 20, 65536);
+    /// fs.write_file("/one-byte", 1)?;
+    /// assert_eq!(fs.used_bytes(), 65536);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// If `block_size` is not a power of two.
+    pub fn with_block_size(capacity_bytes: u64, block_size: u64) -> Self {
+        assert!(
+            block_size.is_power_of_two(),
+            "SimFs block size must be a power of two, got {block_size}"
+        );
+        SimFs {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::new(capacity_bytes, block_size)),
+                lock_released: Condvar::new(),
+            }),
+        }
+    }
+
+    /// An empty filesystem of `capacity_bytes` holding the directory `home` and its
+    /// parents: the one-line setup for a test.
+    ///
+    /// ```
+    /// use disk_reserve::{FileKind, HostFs, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 30, "/srv/app");
+    /// assert_eq!(fs.probe("/srv/app".into())?.unwrap().kind, FileKind::Directory);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// If `home` is not an absolute path.
+    pub fn with_home(capacity_bytes: u64, home: impl AsRef<Utf8Path>) -> Self {
+        let fs = SimFs::new(capacity_bytes);
+        let home = home.as_ref();
+        if let Err(err) = fs.mkdir_all(home) {
+            panic!("SimFs::with_home({home:?}): {err}");
+        }
+        fs
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state after the prelude every [`HostFs`] call goes through.
+    fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
+        let mut state = self.state();
+        state.begin(op)?;
+        Ok(state)
+    }
+
+    // ---- knobs ----
+
+    /// Makes other writers hold exactly enough that `free_bytes` bytes are free, rounded
+    /// down to a whole block: "this disk has 0 bytes free".
+    ///
+    /// ```
+    /// let fs = disk_reserve::SimFs::new(1 << 20);
+    /// fs.set_free(10_000)?;
+    /// assert_eq!(fs.free_bytes(), 8192);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// `ENOSPC` if files already use more than `capacity - free_bytes`; nothing changes.
+    pub fn set_free(&self, free_bytes: u64) -> io::Result<()> {
+        let mut state = self.state();
+        let free = free_bytes / state.block_size * state.block_size;
+        let other_writers = state
+            .capacity
+            .checked_sub(free)
+            .and_then(|room| room.checked_sub(state.file_bytes()))
+            .ok_or_else(|| errno(libc::ENOSPC))?;
+        state.other_writers = other_writers;
+        Ok(())
+    }
+
+    /// Other writers take up to `bytes` (no more than is free); returns what they took.
+    pub fn eat(&self, bytes: u64) -> u64 {
+        self.state().eat(bytes)
+    }
+
+    /// Other writers free up to `bytes` of what they hold; returns what they freed.
+    pub fn free_external(&self, bytes: u64) -> u64 {
+        self.state().free_external(bytes)
+    }
+
+    /// Queues space changes by other writers: before each later [`HostFs`] call, one delta
+    /// is taken from the queue and applied (positive: [`eat`](SimFs::eat) that many bytes;
+    /// negative: [`free_external`](SimFs::free_external) them). Appends to what is queued.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// // Someone fills the disk between the first call and the second.
+    /// fs.schedule_space_changes([0, i64::MAX]);
+    /// assert_eq!(fs.space("/data".into())?.free_bytes, 1 << 20);
+    /// fs.create_file("/data/f".into())?;
+    /// assert_eq!(fs.free_bytes(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn schedule_space_changes(&self, deltas: impl IntoIterator<Item = i64>) {
+        self.state().space_changes.extend(deltas);
+    }
+
+    /// Sets (or with `None` removes) a quota on the bytes files allocate; allocations
+    /// past it fail with `EDQUOT`. Other writers' bytes do not count, and
+    /// [`HostFs::space`] does not show the quota, like `statvfs`.
+    pub fn set_quota(&self, quota_bytes: Option<u64>) {
+        self.state().quota = quota_bytes;
+    }
+
+    /// Chooses what [`HostFs::allocate`] does.
+    pub fn set_allocate(&self, mode: AllocateMode) {
+        self.state().allocate_mode = mode;
+    }
+
+    /// Makes the filesystem read-only (or writable again): `create_file`, `allocate`,
+    /// `write_fill`, `set_len` and `remove_file` fail with `EROFS` where the kernel
+    /// would; the other operations work.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.state().read_only = read_only;
+    }
+
+    /// Makes the `n`-th next call of `op` (1-based, counting from now) fail with `errno`
+    /// and have no effect. Several plans may be pending; when two fall on the same call,
+    /// the one made first gives the errno and both are used up.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, SimFs, SimOp};
+    ///
+    /// let fs = SimFs::new(1 << 20);
+    /// fs.fail_nth(SimOp::Probe, 2, libc::EIO);
+    /// assert!(fs.probe("/".into()).is_ok());
+    /// assert_eq!(fs.probe("/".into()).unwrap_err().raw_os_error(), Some(libc::EIO));
+    /// assert!(fs.probe("/".into()).is_ok());
+    /// ```
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn fail_nth(&self, op: SimOp, n: u32, errno: i32) {
+        assert!(n >= 1, "SimFs::fail_nth counts calls from 1");
+        self.state().faults.push(Fault {
+            op,
+            calls_left: n,
+            errno,
+        });
+    }
+
+    /// Makes the next call of `op` fail with `errno`: `fail_nth(op, 1, errno)`.
+    pub fn fail_next(&self, op: SimOp, errno: i32) {
+        self.fail_nth(op, 1, errno);
+    }
+
+    /// How many times `op` was called since the filesystem was made, failed calls included.
+    pub fn calls(&self, op: SimOp) -> u64 {
+        self.state().calls[op as usize]
+    }
+
+    /// Simulates a power cut: every directory goes back to the entries it had at its last
+    /// [`sync_dir`](HostFs::sync_dir) and every file to its state at its last
+    /// [`sync_file`](HostFs::sync_file) (setup methods count as synced). A created but
+    /// unsynced file vanishes, an unlinked but unsynced one comes back, unsynced growth
+    /// is lost. Every directory lock is dropped; guards still held release nothing.
+    pub fn crash(&self) {
+        let mut state = self.state();
+        for node in state.nodes.values_mut() {
+            match node {
+                Node::Directory { live, durable } => live.clone_from(durable),
+                Node::Regular { live, durable } => live.clone_from(durable),
+                Node::Symlink { .. } | Node::Special(_) => {}
+            }
+        }
+        state.collect_garbage();
+        state.locks.clear();
+        self.inner.lock_released.notify_all();
+        tracing::debug!(inodes = state.nodes.len(), "sim_fs: crash");
+    }
+
+    // ---- setup ----
+
+    /// Creates the directory `path` and its missing parents, like `mkdir -p`.
+    ///
+    /// # Errors
+    /// `EINVAL` for a relative path, `EEXIST` if `path` is something other than a
+    /// directory, `ENOTDIR` if a parent is.
+    pub fn mkdir_all(&self, path: impl AsRef<Utf8Path>) -> io::Result<()> {
+        self.state().mkdir_all(path.as_ref())
+    }
+
+    /// Creates a dense regular file of `len` bytes: every block is allocated.
+    ///
+    /// # Errors
+    /// `EEXIST` if `path` is taken, `ENOENT`/`ENOTDIR` for the parent, `ENOSPC` or
+    /// `EDQUOT` if the blocks do not fit (nothing is created), `EFBIG`.
+    pub fn write_file(&self, path: impl AsRef<Utf8Path>, len: u64) -> io::Result<()> {
+        let mut state = self.state();
+        let (parent, name) = state.free_entry(path.as_ref())?;
+        let blocks = checked_end(0, len)?.div_ceil(state.block_size);
+        let (budget, out_of_space) = state.allocation_budget();
+        if blocks > budget {
+            return Err(errno(out_of_space));
+        }
+        let mut data = FileData {
+            len,
+            blocks: Extents::default(),
+        };
+        data.blocks.insert(0, blocks);
+        let node = Node::Regular {
+            live: data.clone(),
+            durable: data,
+        };
+        state.link_new(parent, name, node, true);
+        Ok(())
+    }
+
+    /// Creates a sparse regular file of `len` bytes: nothing is allocated.
+    ///
+    /// # Errors
+    /// `EEXIST` if `path` is taken, `ENOENT`/`ENOTDIR` for the parent, `EFBIG`.
+    pub fn write_sparse(&self, path: impl AsRef<Utf8Path>, len: u64) -> io::Result<()> {
+        let len = checked_end(0, len)?;
+        let data = FileData {
+            len,
+            blocks: Extents::default(),
+        };
+        let node = Node::Regular {
+            live: data.clone(),
+            durable: data,
+        };
+        self.state().setup_create(path.as_ref(), node).map(drop)
+    }
+
+    /// Creates a symbolic link at `path` pointing to `target` (absolute or relative,
+    /// dangling or not).
+    ///
+    /// # Errors
+    /// `EEXIST` if `path` is taken, `ENOENT` for an empty target or a missing parent,
+    /// `ENAMETOOLONG`.
+    pub fn symlink(
+        &self,
+        path: impl AsRef<Utf8Path>,
+        target: impl AsRef<Utf8Path>,
+    ) -> io::Result<()> {
+        let target = target.as_ref().as_str();
+        if target.is_empty() {
+            return Err(errno(libc::ENOENT));
+        }
+        if target.len() >= PATH_MAX {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        let node = Node::Symlink {
+            target: target.to_owned(),
+        };
+        self.state().setup_create(path.as_ref(), node).map(drop)
+    }
+
+    /// Creates a named pipe at `path`.
+    ///
+    /// # Errors
+    /// As [`mknod`](SimFs::mknod).
+    pub fn mkfifo(&self, path: impl AsRef<Utf8Path>) -> io::Result<()> {
+        self.mknod(path, FileKind::Fifo)
+    }
+
+    /// Creates a Unix domain socket at `path`.
+    ///
+    /// # Errors
+    /// As [`mknod`](SimFs::mknod).
+    pub fn mksocket(&self, path: impl AsRef<Utf8Path>) -> io::Result<()> {
+        self.mknod(path, FileKind::Socket)
+    }
+
+    /// Creates a special file (or an empty regular file) of `kind` at `path`, like
+    /// `mknod(2)`.
+    ///
+    /// # Errors
+    /// `EINVAL` for a directory or symlink kind, `EEXIST` if `path` is taken,
+    /// `ENOENT`/`ENOTDIR` for the parent.
+    pub fn mknod(&self, path: impl AsRef<Utf8Path>, kind: FileKind) -> io::Result<()> {
+        let node = match kind {
+            FileKind::Regular => Node::Regular {
+                live: FileData::default(),
+                durable: FileData::default(),
+            },
+            FileKind::Directory | FileKind::Symlink => return Err(errno(libc::EINVAL)),
+            special => Node::Special(special),
+        };
+        self.state().setup_create(path.as_ref(), node).map(drop)
+    }
+
+    /// Removes whatever is at `path` (a directory must be empty), durably, freeing a
+    /// file's blocks.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY` for a non-empty directory, `EBUSY` for `/`,
+    /// `EINVAL` for a path ending in `.` or `..`.
+    pub fn remove(&self, path: impl AsRef<Utf8Path>) -> io::Result<()> {
+        let mut state = self.state();
+        let path = path.as_ref().as_str();
+        let trimmed = path.trim_end_matches('/');
+        let lookup = state.resolve(
+            Utf8Path::new(if trimmed.is_empty() { path } else { trimmed }),
+            false,
+        )?;
+        let (parent, name) = match (lookup.entry, lookup.ino) {
+            (None, Some(ROOT_INO)) => return Err(errno(libc::EBUSY)),
+            (None, _) => return Err(errno(libc::EINVAL)),
+            (Some(_), None) => return Err(errno(libc::ENOENT)),
+            (Some(entry), Some(ino)) => {
+                if let Node::Directory { live, .. } = state.node(ino)
+                    && !live.is_empty()
+                {
+                    return Err(errno(libc::ENOTEMPTY));
+                }
+                entry
+            }
+        };
+        if let Node::Directory { live, durable } = state.node_mut(parent) {
+            live.remove(&name);
+            durable.remove(&name);
+        }
+        state.collect_garbage();
+        Ok(())
+    }
+
+    // ---- inspection ----
+
+    /// Bytes free: capacity minus what files and other writers use.
+    pub fn free_bytes(&self) -> u64 {
+        self.state().free_bytes()
+    }
+
+    /// Bytes used: files' allocated blocks plus what other writers hold.
+    pub fn used_bytes(&self) -> u64 {
+        self.state().used_bytes()
+    }
+
+    /// Size of the filesystem in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.state().capacity
+    }
+
+    /// Size of one block in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.state().block_size
+    }
+
+    /// Every live path and what other writers hold, for comparing states.
+    pub fn snapshot(&self) -> SimSnapshot {
+        self.state().snapshot()
+    }
+}
+
+impl fmt::Debug for SimFs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("SimFs")
+            .field("capacity_bytes", &state.capacity)
+            .field("used_bytes", &state.used_bytes())
+            .field("free_bytes", &state.free_bytes())
+            .field("entries", &state.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostFs for SimFs {
+    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
+        let state = self.begin(SimOp::Space)?;
+        state
+            .resolve(path, true)?
+            .ino
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        Ok(Space {
+            free_bytes: state.free_bytes(),
+            total_bytes: state.capacity,
+        })
+    }
+
+    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
+        let state = self.begin(SimOp::Probe)?;
+        match state.resolve(path, false) {
+            Ok(lookup) => Ok(lookup
+                .ino
+                .map(|ino| state.node(ino).probe(state.block_size))),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
+        let mut state = self.begin(SimOp::CreateFile)?;
+        let trimmed = path.as_str().trim_end_matches('/');
+        if trimmed.len() < path.as_str().len() && !trimmed.is_empty() {
+            // `open("dir/name/", O_CREAT)`: the parent must resolve, then EISDIR.
+            state.resolve(Utf8Path::new(trimmed), false)?;
+            return Err(errno(libc::EISDIR));
+        }
+        let (parent, name) = state.free_entry(path)?;
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        let file = Node::Regular {
+            live: FileData::default(),
+            durable: FileData::default(),
+        };
+        state.link_new(parent, name, file, false);
+        Ok(())
+    }
+
+    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.begin(SimOp::Allocate)?;
+        let ino = state.open_regular(path, true)?;
+        if len == 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        let end = checked_end(offset, len)?;
+        match state.allocate_mode {
+            AllocateMode::Unsupported { errno: code } => return Err(errno(code)),
+            AllocateMode::NoBlocks => {}
+            AllocateMode::Supported => {
+                let block_size = state.block_size;
+                let (first, last) = (offset / block_size, end.div_ceil(block_size));
+                let gaps = state.file_mut(ino).blocks.gaps(first, last);
+                let needed: u64 = gaps.iter().map(|(start, end)| end - start).sum();
+                let (budget, out_of_space) = state.allocation_budget();
+                if needed > budget {
+                    return Err(errno(out_of_space));
+                }
+                let blocks = &mut state.file_mut(ino).blocks;
+                for (start, end) in gaps {
+                    blocks.insert(start, end);
+                }
+            }
+        }
+        let file = state.file_mut(ino);
+        file.len = file.len.max(end);
+        Ok(())
+    }
+
+    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.begin(SimOp::WriteFill)?;
+        let ino = state.open_regular(path, true)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = checked_end(offset, len)?;
+        let block_size = state.block_size;
+        let (first, last) = (offset / block_size, end.div_ceil(block_size));
+        let gaps = state.file_mut(ino).blocks.gaps(first, last);
+        let (mut budget, out_of_space) = state.allocation_budget();
+        // The first block that could not be had, if any: the write stops there.
+        let mut stopped_at = None;
+        let file = state.file_mut(ino);
+        for (start, gap_end) in gaps {
+            let taken = budget.min(gap_end - start);
+            file.blocks.insert(start, start + taken);
+            budget -= taken;
+            if start + taken < gap_end {
+                stopped_at = Some(start + taken);
+                break;
+            }
+        }
+        let written_end = stopped_at.map_or(end, |block| (block * block_size).max(offset));
+        if written_end > offset {
+            file.len = file.len.max(written_end);
+        }
+        match stopped_at {
+            Some(_) => Err(errno(out_of_space)),
+            None => Ok(()),
+        }
+    }
+
+    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
+        let mut state = self.begin(SimOp::SetLen)?;
+        let ino = state.open_regular(path, true)?;
+        if len > MAX_FILE_BYTES {
+            return Err(errno(libc::EINVAL));
+        }
+        let block_size = state.block_size;
+        let file = state.file_mut(ino);
+        file.len = len;
+        file.blocks.truncate(len.div_ceil(block_size));
+        Ok(())
+    }
+
+    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
+        let mut state = self.begin(SimOp::SyncFile)?;
+        let ino = state.open_regular(path, false)?;
+        if let Node::Regular { live, durable } = state.node_mut(ino) {
+            durable.clone_from(live);
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
+        let mut state = self.begin(SimOp::SyncDir)?;
+        let ino = state.resolve_dir(dir)?;
+        if let Node::Directory { live, durable } = state.node_mut(ino) {
+            durable.clone_from(live);
+        }
+        state.collect_garbage();
+        Ok(())
+    }
+
+    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
+        let mut state = self.begin(SimOp::RemoveFile)?;
+        let lookup = state.resolve(path, false)?;
+        let Some((parent, name)) = lookup.entry else {
+            return Err(errno(libc::EISDIR));
+        };
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        let ino = lookup.ino.ok_or_else(|| errno(libc::ENOENT))?;
+        match state.node_mut(ino) {
+            Node::Directory { .. } => return Err(errno(libc::EISDIR)),
+            // No descriptor stays open, so the blocks are freed with the last name.
+            Node::Regular { live, .. } => *live = FileData::default(),
+            Node::Symlink { .. } | Node::Special(_) => {}
+        }
+        if let Node::Directory { live, .. } = state.node_mut(parent) {
+            live.remove(&name);
+        }
+        state.collect_garbage();
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
+        let mut state = self.begin(SimOp::LockDir)?;
+        let dir_ino = state.resolve_dir(dir)?;
+        while state.locks.contains_key(&dir_ino) {
+            state = self
+                .inner
+                .lock_released
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let token = state.next_lock_token;
+        state.next_lock_token += 1;
+        state.locks.insert(dir_ino, token);
+        Ok(DirLock::new(SimLockGuard {
+            inner: Arc::clone(&self.inner),
+            dir_ino,
+            token,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Extents;
+
+    fn ranges(extents: &Extents) -> Vec<(u64, u64)> {
+        extents.0.iter().map(|(&s, &e)| (s, e)).collect()
+    }
+
+    #[test]
+    fn extents_merge_touching_and_overlapping_ranges() {
+        let mut extents = Extents::default();
+        extents.insert(10, 20);
+        extents.insert(30, 40);
+        extents.insert(20, 30);
+        assert_eq!(ranges(&extents), [(10, 40)]);
+        extents.insert(5, 50);
+        assert_eq!(ranges(&extents), [(5, 50)]);
+        extents.insert(60, 70);
+        assert_eq!(extents.block_count(), 55);
+    }
+
+    #[test]
+    fn extents_gaps_lists_unallocated_ranges_in_order() {
+        let mut extents = Extents::default();
+        extents.insert(2, 4);
+        extents.insert(6, 8);
+        assert_eq!(extents.gaps(0, 10), [(0, 2), (4, 6), (8, 10)]);
+        assert_eq!(extents.gaps(3, 7), [(4, 6)]);
+        assert_eq!(extents.gaps(2, 4), []);
+    }
+
+    #[test]
+    fn extents_truncate_frees_blocks_from_index() {
+        let mut extents = Extents::default();
+        extents.insert(0, 10);
+        extents.insert(20, 30);
+        extents.truncate(5);
+        assert_eq!(ranges(&extents), [(0, 5)]);
+        extents.truncate(0);
+        assert_eq!(extents.block_count(), 0);
+    }
+}

@@ -1,0 +1,87 @@
+//! SimFs memory does not grow with simulated sizes: a 1 PiB disk holding a 1 TiB file
+//! costs about what a 1 MiB disk holding a 512 KiB file costs.
+//!
+//! One test in its own binary, so no other test allocates while it measures.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use disk_reserve::{HostFs, SimFs};
+
+/// Wraps the system allocator and counts the bytes currently allocated.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`; the counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::SeqCst);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::SeqCst);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::SeqCst);
+            LIVE_BYTES.fetch_add(new_size, Ordering::SeqCst);
+        }
+        new
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Live heap bytes held by a SimFs of `capacity` with one reserve-like file of
+/// `file_len` bytes, allocated through the trait.
+fn heap_growth(capacity: u64, file_len: u64) -> (SimFs, usize) {
+    let before = LIVE_BYTES.load(Ordering::SeqCst);
+    let fs = SimFs::with_home(capacity, "/srv/app");
+    fs.create_file("/srv/app/.reserve".into()).unwrap();
+    fs.allocate("/srv/app/.reserve".into(), 0, file_len)
+        .unwrap();
+    fs.sync_file("/srv/app/.reserve".into()).unwrap();
+    fs.sync_dir("/srv/app".into()).unwrap();
+    let after = LIVE_BYTES.load(Ordering::SeqCst);
+    (fs, after.saturating_sub(before))
+}
+
+#[test]
+fn memory_does_not_grow_with_simulated_size() {
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const TIB: u64 = 1 << 40;
+    const PIB: u64 = 1 << 50;
+
+    // Warm up one-time allocations (tracing callsites, thread-locals) outside the count.
+    drop(heap_growth(MIB, 512 * KIB));
+
+    let (small_fs, small) = heap_growth(MIB, 512 * KIB);
+    let (huge_fs, huge) = heap_growth(PIB, TIB);
+    println!("live heap growth: 1 MiB disk with 512 KiB file = {small} B");
+    println!("live heap growth: 1 PiB disk with 1 TiB file   = {huge} B");
+
+    assert_eq!(
+        huge_fs.free_bytes(),
+        PIB - TIB,
+        "the 1 TiB is really allocated"
+    );
+    assert_eq!(small_fs.free_bytes(), MIB - 512 * KIB);
+    assert!(
+        huge <= 2 * small + 1024,
+        "1 PiB case uses {huge} B, 1 MiB case {small} B"
+    );
+    assert!(huge < 64 * 1024, "1 PiB case uses {huge} B");
+}
