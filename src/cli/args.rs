@@ -40,7 +40,15 @@ Logs go to stderr; RUST_LOG sets the level (default: warn).";
 
 /// `disk-reserve`: ensure, release or inspect a structural disk reserve.
 #[derive(Debug, Parser)]
-#[command(name = "disk-reserve", version, about = ABOUT, long_about = None, after_long_help = LONG_ABOUT_TAIL)]
+#[command(
+    name = "disk-reserve",
+    version,
+    about = ABOUT,
+    long_about = None,
+    after_help = "Exit status: 0 done, 75 ensure deferred (not now), 1 error, 2 bad usage. \
+                  --help tells more, with the JSON fields.",
+    after_long_help = LONG_ABOUT_TAIL
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -82,7 +90,8 @@ pub struct Common {
     #[arg(long, value_name = "DIR")]
     pub home: PathBuf,
 
-    /// Print one JSON object on stdout instead of a line of text.
+    /// Print one JSON object on stdout instead of a line of text; on an error too,
+    /// as {"outcome": "error", "error": ..., "hint": ...} (see disk-reserve --help).
     #[arg(long)]
     pub json: bool,
 }
@@ -144,7 +153,7 @@ pub enum StrategyArg {
     Auto,
     /// fallocate only; an unsupported filesystem is an error.
     Fallocate,
-    /// Write incompressible data only.
+    /// write incompressible data only, never fallocate.
     Write,
 }
 
