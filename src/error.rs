@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use camino::Utf8PathBuf;
 
-use crate::FileKind;
+use crate::{FileKind, HumanBytes};
 
 /// The filesystem operation a reserve call was doing when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,7 +140,7 @@ pub enum Error {
 
     /// The configured size does not fit on the filesystem at all.
     #[error(
-        "reserve size {size_bytes} bytes for `{path}` is larger than the whole filesystem ({total_bytes} bytes)"
+        "reserve size {} ({size_bytes} bytes) for `{path}` is larger than the whole filesystem ({})", HumanBytes(*.size_bytes), HumanBytes(*.total_bytes)
     )]
     SizeExceedsFilesystem {
         /// The reserve path.
@@ -206,8 +206,8 @@ impl Error {
         }
     }
 
-    /// The path the error is about (the home, the reserve, or the non-UTF-8 path as
-    /// lossy text), for messages such as the operator hint.
+    /// The path the error is about (the home or the reserve), for messages such as the
+    /// operator hint; `None` for a non-UTF-8 path or a bad file name.
     pub fn path(&self) -> Option<&camino::Utf8Path> {
         match self {
             Error::HomeMissing { path, .. }

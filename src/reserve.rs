@@ -67,7 +67,7 @@ impl Ensured {
         }
     }
 
-    /// Bytes the reserve holds after the call (0 when deferred with no reserve).
+    /// Bytes the reserve holds after the call; `None` when deferred.
     pub fn allocated_bytes(&self) -> Option<u64> {
         match *self {
             Ensured::Present { allocated_bytes }
