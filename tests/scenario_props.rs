@@ -138,7 +138,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 1500,
+        cases: 4000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/scenario_props.txt",
         ))),
@@ -176,4 +176,123 @@ fn random_sequences_reach_the_interesting_states() {
     assert!(total.failures > 100, "{total:?}");
     assert!(total.faults_fired > 50, "{total:?}");
     assert!(total.crashes > 50, "{total:?}");
+}
+
+// ------------------------------------------------------------ shrunk failures
+
+fn ensure(size: SizeChoice, strategy: Allocation) -> Op {
+    Op::Ensure(EnsureArgs {
+        size,
+        headroom: HeadroomChoice::SameAsSize,
+        strategy,
+    })
+}
+
+fn usual() -> Op {
+    ensure(SizeChoice::Usual, Allocation::Auto)
+}
+
+fn assert_runs(scenario: Scenario) {
+    if let Err(violation) = run(&scenario) {
+        panic!("{violation}");
+    }
+}
+
+/// Postmortem: a failed refill cuts a partly allocated sparse reserve to 0 before
+/// filling, so its rollback restores the length but not the blocks; the driver had
+/// demanded "exactly as before" (the blocks cannot be put back without allocating).
+#[test]
+fn failed_refill_may_drop_the_blocks_of_a_sparse_reserve() {
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 207,
+            quota_blocks: None,
+            allocate: AllocateMode::NoBlocks,
+            bystander_blocks: 0,
+            usual_size_blocks: 84,
+            faults: vec![],
+        },
+        ops: vec![
+            Op::FailNext {
+                op: SimOp::RemoveFile,
+                errno: Errno::Eio,
+            },
+            Op::SetQuota(Some(1)),
+            usual(),
+            usual(),
+        ],
+    });
+}
+
+/// Postmortem: the same dropped blocks seen through a race: the release after a failed
+/// refill frees 0 bytes, which the driver's serial orders did not allow.
+#[test]
+fn release_after_a_failed_refill_may_free_nothing() {
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 207,
+            quota_blocks: None,
+            allocate: AllocateMode::NoBlocks,
+            bystander_blocks: 0,
+            usual_size_blocks: 84,
+            faults: vec![],
+        },
+        ops: vec![
+            Op::FailNext {
+                op: SimOp::RemoveFile,
+                errno: Errno::Eio,
+            },
+            Op::SetQuota(Some(1)),
+            usual(),
+            Op::EnsureAndReleaseConcurrently(EnsureArgs::default()),
+        ],
+    });
+}
+
+/// Postmortem: a release whose directory sync failed can be undone by a crash, and an
+/// unlink of nothing by the scenario does not change that; the driver had forgotten it.
+#[test]
+fn crash_after_an_unsynced_release_brings_the_reserve_back() {
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 234,
+            usual_size_blocks: 48,
+            bystander_blocks: 0,
+            ..SimSetup::default()
+        },
+        ops: vec![
+            usual(),
+            Op::FailNext {
+                op: SimOp::SyncDir,
+                errno: Errno::Eio,
+            },
+            Op::TruncateReserve { len_bytes: 1 },
+            Op::Release,
+            Op::TruncateReserve { len_bytes: 0 },
+            Op::DeleteReserve,
+            Op::Crash,
+        ],
+    });
+}
+
+/// Postmortem: an injected EOPNOTSUPP from fallocate sends Auto to the write path,
+/// which succeeds; the driver had expected the filesystem's own errno.
+#[test]
+fn injected_eopnotsupp_falls_back_to_writing() {
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 15,
+            allocate: AllocateMode::Unsupported { errno: 2 }, // mapped to EINVAL
+            usual_size_blocks: 128,
+            bystander_blocks: 0,
+            ..SimSetup::default()
+        },
+        ops: vec![
+            Op::FailNext {
+                op: SimOp::Allocate,
+                errno: Errno::Eopnotsupp,
+            },
+            usual(),
+        ],
+    });
 }
