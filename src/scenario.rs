@@ -27,7 +27,7 @@
 //! Raw inputs are mapped into valid, bounded ranges (capacity ≤ 1 GiB in 4 KiB blocks,
 //! sizes up to the capacity and one block past it) rather than rejected, so every input
 //! is a useful run. With the `arbitrary` feature every input type derives
-//! [`arbitrary::Arbitrary`].
+//! `arbitrary::Arbitrary`.
 //!
 //! ```
 //! use disk_reserve::scenario::{run, EnsureArgs, Op, Scenario, SimSetup};
