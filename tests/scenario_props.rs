@@ -138,7 +138,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 4000,
+        cases: 2500,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/scenario_props.txt",
         ))),
