@@ -11,6 +11,7 @@ pub const DEFAULT_FILE_NAME: &str = ".reserve";
 
 /// How `ensure` obtains the reserve's blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Strategy {
     /// `fallocate` first; write data only when the filesystem does not support it
     /// (`EOPNOTSUPP`, `ENOTSUP`, `ENOSYS`) or when it succeeded without allocating (ZFS).

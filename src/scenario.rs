@@ -1,0 +1,1456 @@
+//! Scenarios: random operation sequences over [`SimFs`], checked against a reference model.
+//!
+//! This is the product for fuzzers of the lifecycle. A [`Scenario`] is a simulated disk
+//! ([`SimSetup`]: capacity, quota, what `fallocate` does, a fault plan) and a list of
+//! [`Op`]s: `ensure`, `release` and `status` calls, other writers filling or freeing space
+//! (between calls or in the middle of one), the reserve deleted, truncated or replaced by
+//! a sparse file, a symlink, a directory, a fifo or a socket behind the lifecycle's back,
+//! an errno injected into the next call of an operation, a crash (between calls or in the
+//! middle of one), and an `ensure` racing a `release` on two threads.
+//!
+//! [`run`] plays the operations one by one and, after each, checks invariants against a
+//! reference model written from the design's rules (not from the lifecycle code):
+//!
+//! * `ensure`'s own allocation never leaves free space below the headroom;
+//! * a successful `ensure` leaves allocated ≥ size and length == size;
+//! * a failed call leaves the reserve and the free space as they were (an oversized
+//!   reserve may stay cut to the size: shrinking only gives space back);
+//! * `release` never fails for lack of space;
+//! * nothing outside the reserve path changes, and a refused non-regular file is left
+//!   untouched;
+//! * a crash leaves the last durable state or a partial reserve, and the next `ensure`
+//!   with enough space completes it;
+//! * two racing calls end as one of the two serial orders would;
+//! * every outcome is the one the model predicts, whenever nothing (a fault, another
+//!   writer in the middle of a call) makes it uncertain.
+//!
+//! Raw inputs are mapped into valid, bounded ranges (capacity ≤ 1 GiB in 4 KiB blocks,
+//! sizes up to the capacity and one block past it) rather than rejected, so every input
+//! is a useful run. With the `arbitrary` feature every input type derives
+//! `arbitrary::Arbitrary`.
+//!
+//! ```
+//! use disk_reserve::scenario::{run, EnsureArgs, Op, Scenario, SimSetup};
+//! let scenario = Scenario {
+//!     setup: SimSetup { capacity_blocks: 1024, usual_size_blocks: 64, ..SimSetup::default() },
+//!     ops: vec![Op::Ensure(EnsureArgs::default()), Op::Crash, Op::Release],
+//! };
+//! let report = run(&scenario).unwrap_or_else(|violation| panic!("{violation}"));
+//! assert_eq!(report.steps, 3);
+//! ```
+
+mod model;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::sim_fs::SimSnapshot;
+use crate::{
+    AllocateMode, DirLock, Ensured, Error, FileKind, HostFs, Plan, Probe, Released, Reserve,
+    ReserveConfig, SimFs, SimOp, SizeSpec, Space, Strategy, is_out_of_space,
+};
+use model::{Entry, Fallocate, Model, Refusal};
+
+/// Block size of the simulated disk.
+pub const BLOCK_BYTES: u64 = 4096;
+/// Largest simulated disk, in blocks (1 GiB).
+pub const MAX_CAPACITY_BLOCKS: u32 = 1 << 18;
+/// Operations of a scenario that are played; the rest are ignored.
+pub const MAX_OPS: usize = 48;
+/// Fault plans of a setup that are armed; the rest are ignored.
+pub const MAX_FAULTS: usize = 4;
+
+const HOME: &str = "/srv/app";
+const RESERVE: &str = "/srv/app/.reserve";
+/// A file outside the home; planted symlinks point at it.
+const BYSTANDER: &str = "/srv/bystander";
+
+/// One run's input: a simulated disk and what happens to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct Scenario {
+    /// The disk.
+    pub setup: SimSetup,
+    /// What happens, in order (the first [`MAX_OPS`]).
+    pub ops: Vec<Op>,
+}
+
+/// The simulated disk a scenario starts from. Raw numbers are mapped into range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SimSetup {
+    /// Capacity in blocks, mapped to `1..=MAX_CAPACITY_BLOCKS`.
+    pub capacity_blocks: u32,
+    /// A quota on the bytes files allocate, in blocks, mapped to `0..=2 × capacity`.
+    pub quota_blocks: Option<u32>,
+    /// What `fallocate` does; an `Unsupported` errno is mapped to `EOPNOTSUPP`, `ENOSYS`
+    /// or `EINVAL`.
+    pub allocate: AllocateMode,
+    /// A dense file outside the home, in blocks, mapped to at most a quarter of the disk.
+    pub bystander_blocks: u32,
+    /// The reserve size most operations use ([`SizeChoice::Usual`]), in blocks, mapped
+    /// to `1..=capacity`.
+    pub usual_size_blocks: u32,
+    /// Faults armed before the first operation (the first [`MAX_FAULTS`]).
+    pub faults: Vec<FaultPlan>,
+}
+
+impl Default for SimSetup {
+    fn default() -> Self {
+        SimSetup {
+            capacity_blocks: 4096,
+            quota_blocks: None,
+            allocate: AllocateMode::Supported,
+            bystander_blocks: 16,
+            usual_size_blocks: 256,
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// The `nth` next call of `op` fails with `errno` (`nth` mapped to `1..=32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct FaultPlan {
+    /// The operation.
+    pub op: SimOp,
+    /// Which of its calls, counting from when the plan is armed.
+    pub nth: u8,
+    /// The error.
+    pub errno: Errno,
+}
+
+/// The errnos a fault plan injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[allow(missing_docs)]
+pub enum Errno {
+    Eio,
+    Enospc,
+    Edquot,
+    Eintr,
+    Erofs,
+    Enoent,
+    Eopnotsupp,
+    Eacces,
+}
+
+impl Errno {
+    /// The raw errno.
+    pub fn code(self) -> i32 {
+        match self {
+            Errno::Eio => libc::EIO,
+            Errno::Enospc => libc::ENOSPC,
+            Errno::Edquot => libc::EDQUOT,
+            Errno::Eintr => libc::EINTR,
+            Errno::Erofs => libc::EROFS,
+            Errno::Enoent => libc::ENOENT,
+            Errno::Eopnotsupp => libc::EOPNOTSUPP,
+            Errno::Eacces => libc::EACCES,
+        }
+    }
+}
+
+/// The reserve size of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum SizeChoice {
+    /// The setup's usual size.
+    #[default]
+    Usual,
+    /// This many blocks, mapped to `0..=capacity + 1` (0 and one past the disk are
+    /// errors the lifecycle must report cleanly).
+    Blocks(u32),
+}
+
+/// The headroom of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum HeadroomChoice {
+    /// Not configured: the default, one reserve size.
+    #[default]
+    SameAsSize,
+    /// This many blocks, mapped to `0..=capacity`.
+    Blocks(u32),
+    /// This many bytes, mapped to `0..=capacity` bytes (need not be whole blocks).
+    Bytes(u32),
+}
+
+/// The configuration of one `ensure` or `status` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct EnsureArgs {
+    /// The size.
+    pub size: SizeChoice,
+    /// The headroom.
+    pub headroom: HeadroomChoice,
+    /// The allocation strategy.
+    pub strategy: Strategy,
+}
+
+/// Something planted at the reserve path behind the lifecycle's back (replacing what was
+/// there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Plant {
+    /// A sparse regular file of this many blocks (`truncate -s`), mapped to
+    /// `0..=2 × capacity`.
+    Sparse {
+        /// Length in blocks.
+        len_blocks: u32,
+    },
+    /// A dense regular file of this many bytes, mapped to `0..=capacity`.
+    Dense {
+        /// Length in bytes.
+        len_bytes: u32,
+    },
+    /// A symlink to the bystander file outside the home.
+    Symlink,
+    /// An empty directory.
+    Directory,
+    /// A named pipe.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+}
+
+/// The call a crash interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Interrupted {
+    /// An `ensure`; after the crash an `ensure` with the same configuration runs again.
+    Ensure(EnsureArgs),
+    /// A `release`.
+    Release,
+}
+
+/// One step of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum Op {
+    /// `Reserve::ensure`.
+    Ensure(EnsureArgs),
+    /// `Reserve::release`.
+    Release,
+    /// `Reserve::status`.
+    Status(EnsureArgs),
+    /// Another writer takes up to this many bytes (mapped to `0..=capacity`).
+    OtherWriterWrites {
+        /// Bytes.
+        bytes: u32,
+    },
+    /// Another writer frees up to this many bytes (mapped to `0..=capacity`).
+    OtherWriterFrees {
+        /// Bytes.
+        bytes: u32,
+    },
+    /// Another writer writes (positive) or frees (negative) bytes just before the
+    /// `after_calls + 1`-th filesystem call from now (`after_calls` mapped to `0..8`,
+    /// the magnitude to `0..=capacity`).
+    OtherWriterDuringCall {
+        /// Calls to let pass first.
+        after_calls: u8,
+        /// Bytes taken (positive) or freed (negative).
+        bytes: i32,
+    },
+    /// The reserve is unlinked behind our back (whatever is at the path).
+    DeleteReserve,
+    /// A regular reserve is cut to a shorter length behind our back (length mapped to
+    /// `0..=its length`).
+    TruncateReserve {
+        /// The new length in bytes, before mapping.
+        len_bytes: u32,
+    },
+    /// Something is planted at the reserve path.
+    Plant(Plant),
+    /// The next call of `op` fails with `errno`.
+    FailNext {
+        /// The operation.
+        op: SimOp,
+        /// The error.
+        errno: Errno,
+    },
+    /// A power cut between calls.
+    Crash,
+    /// A power cut after `after_calls` filesystem calls of a lifecycle call (mapped to
+    /// `1..=16`); afterwards every call of the interrupted one fails.
+    CrashDuring {
+        /// Calls that happen before the cut.
+        after_calls: u8,
+        /// The interrupted call.
+        call: Interrupted,
+    },
+    /// The filesystem becomes read-only, or writable again.
+    SetReadOnly(bool),
+    /// `fallocate` changes behaviour.
+    SetAllocate(AllocateMode),
+    /// The quota changes (blocks, mapped as in [`SimSetup::quota_blocks`]).
+    SetQuota(Option<u32>),
+    /// An `ensure` and a `release` on two threads at once.
+    EnsureAndReleaseConcurrently(EnsureArgs),
+}
+
+/// What a run went through, for checking that a test reaches the interesting states.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Operations played.
+    pub steps: usize,
+    /// `ensure` calls that allocated.
+    pub allocations: usize,
+    /// `ensure` calls that deferred.
+    pub deferrals: usize,
+    /// Lifecycle calls that failed.
+    pub failures: usize,
+    /// Injected faults that fired.
+    pub faults_fired: usize,
+    /// Crashes.
+    pub crashes: usize,
+}
+
+/// An invariant [`run`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invariant {
+    /// Nothing panics (a racing thread's panic is caught here; others fail the caller).
+    NoPanic,
+    /// `ensure`'s own allocation never leaves free space below the headroom.
+    Headroom,
+    /// A successful `ensure` leaves allocated ≥ size and length == size.
+    CompleteAfterSuccess,
+    /// A failed call leaves the reserve and the free space as they were.
+    NoTraceOnFailure,
+    /// `release` never fails for lack of space.
+    ReleaseNeedsNoSpace,
+    /// Nothing outside the reserve path changes.
+    OnlyTheReservePath,
+    /// A refused non-regular file is left untouched.
+    RefusedUntouched,
+    /// A crash leaves the last durable state or a partial reserve.
+    CrashConsistent,
+    /// Racing calls end as some serial order would.
+    SerialOrder,
+    /// The outcome and the state are the ones the reference model predicts.
+    Model,
+}
+
+impl Invariant {
+    /// The invariant in words.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Invariant::NoPanic => "nothing panics",
+            Invariant::Headroom => "ensure's own allocation never leaves free < headroom",
+            Invariant::CompleteAfterSuccess => {
+                "a successful ensure leaves allocated >= size and length == size"
+            }
+            Invariant::NoTraceOnFailure => {
+                "a failed call leaves the reserve and the free space as they were"
+            }
+            Invariant::ReleaseNeedsNoSpace => "release never fails for lack of space",
+            Invariant::OnlyTheReservePath => "nothing outside the reserve path changes",
+            Invariant::RefusedUntouched => "a refused non-regular file is left untouched",
+            Invariant::CrashConsistent => {
+                "a crash leaves the last durable state or a partial reserve"
+            }
+            Invariant::SerialOrder => "racing calls end as some serial order would",
+            Invariant::Model => "outcome and state match the reference model",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A broken invariant: which step, which operation, which invariant, what was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Index of the operation in [`Scenario::ops`].
+    pub step: usize,
+    /// The operation, as `Debug` prints it.
+    pub op: String,
+    /// The invariant.
+    pub invariant: Invariant,
+    /// The observed values.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "step {} ({}): violates \"{}\": {}",
+            self.step, self.op, self.invariant, self.detail
+        )
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Plays `scenario` and checks every invariant after every operation.
+///
+/// # Errors
+/// The first [`Violation`] seen.
+pub fn run(scenario: &Scenario) -> Result<RunReport, Violation> {
+    let mut driver = Driver::new(&scenario.setup);
+    for (step, op) in scenario.ops.iter().take(MAX_OPS).enumerate() {
+        driver.step(step, op)?;
+    }
+    Ok(driver.report)
+}
+
+// ------------------------------------------------------------------ the tap
+
+/// The lifecycle's view of the disk: forwards to the `SimFs`, remembers the largest free
+/// space `statvfs` reported, and can cut the power after a number of calls (every call
+/// after the cut fails, like a process that died).
+#[derive(Debug)]
+struct Tap {
+    fs: SimFs,
+    /// Largest `free_bytes` a `space` call returned, plus one (0: none).
+    max_free_seen: AtomicU64,
+    /// Calls left before the power cut (0: none planned).
+    crash_countdown: AtomicU32,
+    crashed: AtomicBool,
+}
+
+impl Tap {
+    fn new(fs: &SimFs) -> Self {
+        Tap {
+            fs: fs.clone(),
+            max_free_seen: AtomicU64::new(0),
+            crash_countdown: AtomicU32::new(0),
+            crashed: AtomicBool::new(false),
+        }
+    }
+
+    fn tick(&self) -> io::Result<()> {
+        let dead = || Err(io::Error::from_raw_os_error(libc::EIO));
+        if self.crashed.load(Ordering::SeqCst) {
+            return dead();
+        }
+        let left = self.crash_countdown.load(Ordering::SeqCst);
+        if left > 0 && self.crash_countdown.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.crashed.store(true, Ordering::SeqCst);
+            self.fs.crash();
+            return dead();
+        }
+        Ok(())
+    }
+
+    fn max_free_seen(&self) -> Option<u64> {
+        self.max_free_seen.load(Ordering::SeqCst).checked_sub(1)
+    }
+}
+
+impl HostFs for Tap {
+    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
+        self.tick()?;
+        let space = self.fs.space(path)?;
+        self.max_free_seen
+            .fetch_max(space.free_bytes.saturating_add(1), Ordering::SeqCst);
+        Ok(space)
+    }
+    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
+        self.tick()?;
+        self.fs.probe(path)
+    }
+    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.fs.create_file(path)
+    }
+    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+        self.tick()?;
+        self.fs.allocate(path, offset, len)
+    }
+    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+        self.tick()?;
+        self.fs.write_fill(path, offset, len)
+    }
+    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
+        self.tick()?;
+        self.fs.set_len(path, len)
+    }
+    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.fs.sync_file(path)
+    }
+    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.fs.sync_dir(dir)
+    }
+    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
+        self.tick()?;
+        self.fs.remove_file(path)
+    }
+    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
+        self.tick()?;
+        self.fs.lock_dir(dir)
+    }
+}
+
+// ------------------------------------------------------------------ the driver
+
+/// A resolved `ensure` configuration.
+#[derive(Debug, Clone, Copy)]
+struct Args {
+    size: u64,
+    headroom: u64,
+    strategy: Strategy,
+    config_headroom: Option<u64>,
+}
+
+impl Args {
+    fn config(self) -> ReserveConfig {
+        let config = ReserveConfig::with_size_bytes(self.size).strategy(self.strategy);
+        match self.config_headroom {
+            Some(bytes) => config.headroom(SizeSpec::Bytes(bytes)),
+            None => config,
+        }
+    }
+}
+
+/// What a crash may bring back at the reserve path.
+#[derive(Debug, Clone)]
+struct Durable {
+    /// States a crash may return to.
+    states: Vec<Entry>,
+    /// Any regular file no longer than this is also possible (a partial reserve from an
+    /// interrupted or failed `ensure` of that size); 0 when none is.
+    partial_up_to: u64,
+    /// Too much happened to say: any regular file or nothing.
+    unknown: bool,
+}
+
+impl Durable {
+    fn exactly(entry: Entry) -> Self {
+        Durable {
+            states: vec![entry],
+            partial_up_to: 0,
+            unknown: false,
+        }
+    }
+
+    fn add(&mut self, entry: Entry) {
+        if !self.states.contains(&entry) {
+            self.states.push(entry);
+        }
+    }
+
+    fn allows(&self, entry: Entry) -> bool {
+        self.states.contains(&entry)
+            || matches!(entry, Entry::File { len, .. } if len <= self.partial_up_to)
+            || (self.unknown && matches!(entry, Entry::Absent | Entry::File { .. }))
+    }
+}
+
+/// The state of the disk just before an operation.
+struct Before {
+    entry: Entry,
+    probe: Option<Probe>,
+    calls: [u64; SimOp::ALL.len()],
+    free: u64,
+    /// Bytes all regular files hold.
+    file_bytes: u64,
+}
+
+/// What happened during an operation besides the lifecycle's own work.
+#[derive(Debug, Clone, Copy, Default)]
+struct Disturbance {
+    /// Injected faults that fired.
+    faults: usize,
+    /// Injected faults that fired with an out-of-space errno.
+    out_of_space_faults: usize,
+    /// Another writer changed the free space in the middle of the call.
+    other_writer: bool,
+}
+
+impl Disturbance {
+    fn any(self) -> bool {
+        self.faults > 0 || self.other_writer
+    }
+}
+
+struct Driver {
+    fs: SimFs,
+    model: Model,
+    capacity_blocks: u64,
+    usual_size_blocks: u64,
+    /// Armed faults: (operation, value of its call counter at which it fires, errno).
+    faults: Vec<(SimOp, u64, i32)>,
+    /// Total call count at which the space-change queue is empty.
+    queue_end: u64,
+    /// Total call counts at which a non-zero space change applies.
+    space_changes_at: Vec<u64>,
+    durable: Durable,
+    outside: BTreeMap<Utf8PathBuf, Probe>,
+    report: RunReport,
+    step: usize,
+    op: String,
+}
+
+fn entry_of(probe: Option<&Probe>) -> Entry {
+    match probe {
+        None => Entry::Absent,
+        Some(p) if p.kind == FileKind::Regular => Entry::File {
+            len: p.len,
+            blocks: p.allocated_bytes / BLOCK_BYTES,
+        },
+        Some(p) => Entry::Other(p.kind),
+    }
+}
+
+fn map_allocate(mode: AllocateMode) -> (AllocateMode, Fallocate) {
+    match mode {
+        AllocateMode::Supported => (mode, Fallocate::Supported),
+        AllocateMode::NoBlocks => (mode, Fallocate::NoBlocks),
+        AllocateMode::Unsupported { errno } => {
+            let errno =
+                [libc::EOPNOTSUPP, libc::ENOSYS, libc::EINVAL][errno.rem_euclid(3) as usize];
+            (
+                AllocateMode::Unsupported { errno },
+                Fallocate::Unsupported(errno),
+            )
+        }
+    }
+}
+
+/// Whether `error` is what the model's refusal says.
+fn refusal_matches(refusal: Refusal, error: &Error) -> bool {
+    let errno = error.io_error().and_then(io::Error::raw_os_error);
+    match refusal {
+        Refusal::NotRegular(kind) => {
+            matches!(error, Error::NotARegularFile { kind: k, .. } if *k == kind)
+        }
+        Refusal::ZeroSize => matches!(error, Error::ZeroSize { .. }),
+        Refusal::TooBig => matches!(error, Error::SizeExceedsFilesystem { .. }),
+        Refusal::OutOfSpace => is_out_of_space(error),
+        Refusal::ReadOnly => matches!(error, Error::ReadOnly { .. }),
+        Refusal::NotAllocated => matches!(error, Error::NotAllocated { .. }),
+        Refusal::AllocateFailed(code) => errno == Some(code),
+    }
+}
+
+impl Driver {
+    fn new(setup: &SimSetup) -> Self {
+        let capacity_blocks = 1 + u64::from(setup.capacity_blocks) % u64::from(MAX_CAPACITY_BLOCKS);
+        let capacity_bytes = capacity_blocks * BLOCK_BYTES;
+        let fs = SimFs::with_home(capacity_bytes, HOME);
+        let bystander_bytes =
+            u64::from(setup.bystander_blocks) % (capacity_blocks / 4 + 1) * BLOCK_BYTES;
+        fs.write_file(BYSTANDER, bystander_bytes)
+            .expect("a quarter of the disk fits");
+        let quota_bytes = setup
+            .quota_blocks
+            .map(|q| u64::from(q) % (2 * capacity_blocks + 1) * BLOCK_BYTES);
+        fs.set_quota(quota_bytes);
+        let (mode, fallocate) = map_allocate(setup.allocate);
+        fs.set_allocate(mode);
+        let mut driver = Driver {
+            model: Model {
+                block_bytes: BLOCK_BYTES,
+                capacity_bytes,
+                quota_bytes,
+                fallocate,
+                read_only: false,
+                others_bytes: 0,
+                outside_bytes: bystander_bytes,
+                entry: Entry::Absent,
+            },
+            outside: fs.snapshot().without(RESERVE).entries,
+            fs,
+            capacity_blocks,
+            usual_size_blocks: 1 + u64::from(setup.usual_size_blocks) % capacity_blocks,
+            faults: Vec::new(),
+            queue_end: 0,
+            space_changes_at: Vec::new(),
+            durable: Durable::exactly(Entry::Absent),
+            report: RunReport::default(),
+            step: 0,
+            op: String::new(),
+        };
+        for plan in setup.faults.iter().take(MAX_FAULTS) {
+            driver.arm(plan.op, 1 + u32::from(plan.nth) % 32, plan.errno.code());
+        }
+        driver
+    }
+
+    fn arm(&mut self, op: SimOp, nth: u32, errno: i32) {
+        self.fs.fail_nth(op, nth, errno);
+        self.faults
+            .push((op, self.fs.calls(op) + u64::from(nth), errno));
+    }
+
+    fn calls(&self) -> [u64; SimOp::ALL.len()] {
+        SimOp::ALL.map(|op| self.fs.calls(op))
+    }
+
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_blocks * BLOCK_BYTES
+    }
+
+    fn args(&self, args: EnsureArgs) -> Args {
+        let size_blocks = match args.size {
+            SizeChoice::Usual => self.usual_size_blocks,
+            SizeChoice::Blocks(raw) => u64::from(raw) % (self.capacity_blocks + 2),
+        };
+        let size = size_blocks * BLOCK_BYTES;
+        let config_headroom = match args.headroom {
+            HeadroomChoice::SameAsSize => None,
+            HeadroomChoice::Blocks(raw) => {
+                Some(u64::from(raw) % (self.capacity_blocks + 1) * BLOCK_BYTES)
+            }
+            HeadroomChoice::Bytes(raw) => Some(u64::from(raw) % (self.capacity_bytes() + 1)),
+        };
+        Args {
+            size,
+            headroom: config_headroom.unwrap_or(size),
+            strategy: args.strategy,
+            config_headroom,
+        }
+    }
+
+    fn violation(&self, invariant: Invariant, detail: String) -> Violation {
+        Violation {
+            step: self.step,
+            op: self.op.clone(),
+            invariant,
+            detail,
+        }
+    }
+
+    fn check(
+        &self,
+        ok: bool,
+        invariant: Invariant,
+        detail: impl FnOnce() -> String,
+    ) -> Result<(), Violation> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.violation(invariant, detail()))
+        }
+    }
+
+    fn before(&self) -> Before {
+        let snapshot = self.fs.snapshot();
+        let probe = snapshot.get(RESERVE).copied();
+        Before {
+            entry: entry_of(probe.as_ref()),
+            probe,
+            calls: self.calls(),
+            free: self.fs.free_bytes(),
+            file_bytes: file_bytes(&snapshot),
+        }
+    }
+
+    /// What else happened during the call that began at `before`.
+    fn disturbance(&mut self, before: &Before) -> Disturbance {
+        let after = self.calls();
+        let mut seen = Disturbance::default();
+        self.faults.retain(|&(op, at, errno)| {
+            let i = op as usize;
+            if at > after[i] {
+                return true;
+            }
+            if at > before.calls[i] {
+                seen.faults += 1;
+                if errno == libc::ENOSPC || errno == libc::EDQUOT {
+                    seen.out_of_space_faults += 1;
+                }
+            }
+            false
+        });
+        let (lo, hi): (u64, u64) = (before.calls.iter().sum(), after.iter().sum());
+        self.space_changes_at.retain(|&at| {
+            if at > lo && at <= hi {
+                seen.other_writer = true;
+            }
+            at > hi
+        });
+        self.report.faults_fired += seen.faults;
+        seen
+    }
+
+    /// Whether everything outside the reserve path is as it was (without copying the
+    /// snapshot: this runs after every step).
+    fn outside_unchanged(&self, snapshot: &SimSnapshot) -> bool {
+        let reserve = Utf8Path::new(RESERVE);
+        let mut now = snapshot
+            .entries
+            .iter()
+            .filter(|(p, _)| !p.starts_with(reserve));
+        let mut was = self.outside.iter();
+        loop {
+            match (now.next(), was.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Checks what holds after every operation: the outside is as it was, the model's
+    /// view of the reserve path and of the space matches the disk. `exact_space` says
+    /// whether the model knows the other writers' bytes; if not they are read back.
+    fn settle(&mut self, snapshot: &SimSnapshot, exact_space: bool) -> Result<(), Violation> {
+        self.check(
+            self.outside_unchanged(snapshot),
+            Invariant::OnlyTheReservePath,
+            || {
+                let now = snapshot.clone().without(RESERVE).entries;
+                format!(
+                    "outside the reserve: before {:?}, after {now:?}",
+                    self.outside
+                )
+            },
+        )?;
+        let entry = entry_of(snapshot.get(RESERVE));
+        self.check(entry == self.model.entry, Invariant::Model, || {
+            format!("reserve path: model {:?}, disk {entry:?}", self.model.entry)
+        })?;
+        if !exact_space {
+            self.model.others_bytes = snapshot.other_writers_bytes;
+        }
+        let free = self.fs.free_bytes();
+        self.check(free == self.model.free(), Invariant::Model, || {
+            format!("free bytes: model {}, disk {free}", self.model.free())
+        })
+    }
+
+    fn step(&mut self, step: usize, op: &Op) -> Result<(), Violation> {
+        self.step = step;
+        self.op = format!("{op:?}");
+        self.report.steps += 1;
+        match *op {
+            Op::Ensure(args) => {
+                let args = self.args(args);
+                self.ensure(args, None).map(drop)
+            }
+            Op::Release => self.release(None),
+            Op::Status(args) => {
+                let args = self.args(args);
+                self.status(args)
+            }
+            Op::OtherWriterWrites { bytes } => {
+                let bytes = u64::from(bytes) % (self.capacity_bytes() + 1);
+                self.fs.eat(bytes);
+                self.model.eat(bytes);
+                let snapshot = self.fs.snapshot();
+                self.settle(&snapshot, true)
+            }
+            Op::OtherWriterFrees { bytes } => {
+                let bytes = u64::from(bytes) % (self.capacity_bytes() + 1);
+                self.fs.free_external(bytes);
+                self.model.free_external(bytes);
+                let snapshot = self.fs.snapshot();
+                self.settle(&snapshot, true)
+            }
+            Op::OtherWriterDuringCall { after_calls, bytes } => {
+                let magnitude = u64::from(bytes.unsigned_abs()) % (self.capacity_bytes() + 1);
+                let delta = if bytes < 0 {
+                    -(magnitude as i64)
+                } else {
+                    magnitude as i64
+                };
+                let pause = u64::from(after_calls % 8);
+                let total: u64 = self.calls().iter().sum();
+                let start = self.queue_end.max(total);
+                let mut deltas = vec![0; pause as usize];
+                deltas.push(delta);
+                self.fs.schedule_space_changes(deltas);
+                self.queue_end = start + pause + 1;
+                if delta != 0 {
+                    self.space_changes_at.push(self.queue_end);
+                }
+                Ok(())
+            }
+            Op::DeleteReserve => {
+                if self.fs.snapshot().get(RESERVE).is_none() {
+                    // Nothing to unlink: what a crash may bring back stays as it was.
+                    return Ok(());
+                }
+                self.fs.remove(RESERVE).expect("planted things are empty");
+                self.planted(true)
+            }
+            Op::TruncateReserve { len_bytes } => {
+                let Entry::File { len, blocks } = self.model.entry else {
+                    return Ok(());
+                };
+                let new_len = u64::from(len_bytes) % (len + 1);
+                self.fs
+                    .remove(RESERVE)
+                    .expect("a regular file can be removed");
+                // A quota lowered since may refuse even the shorter file: then the path
+                // stays empty.
+                let _ = if blocks * BLOCK_BYTES >= new_len {
+                    self.fs.write_file(RESERVE, new_len)
+                } else {
+                    self.fs.write_sparse(RESERVE, new_len)
+                };
+                self.planted(true)
+            }
+            Op::Plant(plant) => {
+                let removed = self.fs.snapshot().get(RESERVE).is_some();
+                if removed {
+                    self.fs.remove(RESERVE).expect("planted things are empty");
+                }
+                // A plant that does not fit (a dense file past the free space or quota)
+                // leaves the path empty.
+                let _ = match plant {
+                    Plant::Sparse { len_blocks } => {
+                        let blocks = u64::from(len_blocks) % (2 * self.capacity_blocks + 1);
+                        self.fs.write_sparse(RESERVE, blocks * BLOCK_BYTES)
+                    }
+                    Plant::Dense { len_bytes } => self
+                        .fs
+                        .write_file(RESERVE, u64::from(len_bytes) % (self.capacity_bytes() + 1)),
+                    Plant::Symlink => self.fs.symlink(RESERVE, BYSTANDER),
+                    Plant::Directory => self.fs.mkdir_all(RESERVE),
+                    Plant::Fifo => self.fs.mkfifo(RESERVE),
+                    Plant::Socket => self.fs.mksocket(RESERVE),
+                };
+                self.planted(removed)
+            }
+            Op::FailNext { op, errno } => {
+                self.arm(op, 1, errno.code());
+                Ok(())
+            }
+            Op::Crash => {
+                let before = self.before();
+                self.fs.crash();
+                self.crashed(&before, true)
+            }
+            Op::CrashDuring { after_calls, call } => {
+                let after_calls = 1 + u32::from(after_calls) % 16;
+                match call {
+                    Interrupted::Ensure(args) => {
+                        let args = self.args(args);
+                        self.ensure(args, Some(after_calls))?;
+                        // Rule 6: the next ensure completes what the crash left.
+                        self.ensure(args, None).map(drop)
+                    }
+                    Interrupted::Release => self.release(Some(after_calls)),
+                }
+            }
+            Op::SetReadOnly(read_only) => {
+                self.fs.set_read_only(read_only);
+                self.model.read_only = read_only;
+                Ok(())
+            }
+            Op::SetAllocate(mode) => {
+                let (mode, fallocate) = map_allocate(mode);
+                self.fs.set_allocate(mode);
+                self.model.fallocate = fallocate;
+                Ok(())
+            }
+            Op::SetQuota(quota) => {
+                let quota =
+                    quota.map(|q| u64::from(q) % (2 * self.capacity_blocks + 1) * BLOCK_BYTES);
+                self.fs.set_quota(quota);
+                self.model.quota_bytes = quota;
+                Ok(())
+            }
+            Op::EnsureAndReleaseConcurrently(args) => {
+                let args = self.args(args);
+                self.race(args)
+            }
+        }
+    }
+
+    /// After the scenario itself changed the reserve path. Setup calls are durable at
+    /// once; one that removed nothing and created nothing leaves what a crash may bring
+    /// back as it was.
+    fn planted(&mut self, removed: bool) -> Result<(), Violation> {
+        let snapshot = self.fs.snapshot();
+        self.model.entry = entry_of(snapshot.get(RESERVE));
+        if removed || self.model.entry != Entry::Absent {
+            self.durable = Durable::exactly(self.model.entry);
+        }
+        self.settle(&snapshot, true)
+    }
+
+    /// After a crash: the reserve path holds something a crash may bring back.
+    fn crashed(&mut self, before: &Before, exact_space: bool) -> Result<(), Violation> {
+        self.report.crashes += 1;
+        let snapshot = self.fs.snapshot();
+        let entry = entry_of(snapshot.get(RESERVE));
+        let was_other = matches!(before.entry, Entry::Other(_));
+        let allowed = if was_other {
+            snapshot.get(RESERVE) == before.probe.as_ref()
+        } else {
+            self.durable.allows(entry)
+        };
+        self.check(allowed, Invariant::CrashConsistent, || {
+            format!(
+                "after the crash {entry:?}; a crash may bring back {:?}",
+                self.durable
+            )
+        })?;
+        self.model.entry = entry;
+        self.durable = Durable::exactly(entry);
+        self.settle(&snapshot, exact_space)
+    }
+
+    /// Checks common to every lifecycle call: outside untouched, refused things
+    /// untouched, a failure leaves no trace.
+    fn after_call(
+        &self,
+        before: &Before,
+        snapshot: &SimSnapshot,
+        failed: bool,
+        strict: bool,
+        gave_back: &[Entry],
+    ) -> Result<(), Violation> {
+        self.check(
+            self.outside_unchanged(snapshot),
+            Invariant::OnlyTheReservePath,
+            || {
+                let now = snapshot.clone().without(RESERVE).entries;
+                format!(
+                    "outside the reserve: before {:?}, after {now:?}",
+                    self.outside
+                )
+            },
+        )?;
+        let probe = snapshot.get(RESERVE);
+        if let Entry::Other(kind) = before.entry {
+            self.check(
+                probe == before.probe.as_ref(),
+                Invariant::RefusedUntouched,
+                || {
+                    format!(
+                        "the {kind} at the reserve path was {:?}, is {probe:?}",
+                        before.probe
+                    )
+                },
+            )?;
+        }
+        if failed && strict {
+            // Other writers may have moved in the middle; what files hold is compared.
+            let entry = entry_of(probe);
+            let free = self.fs.free_bytes();
+            let files = file_bytes(snapshot);
+            let restored = entry == before.entry && files == before.file_bytes;
+            let only_gave_back = gave_back.contains(&entry) && files <= before.file_bytes;
+            self.check(
+                restored || only_gave_back,
+                Invariant::NoTraceOnFailure,
+                || {
+                    format!(
+                        "before {:?} with {} bytes free and {} in files, \
+                         after {entry:?} with {free} bytes free and {files} in files",
+                        before.entry, before.free, before.file_bytes
+                    )
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `ensure`, optionally with a power cut after `crash_after` calls.
+    fn ensure(&mut self, args: Args, crash_after: Option<u32>) -> Result<(), Violation> {
+        let before = self.before();
+        let forecast = self.model.ensure(args.size, args.headroom, args.strategy);
+        let tap = Tap::new(&self.fs);
+        if let Some(calls) = crash_after {
+            tap.crash_countdown.store(calls, Ordering::SeqCst);
+        }
+        let reserve = Reserve::new(&tap, HOME, args.config()).expect("the file name is valid");
+        let result = reserve.ensure();
+        let disturbance = self.disturbance(&before);
+        let crashed = tap.crashed.load(Ordering::SeqCst);
+        if crash_after.is_some() && !crashed {
+            // The call finished before the cut: check it, then cut the power anyway.
+            self.judge_ensure(&before, args, &forecast, &result, &tap, disturbance)?;
+            let before = self.before();
+            self.fs.crash();
+            return self.crashed(&before, true);
+        }
+        if crashed {
+            self.durable.add(before.entry);
+            if let Some(shrunk) = forecast.shrunk {
+                self.durable.add(shrunk);
+            }
+            self.durable.partial_up_to = self.durable.partial_up_to.max(args.size);
+            return self.crashed(&before, !disturbance.other_writer);
+        }
+        self.judge_ensure(&before, args, &forecast, &result, &tap, disturbance)
+    }
+
+    fn judge_ensure(
+        &mut self,
+        before: &Before,
+        args: Args,
+        forecast: &model::EnsureForecast,
+        result: &Result<Ensured, Error>,
+        tap: &Tap,
+        disturbance: Disturbance,
+    ) -> Result<(), Violation> {
+        let snapshot = self.fs.snapshot();
+        let entry = entry_of(snapshot.get(RESERVE));
+        // With a fault as the only disturbance of a call the model expected to succeed,
+        // the rollback itself runs undisturbed and must restore everything.
+        let strict = disturbance.faults == 0
+            || (disturbance.faults == 1 && forecast.result.is_ok() && !disturbance.other_writer);
+        // Besides the state it found, a failed ensure may leave an oversized reserve cut
+        // to the size (rule 9) and a sparse one with its blocks dropped: a refill cuts it
+        // to 0 first, and its blocks cannot be put back without allocating (found by
+        // this driver; documented in `Plan::Refill`). Both only give space back.
+        let mut gave_back: Vec<Entry> = forecast.shrunk.into_iter().collect();
+        for state in [Some(before.entry), forecast.shrunk].into_iter().flatten() {
+            if let Entry::File { len, blocks } = state
+                && blocks > 0
+                && blocks * BLOCK_BYTES < len
+            {
+                gave_back.push(Entry::File { len, blocks: 0 });
+            }
+        }
+        self.after_call(before, &snapshot, result.is_err(), strict, &gave_back)?;
+
+        // Rule 4, as ensure saw the disk: what it added fits above the headroom.
+        let base = forecast.shrunk.unwrap_or(before.entry);
+        let grown = entry_blocks(entry).saturating_sub(entry_blocks(base)) * BLOCK_BYTES;
+        if grown > 0 && result.is_ok() {
+            self.report.allocations += 1;
+            let seen = tap.max_free_seen();
+            self.check(
+                seen.is_some_and(|free| free >= grown && free - grown >= args.headroom),
+                Invariant::Headroom,
+                || {
+                    format!(
+                        "allocated {grown} bytes with {seen:?} free seen, headroom {}",
+                        args.headroom
+                    )
+                },
+            )?;
+        }
+        match result {
+            Ok(Ensured::Deferred { .. }) => self.report.deferrals += 1,
+            Ok(_) => {
+                let complete = matches!(entry, Entry::File { len, blocks } if len == args.size && blocks * BLOCK_BYTES >= args.size);
+                self.check(complete, Invariant::CompleteAfterSuccess, || {
+                    format!(
+                        "ensure returned {result:?} but the reserve is {entry:?}, size {}",
+                        args.size
+                    )
+                })?;
+            }
+            Err(_) => self.report.failures += 1,
+        }
+
+        // The model's outcome, when nothing made it uncertain. A fault makes any
+        // failure possible (the rollback checks above still apply) and may change the
+        // way to success (an injected EOPNOTSUPP sends Auto to the write path). Other
+        // writers in the middle of the call make the free space ensure saw unknown.
+        // Then only the shape of the outcome is checked: the headroom and completeness
+        // were checked above against what statvfs really said.
+        if disturbance.any() {
+            let shape = match result {
+                Ok(Ensured::Created { .. } | Ensured::ToppedUp { .. }) | Err(_) => true,
+                Ok(_) => entry == before.entry || Some(entry) == forecast.shrunk,
+            };
+            self.check(shape, Invariant::Model, || {
+                format!("ensure returned {} and left {entry:?}", describe(result))
+            })?;
+        } else {
+            let as_forecast = match (&forecast.result, result) {
+                (Ok(expected), Ok(got)) => expected == got && forecast.after == entry,
+                (Err(refusal), Err(error)) => {
+                    refusal_matches(*refusal, error)
+                        && (entry == before.entry || gave_back.contains(&entry))
+                }
+                _ => false,
+            };
+            self.check(as_forecast, Invariant::Model, || {
+                format!(
+                    "model expected {:?} leaving {:?}; ensure returned {} leaving {entry:?}",
+                    forecast.result,
+                    forecast.after,
+                    describe(result)
+                )
+            })?;
+        }
+
+        // What a crash may bring back now.
+        match result {
+            Ok(Ensured::Deferred { .. } | Ensured::Present { .. }) => {
+                if let Some(shrunk) = forecast.shrunk {
+                    self.durable.add(shrunk);
+                }
+            }
+            // Rule 6: a reserve laid down is durable (unless an earlier double fault left
+            // a file whose directory entry never was).
+            Ok(_) => {
+                let unknown = self.durable.unknown;
+                self.durable = Durable::exactly(entry);
+                self.durable.unknown = unknown;
+            }
+            Err(_) if strict => {
+                self.durable.add(before.entry);
+                if let Some(shrunk) = forecast.shrunk {
+                    self.durable.add(shrunk);
+                }
+                self.durable.partial_up_to = self.durable.partial_up_to.max(args.size);
+            }
+            Err(_) => self.durable.unknown = true,
+        }
+        self.model.entry = entry;
+        self.settle(&snapshot, !disturbance.other_writer)
+    }
+
+    /// `release`, optionally with a power cut after `crash_after` calls.
+    fn release(&mut self, crash_after: Option<u32>) -> Result<(), Violation> {
+        let before = self.before();
+        let (expected, expected_after) = self.model.release();
+        let tap = Tap::new(&self.fs);
+        if let Some(calls) = crash_after {
+            tap.crash_countdown.store(calls, Ordering::SeqCst);
+        }
+        let reserve = Reserve::new(&tap, HOME, ReserveConfig::default()).expect("valid name");
+        let result = reserve.release();
+        let disturbance = self.disturbance(&before);
+        let snapshot = self.fs.snapshot();
+        if let Err(error) = &result {
+            self.report.failures += 1;
+            self.check(
+                !is_out_of_space(error) || disturbance.out_of_space_faults > 0,
+                Invariant::ReleaseNeedsNoSpace,
+                || format!("release failed: {error}"),
+            )?;
+        }
+        if tap.crashed.load(Ordering::SeqCst) {
+            self.durable.add(Entry::Absent);
+            return self.crashed(&before, !disturbance.other_writer);
+        }
+        self.after_call(&before, &snapshot, result.is_err(), true, &[])?;
+        let entry = entry_of(snapshot.get(RESERVE));
+        let as_expected = match (&expected, &result) {
+            (_, Err(_)) if disturbance.faults > 0 => entry == before.entry,
+            (Ok(e), Ok(g)) => e == g && entry == expected_after,
+            (Err(refusal), Err(error)) => refusal_matches(*refusal, error) && entry == before.entry,
+            _ => false,
+        };
+        self.check(as_expected, Invariant::Model, || {
+            format!(
+                "model expected {expected:?} leaving {expected_after:?}; release returned {} leaving {entry:?}",
+                describe(&result)
+            )
+        })?;
+        if let Ok(Released::Released { .. }) = result {
+            if disturbance.faults > 0 {
+                // The directory sync is best effort: the old entry may come back.
+                self.durable.add(Entry::Absent);
+            } else {
+                self.durable = Durable::exactly(Entry::Absent);
+            }
+        }
+        self.model.entry = entry;
+        if crash_after.is_some() {
+            self.settle(&snapshot, !disturbance.other_writer)?;
+            let before = self.before();
+            self.fs.crash();
+            return self.crashed(&before, true);
+        }
+        self.settle(&snapshot, !disturbance.other_writer)
+    }
+
+    /// `status`: reads, changes nothing.
+    fn status(&mut self, args: Args) -> Result<(), Violation> {
+        let before = self.before();
+        let forecast = self.model.ensure(args.size, args.headroom, args.strategy);
+        let tap = Tap::new(&self.fs);
+        let reserve = Reserve::new(&tap, HOME, args.config()).expect("valid name");
+        let result = reserve.status();
+        let disturbance = self.disturbance(&before);
+        let snapshot = self.fs.snapshot();
+        self.after_call(&before, &snapshot, true, true, &[])?;
+        let entry = entry_of(snapshot.get(RESERVE));
+        self.check(entry == before.entry, Invariant::Model, || {
+            format!(
+                "status changed the reserve from {:?} to {entry:?}",
+                before.entry
+            )
+        })?;
+        let expected_error = if args.size == 0 {
+            Some(Refusal::ZeroSize)
+        } else if args.size > self.capacity_bytes() {
+            Some(Refusal::TooBig)
+        } else {
+            None
+        };
+        let consistent = match (&result, expected_error) {
+            (Err(_), _) if disturbance.faults > 0 => true,
+            (Ok(status), None) => {
+                let observed = match status.observed {
+                    crate::Observed::Absent => Entry::Absent,
+                    crate::Observed::Regular {
+                        len,
+                        allocated_bytes,
+                    } => Entry::File {
+                        len,
+                        blocks: allocated_bytes / BLOCK_BYTES,
+                    },
+                    crate::Observed::Other(kind) => Entry::Other(kind),
+                };
+                let nothing = status.plan == Plan::Nothing;
+                let refuse = matches!(status.plan, Plan::Refuse(_));
+                observed == before.entry
+                    && status.size_bytes == args.size
+                    && status.headroom_bytes == args.headroom
+                    && status.space.total_bytes == self.capacity_bytes()
+                    && (disturbance.other_writer || status.space.free_bytes == before.free)
+                    && nothing == matches!(forecast.result, Ok(Ensured::Present { .. }))
+                    && refuse == matches!(forecast.result, Err(Refusal::NotRegular(_)))
+            }
+            (Err(error), Some(refusal)) => refusal_matches(refusal, error),
+            (Err(_), None) | (Ok(_), Some(_)) => false,
+        };
+        if result.is_err() {
+            self.report.failures += 1;
+        }
+        self.check(consistent, Invariant::Model, || {
+            format!(
+                "status with size {} on {:?}: {:?}",
+                args.size, before.entry, result
+            )
+        })?;
+        self.settle(&snapshot, !disturbance.other_writer)
+    }
+
+    /// An `ensure` and a `release` at once, on two threads.
+    fn race(&mut self, args: Args) -> Result<(), Violation> {
+        let before = self.before();
+        // The two serial orders.
+        let ensure_first = self.model.ensure(args.size, args.headroom, args.strategy);
+        // A failed refill may leave the sparse file it found with its blocks dropped
+        // (see `judge_ensure`): the release after it may find either.
+        let mut found_by_release = vec![ensure_first.after];
+        if let (Err(_), Entry::File { len, blocks }) = (ensure_first.result, ensure_first.after)
+            && blocks > 0
+            && blocks * BLOCK_BYTES < len
+        {
+            found_by_release.push(Entry::File { len, blocks: 0 });
+        }
+        let releases_second: Vec<_> = found_by_release
+            .into_iter()
+            .map(|found| {
+                let mut m = self.model.clone();
+                m.entry = found;
+                m.release()
+            })
+            .collect();
+        let (release_first, after_release) = self.model.release();
+        let mut m = self.model.clone();
+        m.entry = after_release;
+        let ensure_second = m.ensure(args.size, args.headroom, args.strategy);
+        let end_b = ensure_second.after;
+
+        let tap = Tap::new(&self.fs);
+        // One spawned thread races the calling one: a thread spawn is the dearest
+        // thing a step does.
+        let (ensured, released) = std::thread::scope(|s| {
+            let releasing = s.spawn(|| {
+                Reserve::new(&tap, HOME, args.config())
+                    .expect("valid name")
+                    .release()
+            });
+            let ensured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Reserve::new(&tap, HOME, args.config())
+                    .expect("valid name")
+                    .ensure()
+            }));
+            (ensured, releasing.join())
+        });
+        let (Ok(ensured), Ok(released)) = (ensured, released) else {
+            return Err(self.violation(Invariant::NoPanic, "a racing thread panicked".into()));
+        };
+        let disturbance = self.disturbance(&before);
+        let snapshot = self.fs.snapshot();
+        self.after_call(&before, &snapshot, false, false, &[])?;
+        let entry = entry_of(snapshot.get(RESERVE));
+        if let Err(error) = &released {
+            self.check(
+                !is_out_of_space(error) || disturbance.out_of_space_faults > 0,
+                Invariant::ReleaseNeedsNoSpace,
+                || format!("release failed: {error}"),
+            )?;
+        }
+        if ensured.is_err() || released.is_err() {
+            self.report.failures += 1;
+        }
+        if !disturbance.any() {
+            let same_e = |f: &Result<Ensured, Refusal>| match (f, &ensured) {
+                (Ok(a), Ok(b)) => a == b,
+                (Err(r), Err(e)) => refusal_matches(*r, e),
+                _ => false,
+            };
+            let same_r = |f: &Result<Released, Refusal>| match (f, &released) {
+                (Ok(a), Ok(b)) => a == b,
+                (Err(r), Err(e)) => refusal_matches(*r, e),
+                _ => false,
+            };
+            let order_a = same_e(&ensure_first.result)
+                && releases_second
+                    .iter()
+                    .any(|(release, end)| same_r(release) && entry == *end);
+            let order_b = same_e(&ensure_second.result) && same_r(&release_first) && entry == end_b;
+            self.check(order_a || order_b, Invariant::SerialOrder, || {
+                format!(
+                    "from {:?}: ensure {} and release {} left {entry:?}; \
+                     ensure-then-release gives {:?}/{:?}, \
+                     release-then-ensure gives {:?}/{:?}/{end_b:?}",
+                    before.entry,
+                    describe(&ensured),
+                    describe(&released),
+                    ensure_first.result,
+                    releases_second,
+                    release_first,
+                    ensure_second.result,
+                )
+            })?;
+        } else {
+            let sane = match before.entry {
+                Entry::Other(_) => entry == before.entry,
+                _ => matches!(entry, Entry::Absent | Entry::File { .. }),
+            };
+            self.check(sane, Invariant::SerialOrder, || {
+                format!("from {:?} the race left {entry:?}", before.entry)
+            })?;
+        }
+        self.durable.add(before.entry);
+        self.durable.add(entry);
+        self.durable.unknown = true;
+        self.model.entry = entry;
+        self.settle(&snapshot, !disturbance.other_writer)
+    }
+}
+
+/// Bytes all regular files of `snapshot` hold. (Not `capacity - free - others`: when a
+/// crash brings back blocks other writers took meanwhile, `SimFs` is overcommitted.)
+fn file_bytes(snapshot: &SimSnapshot) -> u64 {
+    snapshot
+        .entries
+        .values()
+        .filter(|p| p.kind == FileKind::Regular)
+        .map(|p| p.allocated_bytes)
+        .sum()
+}
+
+fn entry_blocks(entry: Entry) -> u64 {
+    match entry {
+        Entry::File { blocks, .. } => blocks,
+        _ => 0,
+    }
+}
+
+fn describe<T: fmt::Debug>(result: &Result<T, Error>) -> String {
+    match result {
+        Ok(value) => format!("{value:?}"),
+        Err(error) => format!("error \"{error}\""),
+    }
+}
