@@ -75,6 +75,17 @@ pub struct Space {
     pub free_bytes: u64,
     /// Size of the filesystem: `f_blocks * f_frsize`.
     pub total_bytes: u64,
+    /// The allocation unit (`f_frsize`): a file's blocks come in multiples of it, so
+    /// allocating `n` bytes takes `n` rounded up to it.
+    pub block_bytes: u64,
+}
+
+impl Space {
+    /// `bytes` rounded up to the allocation unit (saturating; a unit of 0 counts as 1).
+    pub fn round_up(&self, bytes: u64) -> u64 {
+        let unit = self.block_bytes.max(1);
+        bytes.div_ceil(unit).saturating_mul(unit)
+    }
 }
 
 /// An exclusive lock on a directory, released when dropped.

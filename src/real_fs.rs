@@ -228,6 +228,7 @@ impl HostFs for RealFs {
         Ok(Space {
             free_bytes: (stat.f_bavail as u64).saturating_mul(fragment),
             total_bytes: (stat.f_blocks as u64).saturating_mul(fragment),
+            block_bytes: fragment,
         })
     }
 

@@ -1147,6 +1147,7 @@ impl HostFs for SimFs {
         Ok(Space {
             free_bytes: state.free_bytes(),
             total_bytes: state.capacity,
+            block_bytes: state.block_size,
         })
     }
 

@@ -52,6 +52,7 @@ fn plenty() -> Space {
     Space {
         free_bytes: 1 << 30,
         total_bytes: 1 << 31,
+        block_bytes: 4096,
     }
 }
 

@@ -237,6 +237,26 @@ fn rule4_headroom_boundary_on_a_filesystem() {
     );
 }
 
+/// Rule 4 with a size that is not a whole number of blocks: what ensure leaves free is
+/// still at least the headroom.
+#[test]
+fn rule4_unaligned_size_never_goes_below_headroom() {
+    for free in [8192, 12288, 16384] {
+        let fs = sim(64 * MIB);
+        fs.set_free(free).unwrap();
+        let cfg = ReserveConfig::with_size_bytes(5000).headroom(SizeSpec::Bytes(4096));
+        let outcome = reserve_on(&fs, cfg).ensure().unwrap();
+        if !matches!(outcome, Ensured::Deferred { .. }) {
+            assert!(
+                fs.free_bytes() >= 4096,
+                "rule 4: {free} free, {outcome:?} left {} < headroom",
+                fs.free_bytes()
+            );
+        }
+        assert_eq!(free >= 12288, matches!(outcome, Ensured::Created { .. }));
+    }
+}
+
 /// Rule 4: the default headroom is one reserve size (the origin's `free >= 2 × size`).
 #[test]
 fn rule4_default_headroom_is_one_size() {
