@@ -17,8 +17,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
 use camino::{Utf8Path, Utf8PathBuf};
-use common::{Goal, Pair, RESERVE_BYTES, Scratch, c_path, check};
-use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
+use common::{Goal, Pair, RESERVE_BYTES, Scratch, c_path, check, interleaved};
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, measurement::WallTime,
+};
 use disk_reserve::{Ensured, RealFs, Reserve, ReserveConfig, Strategy};
 
 /// The buffer the write path fills and writes at once (`FILL_CHUNK_BYTES` in `RealFs`).
@@ -129,27 +131,28 @@ fn create_fallocate(c: &mut Criterion, filesystems: &[Scratch]) {
         let home = fs.path();
         let reserve = reserve_on(&home, Strategy::Auto);
         let file = reserve.path().to_owned();
-        group.bench_function(format!("ours/{}", fs.label), |b| {
-            b.iter_custom(|iters| {
-                timed_from_absent(iters, &file, &home, || {
-                    let outcome = reserve.ensure().expect("ensure");
-                    assert!(matches!(outcome, Ensured::Created { .. }), "{outcome:?}");
-                })
-            });
-        });
         let (file_c, home_c) = (c_path(&file), c_path(&home));
-        group.bench_function(format!("floor/{}", fs.label), |b| {
-            b.iter_custom(|iters| {
-                timed_from_absent(iters, &file, &home, || {
-                    create_floor(&file_c, &home_c, |fd| {
-                        // SAFETY: `fd` is open for writing.
-                        let ret =
-                            unsafe { libc::fallocate(fd, 0, 0, RESERVE_BYTES as libc::off_t) };
-                        check(ret, "fallocate");
-                    });
-                })
+        let mut ours = |n| {
+            timed_from_absent(n, &file, &home, || {
+                let outcome = reserve.ensure().expect("ensure");
+                assert!(matches!(outcome, Ensured::Created { .. }), "{outcome:?}");
+            })
+        };
+        let mut floor = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| {
+                    // SAFETY: `fd` is open for writing.
+                    let ret = unsafe { libc::fallocate(fd, 0, 0, RESERVE_BYTES as libc::off_t) };
+                    check(ret, "fallocate");
+                });
+            })
+        };
+        let key = format!("create_fallocate/{}", fs.label);
+        for (side, name) in ["ours", "floor"].into_iter().enumerate() {
+            group.bench_function(BenchmarkId::new(name, fs.label), |b| {
+                b.iter_custom(|n| interleaved(&key, side, n, &mut [&mut ours, &mut floor]));
             });
-        });
+        }
     }
     group.finish();
 }
@@ -160,34 +163,40 @@ fn create_write(c: &mut Criterion, filesystems: &[Scratch]) {
         let home = fs.path();
         let reserve = reserve_on(&home, Strategy::Write);
         let file = reserve.path().to_owned();
-        group.bench_function(format!("ours/{}", fs.label), |b| {
-            b.iter_custom(|iters| {
-                timed_from_absent(iters, &file, &home, || {
-                    let outcome = reserve.ensure().expect("ensure");
-                    assert!(matches!(outcome, Ensured::Created { .. }), "{outcome:?}");
-                })
-            });
-        });
         let (file_c, home_c) = (c_path(&file), c_path(&home));
         let mut buf = vec![0u8; WRITE_BUFFER_BYTES];
-        group.bench_function(format!("floor_zeros/{}", fs.label), |b| {
-            b.iter_custom(|iters| {
-                timed_from_absent(iters, &file, &home, || {
-                    create_floor(&file_c, &home_c, |fd| write_loop(fd, &mut buf, |_, _| {}));
-                })
-            });
-        });
-        group.bench_function(format!("floor_pattern/{}", fs.label), |b| {
-            b.iter_custom(|iters| {
-                timed_from_absent(iters, &file, &home, || {
-                    create_floor(&file_c, &home_c, |fd| {
-                        write_loop(fd, &mut buf, |chunk, pos| {
-                            disk_reserve::pattern::fill(chunk, 7, pos);
-                        });
+        let mut ours = |n| {
+            timed_from_absent(n, &file, &home, || {
+                let outcome = reserve.ensure().expect("ensure");
+                assert!(matches!(outcome, Ensured::Created { .. }), "{outcome:?}");
+            })
+        };
+        let mut zeros = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| write_loop(fd, &mut buf, |_, _| {}));
+            })
+        };
+        let mut pattern_buf = vec![0u8; WRITE_BUFFER_BYTES];
+        let mut pattern = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| {
+                    write_loop(fd, &mut pattern_buf, |chunk, pos| {
+                        disk_reserve::pattern::fill(chunk, 7, pos);
                     });
-                })
+                });
+            })
+        };
+        let key = format!("create_write/{}", fs.label);
+        for (side, name) in ["ours", "floor_zeros", "floor_pattern"]
+            .into_iter()
+            .enumerate()
+        {
+            group.bench_function(BenchmarkId::new(name, fs.label), |b| {
+                b.iter_custom(|n| {
+                    interleaved(&key, side, n, &mut [&mut ours, &mut zeros, &mut pattern])
+                });
             });
-        });
+        }
     }
     group.finish();
 
@@ -219,6 +228,7 @@ fn main() {
         let (l, t) = (fs.label, fs.fs_type);
         pairs.push(Pair::new(
             format!("2. `ensure` creating 64 MiB by fallocate ({t})"),
+            format!("create_fallocate/{l}"),
             format!("create_fallocate/ours/{l}"),
             format!("create_fallocate/floor/{l}"),
             Goal::TimeRatioAtMost(1.15),
@@ -226,18 +236,34 @@ fn main() {
     }
     for fs in &filesystems {
         let (l, t) = (fs.label, fs.fs_type);
+        let key = format!("create_write/{l}");
         pairs.push(Pair::new(
-            format!("3. `ensure --strategy write` 64 MiB ({t})"),
+            format!("3. `ensure --strategy write` 64 MiB vs zeros loop ({t})"),
+            &key,
             format!("create_write/ours/{l}"),
             format!("create_write/floor_zeros/{l}"),
             Goal::ThroughputAtLeast(0.9),
         ));
-        pairs.push(Pair::new(
-            format!("3. write loop: pattern over zeros ({t})"),
-            format!("create_write/floor_pattern/{l}"),
-            format!("create_write/floor_zeros/{l}"),
-            Goal::None,
-        ));
+        pairs.push(
+            Pair::new(
+                format!("3. `ensure --strategy write` 64 MiB vs pattern loop ({t})"),
+                &key,
+                format!("create_write/ours/{l}"),
+                format!("create_write/floor_pattern/{l}"),
+                Goal::ThroughputAtLeast(0.9),
+            )
+            .sides(0, 2),
+        );
+        pairs.push(
+            Pair::new(
+                format!("3. write loop: pattern over zeros ({t})"),
+                &key,
+                format!("create_write/floor_pattern/{l}"),
+                format!("create_write/floor_zeros/{l}"),
+                Goal::None,
+            )
+            .sides(2, 1),
+        );
     }
     common::report(started, &pairs);
 }

@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::mem::MaybeUninit;
 use std::time::SystemTime;
 
-use common::{Goal, Pair, RESERVE_BYTES, c_path, check};
+use common::{Goal, Pair, RESERVE_BYTES, c_path, check, interleaved, repeat};
 use criterion::Criterion;
 use disk_reserve::{Ensured, RealFs, Reserve, ReserveConfig};
 
-fn ensure_present(c: &mut Criterion) {
+fn hot_path(c: &mut Criterion) {
     let scratch = common::repo_scratch("hot-path");
     let home = scratch.path();
     let reserve = Reserve::new(
@@ -26,65 +26,81 @@ fn ensure_present(c: &mut Criterion) {
     let path = c_path(reserve.path());
     let home_c = c_path(&home);
 
+    let lstat = || {
+        let mut stat = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `path` is NUL-terminated; `stat` is writable and large enough.
+        check(
+            unsafe { libc::lstat(path.as_ptr(), stat.as_mut_ptr()) },
+            "lstat",
+        );
+        // SAFETY: `lstat` succeeded and filled it.
+        black_box(unsafe { stat.assume_init() }.st_blocks);
+    };
+    let statvfs = || {
+        let mut vfs = MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `home_c` is NUL-terminated; `vfs` is writable and large enough.
+        check(
+            unsafe { libc::statvfs(home_c.as_ptr(), vfs.as_mut_ptr()) },
+            "statvfs",
+        );
+        // SAFETY: `statvfs` succeeded and filled it.
+        black_box(unsafe { vfs.assume_init() }.f_bavail);
+    };
+
     let mut group = c.benchmark_group("ensure_present");
-    group.bench_function("ours", |b| {
-        b.iter(|| {
+    let mut ours = |n| {
+        repeat(n, || {
             let outcome = reserve.ensure().expect("ensure");
             debug_assert!(matches!(outcome, Ensured::Present { .. }));
-            black_box(outcome)
+            black_box(outcome);
+        })
+    };
+    let mut floor = |n| repeat(n, lstat);
+    for (side, name) in ["ours", "floor"].into_iter().enumerate() {
+        group.bench_function(name, |b| {
+            b.iter_custom(|n| interleaved("ensure_present", side, n, &mut [&mut ours, &mut floor]));
         });
-    });
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            let mut stat = MaybeUninit::<libc::stat>::uninit();
-            // SAFETY: `path` is NUL-terminated; `stat` is writable and large enough.
-            check(
-                unsafe { libc::lstat(path.as_ptr(), stat.as_mut_ptr()) },
-                "lstat",
-            );
-            // SAFETY: `lstat` succeeded and filled it.
-            black_box(unsafe { stat.assume_init() }.st_blocks)
-        });
-    });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("status");
-    group.bench_function("ours", |b| {
-        b.iter(|| black_box(reserve.status().expect("status")));
-    });
-    group.bench_function("floor", |b| {
-        b.iter(|| {
-            let mut stat = MaybeUninit::<libc::stat>::uninit();
-            let mut vfs = MaybeUninit::<libc::statvfs>::uninit();
-            // SAFETY: both paths are NUL-terminated; both buffers are writable and large
-            // enough for their structs.
-            unsafe {
-                check(libc::statvfs(home_c.as_ptr(), vfs.as_mut_ptr()), "statvfs");
-                check(libc::lstat(path.as_ptr(), stat.as_mut_ptr()), "lstat");
-            }
-            // SAFETY: both calls succeeded and filled their structs.
-            black_box(unsafe { (stat.assume_init().st_blocks, vfs.assume_init().f_bavail) })
+    let mut ours = |n| {
+        repeat(n, || {
+            black_box(reserve.status().expect("status"));
+        })
+    };
+    let mut floor = |n| {
+        repeat(n, || {
+            statvfs();
+            lstat();
+        })
+    };
+    for (side, name) in ["ours", "floor"].into_iter().enumerate() {
+        group.bench_function(name, |b| {
+            b.iter_custom(|n| interleaved("status", side, n, &mut [&mut ours, &mut floor]));
         });
-    });
+    }
     group.finish();
 }
 
 fn main() {
     let started = SystemTime::now();
     let mut c = common::criterion();
-    ensure_present(&mut c);
+    hot_path(&mut c);
     c.final_summary();
     common::report(
         started,
         &[
             Pair::new(
                 "1. `ensure`, reserve complete (repo fs)",
+                "ensure_present",
                 "ensure_present/ours",
                 "ensure_present/floor",
                 Goal::TimeRatioAtMost(1.5),
             ),
             Pair::new(
                 "5. `status` (repo fs)",
+                "status",
                 "status/ours",
                 "status/floor",
                 Goal::TimeRatioAtMost(1.3),

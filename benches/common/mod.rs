@@ -9,9 +9,11 @@
 //! anything, and nothing here asserts an absolute time.
 #![allow(dead_code)] // each bench binary uses a different part of this module
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use criterion::Criterion;
@@ -131,6 +133,53 @@ fn criterion_dir() -> PathBuf {
     )
 }
 
+/// Timings of the sides of one comparison, one entry per Criterion sample, in side
+/// order (`[ours, floor, …]`), keyed by comparison.
+static ROUNDS: Mutex<BTreeMap<String, Vec<Vec<Duration>>>> = Mutex::new(BTreeMap::new());
+
+/// A side of a comparison: runs `iters` times (setup excluded) and returns the time taken.
+pub type Side<'a> = &'a mut dyn FnMut(u64) -> Duration;
+
+/// Runs every side of comparison `key` for `iters` iterations back to back, starting with
+/// side `timed` and going round, records the round, and returns side `timed`'s time for
+/// Criterion.
+///
+/// Interleaving is what makes the ratio trustworthy on a shared, noisy machine: each
+/// round times ours and the floor within milliseconds of each other, so a slow spell
+/// hits both, and the ratio taken per round cancels it. Starting with the side being
+/// timed alternates the order between the two Criterion benchmarks of a pair.
+pub fn interleaved(key: &str, timed: usize, iters: u64, sides: &mut [Side<'_>]) -> Duration {
+    let mut times = vec![Duration::ZERO; sides.len()];
+    for step in 0..sides.len() {
+        let side = (timed + step) % sides.len();
+        times[side] = (sides[side])(iters);
+    }
+    let result = times[timed];
+    ROUNDS
+        .lock()
+        .expect("rounds")
+        .entry(key.to_owned())
+        .or_default()
+        .push(times);
+    result
+}
+
+/// Median over the recorded rounds of `key` of side `a`'s time over side `b`'s.
+fn paired_ratio(key: &str, a: usize, b: usize) -> Option<f64> {
+    let rounds = ROUNDS.lock().expect("rounds");
+    let mut ratios: Vec<f64> = rounds
+        .get(key)?
+        .iter()
+        .map(|round| round[a].as_secs_f64() / round[b].as_secs_f64())
+        .filter(|r| r.is_finite())
+        .collect();
+    if ratios.is_empty() {
+        return None;
+    }
+    ratios.sort_by(f64::total_cmp);
+    Some(ratios[ratios.len() / 2])
+}
+
 /// What a pair must show.
 #[derive(Debug, Clone, Copy)]
 pub enum Goal {
@@ -142,17 +191,23 @@ pub enum Goal {
     None,
 }
 
-/// One row of the table: our benchmark id and the floor's (`group/function[/value]`).
+/// One row of the table: our Criterion benchmark id, the floor's
+/// (`group/function[/value]`), and where the interleaved rounds of the two are recorded.
 pub struct Pair {
     pub bench: String,
     pub ours: String,
     pub floor: String,
     pub goal: Goal,
+    /// `(key, our side, floor side)` in the rounds [`interleaved`] recorded.
+    pub rounds: (String, usize, usize),
 }
 
 impl Pair {
+    /// A row for `ours` against `floor`, their ratio taken from the rounds of `key`
+    /// (ours is side 0, the floor side 1).
     pub fn new(
         bench: impl Into<String>,
+        key: impl Into<String>,
         ours: impl Into<String>,
         floor: impl Into<String>,
         goal: Goal,
@@ -162,7 +217,15 @@ impl Pair {
             ours: ours.into(),
             floor: floor.into(),
             goal,
+            rounds: (key.into(), 0, 1),
         }
+    }
+
+    /// Takes the ratio from sides `ours` and `floor` of the rounds instead of 0 and 1.
+    pub fn sides(mut self, ours: usize, floor: usize) -> Self {
+        self.rounds.1 = ours;
+        self.rounds.2 = floor;
+        self
     }
 }
 
@@ -171,7 +234,8 @@ pub fn measuring() -> bool {
     !std::env::args().any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"))
 }
 
-/// Prints the Markdown rows for `pairs` from the medians this run saved. A pair whose
+/// Prints the Markdown rows for `pairs`: Criterion's medians of this run, and the ratio
+/// as the median of the per-round ratios of the interleaved measurements. A pair whose
 /// estimates were not written by this process (filtered out, or a test run) is skipped.
 pub fn report(started: SystemTime, pairs: &[Pair]) {
     if !measuring() {
@@ -182,7 +246,8 @@ pub fn report(started: SystemTime, pairs: &[Pair]) {
         .filter_map(|pair| {
             let ours = median_ns(&pair.ours, started)?;
             let floor = median_ns(&pair.floor, started)?;
-            let time_ratio = ours / floor;
+            let (key, a, b) = &pair.rounds;
+            let time_ratio = paired_ratio(key, *a, *b)?;
             let (ratio, goal, met) = match pair.goal {
                 Goal::TimeRatioAtMost(max) => (
                     format!("{time_ratio:.3}"),
@@ -190,10 +255,10 @@ pub fn report(started: SystemTime, pairs: &[Pair]) {
                     if time_ratio <= max { "yes" } else { "**no**" },
                 ),
                 Goal::ThroughputAtLeast(min) => {
-                    let share = floor / ours;
+                    let share = 1.0 / time_ratio;
                     (
-                        format!("{share:.3} of floor throughput"),
-                        format!("≥ {min}"),
+                        format!("{time_ratio:.3} (throughput {share:.3} of floor)"),
+                        format!("throughput ≥ {min} of floor"),
                         if share >= min { "yes" } else { "**no**" },
                     )
                 }
@@ -211,7 +276,7 @@ pub fn report(started: SystemTime, pairs: &[Pair]) {
         return;
     }
     println!();
-    println!("| bench | our median | floor median | ratio | goal | met? |");
+    println!("| bench | our median | floor median | ratio (paired) | goal | met? |");
     println!("|---|---|---|---|---|---|");
     for row in rows {
         println!("{row}");
@@ -241,4 +306,42 @@ pub fn human_ns(ns: f64) -> String {
     } else {
         format!("{ns:.1} ns")
     }
+}
+
+/// Time of `iters` calls of `op`, for the sides of fast comparisons (no setup).
+pub fn repeat(iters: u64, mut op: impl FnMut()) -> Duration {
+    let start = std::time::Instant::now();
+    for _ in 0..iters {
+        op();
+    }
+    start.elapsed()
+}
+
+/// Prints a Markdown table of Criterion's medians of this run for `(label, id)` rows, with
+/// the rate they make, for benches that have no syscall floor.
+pub fn report_medians(started: SystemTime, rows: &[(&str, &str)]) {
+    if !measuring() {
+        return;
+    }
+    let rows: Vec<String> = rows
+        .iter()
+        .filter_map(|(label, id)| {
+            let median = median_ns(id, started)?;
+            Some(format!(
+                "| {label} | {} | {:.0} |",
+                human_ns(median),
+                1e9 / median
+            ))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("| bench | median | per second |");
+    println!("|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
 }
