@@ -1,0 +1,269 @@
+//! Creating a 64 MiB reserve, on tmpfs and on the repository's filesystem.
+//!
+//! * `ensure` by `fallocate` (the default strategy) against the floor
+//!   `open(O_CREAT|O_EXCL)` + `fallocate` + `fsync(file)` + `fsync(dir)` (goal ≤ 1.15).
+//! * `ensure --strategy write` against a plain loop writing the same 64 MiB with the same
+//!   1 MiB buffer + `fsync(file)` + `fsync(dir)` (goal: ≥ 0.9 of its throughput). The
+//!   loop is measured twice: writing zeros (the floor) and writing the incompressible
+//!   pattern generated per chunk as our write path does, which shows what the pattern
+//!   costs over zeros. `pattern_fill` times generating 64 MiB of pattern alone.
+//!
+//! Every sample starts with no reserve: the file is unlinked (and the directory synced)
+//! in the untimed setup.
+
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use camino::{Utf8Path, Utf8PathBuf};
+use common::{Goal, Pair, RESERVE_BYTES, Scratch, c_path, check, interleaved};
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, measurement::WallTime,
+};
+use disk_reserve::{Ensured, RealFs, Reserve, ReserveConfig, Strategy};
+
+/// The buffer the write path fills and writes at once (`FILL_CHUNK_BYTES` in `RealFs`).
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// Times `iters` runs of `job`, each after an untimed removal of whatever is at `file`
+/// (and a sync of `dir`, so every run starts from the same committed state).
+fn timed_from_absent(
+    iters: u64,
+    file: &Utf8Path,
+    dir: &Utf8Path,
+    mut job: impl FnMut(),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        remove_and_sync(file, dir);
+        let start = Instant::now();
+        job();
+        total += start.elapsed();
+    }
+    remove_and_sync(file, dir);
+    total
+}
+
+fn remove_and_sync(file: &Utf8Path, dir: &Utf8Path) {
+    match std::fs::remove_file(file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("remove {file}: {e}"),
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .expect("sync scratch dir");
+}
+
+/// Floor for creation: open(O_CREAT|O_EXCL), then `fill(fd)`, fsync, close, fsync(dir).
+fn create_floor(file: &std::ffi::CStr, dir: &std::ffi::CStr, fill: impl FnOnce(libc::c_int)) {
+    // SAFETY: every pointer is a NUL-terminated path that outlives its call; every fd is
+    // one these calls opened and is closed exactly once.
+    unsafe {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+        let fd = check(
+            libc::open(file.as_ptr(), flags, 0o600 as libc::c_uint),
+            "open",
+        );
+        fill(fd);
+        check(libc::fsync(fd), "fsync file");
+        check(libc::close(fd), "close file");
+        let dfd = check(
+            libc::open(
+                dir.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            ),
+            "open dir",
+        );
+        check(libc::fsync(dfd), "fsync dir");
+        check(libc::close(dfd), "close dir");
+    }
+}
+
+/// Writes `RESERVE_BYTES` to `fd` from a `WRITE_BUFFER_BYTES` buffer, calling `refill`
+/// on the buffer before each write with the chunk's file offset.
+fn write_loop(fd: libc::c_int, buf: &mut [u8], mut refill: impl FnMut(&mut [u8], u64)) {
+    let mut pos = 0u64;
+    while pos < RESERVE_BYTES {
+        refill(buf, pos);
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: `fd` is open for writing; the slice is live and readable.
+            let n = unsafe {
+                libc::pwrite(
+                    fd,
+                    buf[done..].as_ptr().cast(),
+                    buf.len() - done,
+                    (pos + done as u64) as libc::off_t,
+                )
+            };
+            assert!(n > 0, "pwrite: {}", std::io::Error::last_os_error());
+            done += n as usize;
+        }
+        pos += buf.len() as u64;
+    }
+}
+
+fn reserve_on(home: &Utf8PathBuf, strategy: Strategy) -> Reserve<RealFs> {
+    Reserve::new(
+        RealFs::new(),
+        home,
+        ReserveConfig::with_size_bytes(RESERVE_BYTES).strategy(strategy),
+    )
+    .expect("reserve")
+}
+
+fn slow_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .throughput(Throughput::Bytes(RESERVE_BYTES));
+    group
+}
+
+fn create_fallocate(c: &mut Criterion, filesystems: &[Scratch]) {
+    let mut group = slow_group(c, "create_fallocate");
+    for fs in filesystems {
+        let home = fs.path();
+        let reserve = reserve_on(&home, Strategy::Auto);
+        let file = reserve.path().to_owned();
+        let (file_c, home_c) = (c_path(&file), c_path(&home));
+        let mut ours = |n| {
+            timed_from_absent(n, &file, &home, || {
+                let outcome = reserve.ensure().expect("ensure");
+                assert!(matches!(outcome, Ensured::Created { .. }), "{outcome:?}");
+            })
+        };
+        let mut floor = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| {
+                    // SAFETY: `fd` is open for writing.
+                    let ret = unsafe { libc::fallocate(fd, 0, 0, RESERVE_BYTES as libc::off_t) };
+                    check(ret, "fallocate");
+                });
+            })
+        };
+        let key = format!("create_fallocate/{}", fs.label);
+        for (side, name) in ["ours", "floor"].into_iter().enumerate() {
+            group.bench_function(BenchmarkId::new(name, fs.label), |b| {
+                b.iter_custom(|n| interleaved(&key, side, n, &mut [&mut ours, &mut floor]));
+            });
+        }
+    }
+    group.finish();
+}
+
+fn create_write(c: &mut Criterion, filesystems: &[Scratch]) {
+    let mut group = slow_group(c, "create_write");
+    for fs in filesystems {
+        let home = fs.path();
+        let reserve = reserve_on(&home, Strategy::Write);
+        let file = reserve.path().to_owned();
+        let (file_c, home_c) = (c_path(&file), c_path(&home));
+        let mut buf = vec![0u8; WRITE_BUFFER_BYTES];
+        let mut ours = |n| {
+            timed_from_absent(n, &file, &home, || {
+                let outcome = reserve.ensure().expect("ensure");
+                assert!(matches!(outcome, Ensured::Created { .. }), "{outcome:?}");
+            })
+        };
+        let mut zeros = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| write_loop(fd, &mut buf, |_, _| {}));
+            })
+        };
+        let mut pattern_buf = vec![0u8; WRITE_BUFFER_BYTES];
+        let mut pattern = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| {
+                    write_loop(fd, &mut pattern_buf, |chunk, pos| {
+                        disk_reserve::pattern::fill(chunk, 7, pos);
+                    });
+                });
+            })
+        };
+        let key = format!("create_write/{}", fs.label);
+        for (side, name) in ["ours", "floor_zeros", "floor_pattern"]
+            .into_iter()
+            .enumerate()
+        {
+            group.bench_function(BenchmarkId::new(name, fs.label), |b| {
+                b.iter_custom(|n| {
+                    interleaved(&key, side, n, &mut [&mut ours, &mut zeros, &mut pattern])
+                });
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = slow_group(c, "pattern_fill");
+    let mut buf = vec![0u8; WRITE_BUFFER_BYTES];
+    group.bench_function("64MiB", |b| {
+        b.iter(|| {
+            let mut pos = 0;
+            while pos < RESERVE_BYTES {
+                disk_reserve::pattern::fill(&mut buf, 7, pos);
+                black_box(&buf);
+                pos += WRITE_BUFFER_BYTES as u64;
+            }
+        });
+    });
+    group.finish();
+}
+
+fn main() {
+    let started = SystemTime::now();
+    let mut c = common::criterion();
+    let filesystems = common::scratch_filesystems("create");
+    create_fallocate(&mut c, &filesystems);
+    create_write(&mut c, &filesystems);
+    c.final_summary();
+
+    let mut pairs = Vec::new();
+    for fs in &filesystems {
+        let (l, t) = (fs.label, fs.fs_type);
+        pairs.push(Pair::new(
+            format!("2. `ensure` creating 64 MiB by fallocate ({t})"),
+            format!("create_fallocate/{l}"),
+            format!("create_fallocate/ours/{l}"),
+            format!("create_fallocate/floor/{l}"),
+            Goal::TimeRatioAtMost(1.15),
+        ));
+    }
+    for fs in &filesystems {
+        let (l, t) = (fs.label, fs.fs_type);
+        let key = format!("create_write/{l}");
+        pairs.push(Pair::new(
+            format!("3. `ensure --strategy write` 64 MiB vs zeros loop ({t})"),
+            &key,
+            format!("create_write/ours/{l}"),
+            format!("create_write/floor_zeros/{l}"),
+            Goal::ThroughputAtLeast(0.9),
+        ));
+        pairs.push(
+            Pair::new(
+                format!("3. `ensure --strategy write` 64 MiB vs pattern loop ({t})"),
+                &key,
+                format!("create_write/ours/{l}"),
+                format!("create_write/floor_pattern/{l}"),
+                Goal::ThroughputAtLeast(0.9),
+            )
+            .sides(0, 2),
+        );
+        pairs.push(
+            Pair::new(
+                format!("3. write loop: pattern over zeros ({t})"),
+                &key,
+                format!("create_write/floor_pattern/{l}"),
+                format!("create_write/floor_zeros/{l}"),
+                Goal::None,
+            )
+            .sides(2, 1),
+        );
+    }
+    common::report(started, &pairs);
+}
