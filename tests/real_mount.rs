@@ -193,8 +193,9 @@ fn free_bytes(path: &Path) -> u64 {
     free_and_total(path).0
 }
 
-/// `sync -f`: commits the filesystem, so its free-space count is settled (btrfs only
-/// returns freed extents at a transaction commit).
+/// Commits the filesystem (`sync -f`) and waits until its free space stops moving, so the
+/// count is settled: btrfs hands freed extents back at a transaction commit, and XFS frees
+/// an unlinked file's blocks in a background worker that `statvfs` only starts.
 fn settle(path: &Path) {
     let status = Command::new("sync")
         .arg("-f")
@@ -202,6 +203,15 @@ fn settle(path: &Path) {
         .status()
         .expect("run sync -f");
     assert!(status.success(), "sync -f {}", path.display());
+    let mut last = free_bytes(path);
+    for _ in 0..100 {
+        thread::sleep(Duration::from_millis(10));
+        let now = free_bytes(path);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// A test's own directory on the mount, removed (with everything in it) when dropped.
@@ -676,6 +686,7 @@ fn kill_9() {
     assert_exit(&out, 0);
     assert_complete(&reserve, SIZE);
     assert_exit(&run("release", h, &[]), 0);
+    settle(&mount.root);
 
     let mut kills = 0;
     let mut rounds = 0;
@@ -718,7 +729,7 @@ fn kill_9() {
                         len, SIZE,
                         "a killed ensure never makes the file longer than the size"
                     );
-                    "complete"
+                    "full length"
                 }
             };
             *left.entry(state).or_insert(0) += 1;
@@ -736,6 +747,9 @@ fn kill_9() {
         assert_complete(&reserve, SIZE);
         assert_only_reserve(h);
         assert_exit(&run("release", h, &[]), 0);
+        // btrfs shows released extents as free only after a commit: without it, the next
+        // round's ensure could rightly defer.
+        settle(&mount.root);
     }
     println!(
         "kill_9 fs={}: {kills} kills in {rounds} rounds (whole write {whole_write:.2?}); left after a kill: {left:?}",
@@ -806,16 +820,13 @@ const DIFF_SIZE: u64 = 4 * MIB;
 /// Free space the differential test leaves at the start of each sequence (the rest is
 /// ballast), so the headroom boundary is within reach of a few writes.
 const DIFF_START_FREE: u64 = 8 * DIFF_SIZE;
-/// How far the kernel's free space may be from the simulator's after a step: metadata a
-/// filesystem spends that `SimFs` does not model (ext2's indirect blocks, btrfs'
-/// checksums and extent items, journal and log space).
-const FREE_TOLERANCE_BYTES: u64 = MIB;
 /// How far the kernel's allocated bytes of the reserve (`st_blocks * 512`) may be above
 /// the simulator's: the indirect blocks ext2 counts in `st_blocks` (12 KiB for 4 MiB).
 const ALLOCATED_TOLERANCE_BYTES: u64 = 64 * KIB;
 /// External writes are never sized within this distance of the free space: where exactly
-/// such a write meets `ENOSPC` depends on metadata the simulator does not model.
-const WRITE_MARGIN_BYTES: u64 = MIB;
+/// such a write meets `ENOSPC` depends on metadata the simulator does not model (btrfs
+/// refuses data writes with about 1.7 MiB still counted free on a 512 MiB filesystem).
+const WRITE_MARGIN_BYTES: u64 = 4 * MIB;
 const RANDOM_SEQUENCES: u64 = 50;
 const STEPS_PER_SEQUENCE: u64 = 12;
 
@@ -909,8 +920,10 @@ struct Differential {
     next_external: u64,
     noise: Vec<u8>,
     /// Largest gaps seen between the kernel and the simulator.
-    worst_free_gap: u64,
-    worst_allocated_gap: u64,
+    /// The largest difference between the kernel's free space and the simulator's after a
+    /// step, and where: reported, not asserted (see [`differential`]).
+    worst_free_gap: (u64, String),
+    worst_allocated_gap: (u64, String),
 }
 
 impl Differential {
@@ -930,8 +943,8 @@ impl Differential {
             externals: Vec::new(),
             next_external: 0,
             noise: incompressible(MIB),
-            worst_free_gap: 0,
-            worst_allocated_gap: 0,
+            worst_free_gap: (0, String::new()),
+            worst_allocated_gap: (0, String::new()),
         }
     }
 
@@ -962,13 +975,9 @@ impl Differential {
         settle(&self.mount);
         let real_free = free_bytes(&self.mount);
         let gap = real_free.abs_diff(self.sim_fs.free_bytes());
-        self.worst_free_gap = self.worst_free_gap.max(gap);
-        assert!(
-            gap <= FREE_TOLERANCE_BYTES,
-            "free space: kernel {real_free}, simulator {} (gap {gap} > {FREE_TOLERANCE_BYTES})\n{}",
-            self.sim_fs.free_bytes(),
-            context()
-        );
+        if gap > self.worst_free_gap.0 {
+            self.worst_free_gap = (gap, context());
+        }
         self.sim_fs.set_free(real_free).unwrap_or_else(|e| {
             panic!(
                 "the simulator's files take more than the kernel's whole used space ({e})\n{}",
@@ -1075,7 +1084,9 @@ impl Differential {
         );
         let (real_allocated, sim_allocated) = (real.allocated_bytes(), sim.allocated_bytes());
         let gap = real_allocated.abs_diff(sim_allocated);
-        self.worst_allocated_gap = self.worst_allocated_gap.max(gap);
+        if gap > self.worst_allocated_gap.0 {
+            self.worst_allocated_gap = (gap, context());
+        }
         assert!(
             real_allocated >= sim_allocated && gap <= ALLOCATED_TOLERANCE_BYTES,
             "reserve allocated bytes: kernel {real_allocated}, simulator {sim_allocated} (tolerance +{ALLOCATED_TOLERANCE_BYTES})\n{}",
@@ -1117,6 +1128,10 @@ impl Differential {
         }
         self.sync_free(&|| format!("sequence {name}, after the last step"));
     }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("-")
 }
 
 fn op_name(op: Op) -> &'static str {
@@ -1164,29 +1179,33 @@ fn fixed_sequence() -> Vec<Op> {
     ]
 }
 
-/// A random operation; sizes are whole 4 KiB blocks around the reserve's size.
+/// A random operation; sizes are around the reserve's size, some of them not a whole
+/// number of 4 KiB blocks.
 fn random_op(rng: &mut Rng) -> Op {
     let size = DIFF_SIZE;
     let blocks = |rng: &mut Rng, up_to: u64| rng.below(up_to / (4 * KIB) + 1) * 4 * KIB;
+    let ragged = |rng: &mut Rng, up_to: u64| blocks(rng, up_to) + rng.below(4 * KIB);
     match rng.below(12) {
         0..=3 => Op::Ensure,
         4..=5 => Op::Release,
         6..=7 => Op::ExternalWrite(match rng.below(3) {
-            0 => Amount::Bytes(4 * KIB + blocks(rng, 2 * size)),
+            0 => Amount::Bytes(1 + ragged(rng, 2 * size)),
             1 => Amount::LeaveFree(WRITE_MARGIN_BYTES + blocks(rng, 3 * size)),
             _ => Amount::MoreThanFree(WRITE_MARGIN_BYTES + blocks(rng, size)),
         }),
         8 => Op::ExternalDelete(rng.below(8)),
-        9..=10 => Op::Truncate(match rng.below(4) {
+        9..=10 => Op::Truncate(match rng.below(5) {
             0 => 0,
             1 => size / 2,
             2 => size + MIB,
-            _ => blocks(rng, 2 * size),
+            3 => blocks(rng, 2 * size),
+            _ => ragged(rng, 2 * size),
         }),
-        _ => Op::PlantSparse(match rng.below(3) {
+        _ => Op::PlantSparse(match rng.below(4) {
             0 => size,
             1 => size / 2,
-            _ => 2 * size,
+            2 => 2 * size,
+            _ => ragged(rng, 2 * size),
         }),
     }
 }
@@ -1194,9 +1213,14 @@ fn random_op(rng: &mut Rng) -> Op {
 /// f. A fixed and 50 random sequences of `ensure`, `release`, external writes and
 /// deletes, truncation and a planted sparse file, applied to the kernel and to a `SimFs`
 /// of the same capacity, give the same outcomes and the same reserve after every step:
-/// the same condition and length, allocated bytes within [`ALLOCATED_TOLERANCE_BYTES`],
-/// free space within [`FREE_TOLERANCE_BYTES`]. The simulator's free space is set from
-/// the kernel's before each step, so metadata differences do not add up.
+/// the same condition and length, allocated bytes within [`ALLOCATED_TOLERANCE_BYTES`].
+///
+/// The simulator's free space is set from the kernel's before each step, so both decide
+/// from the same number. How far they drift apart within a step is printed, not asserted:
+/// the kernel spends metadata the simulator does not model (ext2's indirect blocks,
+/// btrfs' checksums and extent items), and btrfs keeps a truncated preallocated extent
+/// whole until no byte of it is referenced, so its free space after a truncation is not
+/// a function of the files' allocated bytes at all.
 #[test]
 fn differential() {
     let Some(mount) = test_mount("differential", Needs::Writable) else {
@@ -1240,7 +1264,11 @@ fn differential() {
         differential.run_sequence(&format!("random #{sequence}"), &ops, &mut outcomes);
     }
     println!(
-        "differential fs={}: 1 fixed and {RANDOM_SEQUENCES} random sequences agree; largest gaps: free {} B, allocated {} B; outcomes {outcomes:?}",
-        mount.fs, differential.worst_free_gap, differential.worst_allocated_gap
+        "differential fs={}: 1 fixed and {RANDOM_SEQUENCES} random sequences agree; largest gaps: allocated {} B (after {}), free {} B (after {}); outcomes {outcomes:?}",
+        mount.fs,
+        differential.worst_allocated_gap.0,
+        first_line(&differential.worst_allocated_gap.1),
+        differential.worst_free_gap.0,
+        first_line(&differential.worst_free_gap.1),
     );
 }
