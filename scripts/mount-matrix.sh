@@ -174,6 +174,7 @@ for fs in "${FILESYSTEMS[@]}"; do
         [ "$result" = fail ] && failures=$((failures + 1))
         grep -o 'FREE_DROP .*' "$log" >>"$work/free_drop" || true
         say "$fs: $t $result ($((SECONDS - started)) s)"
+        grep -o -e "$t fs=.*" -e 'DISK_RESERVE_SKIP.*' "$log" | sed 's/^/    /' || true
         if [ -z "$ro" ]; then
             leftovers=$(find "$mnt" -mindepth 1 -maxdepth 1 ! -name lost+found -printf '%f ' 2>/dev/null)
             if [ -n "$leftovers" ]; then
