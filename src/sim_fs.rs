@@ -68,6 +68,17 @@
 //! Permissions and ownership (no `EACCES`), inode limits, hard links, renames, timestamps,
 //! the data itself (reads are not part of [`HostFs`]), and directories' own blocks:
 //! directories and symlinks take no space. A trailing `/` is treated as a trailing `/.`.
+//!
+//! Free space is exactly capacity minus files' blocks minus other writers. Real
+//! filesystems, measured by `tests/real_mount.rs`, also spend and hold back space the
+//! simulator does not count: metadata (ext2's indirect blocks, which `st_blocks`
+//! includes; btrfs' checksums and extent items, and a metadata reserve that makes data
+//! writes fail with about 1.7 MiB of a 512 MiB filesystem still counted free), space
+//! freed late (btrfs returns freed extents at a transaction commit, XFS frees an unlinked
+//! file's blocks in a background worker), and space kept on purpose (btrfs keeps a
+//! truncated preallocated extent whole; XFS preallocates past the end of a file being
+//! written). Outcomes and the reserve's state agree with the kernel on ext4, XFS, btrfs,
+//! ext2 and tmpfs; free space agrees to within these effects.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
