@@ -12,7 +12,7 @@ use crate::error::{Error, Operation, Result};
 use crate::{DirLock, HostFs, ReserveConfig, Space, Strategy};
 
 /// How many bytes `ensure` writes between two progress reports on the write path.
-pub const WRITE_CHUNK_BYTES: u64 = 8 << 20;
+pub const WRITE_CHUNK_BYTES: u64 = 32 << 20;
 
 /// How often an `EINTR` is retried before it is reported.
 const EINTR_RETRIES: usize = 64;
