@@ -14,7 +14,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use common::{Goal, Pair, RESERVE_BYTES, Scratch, c_path, check, interleaved};
@@ -28,19 +28,8 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
 /// Times `iters` runs of `job`, each after an untimed removal of whatever is at `file`
 /// (and a sync of `dir`, so every run starts from the same committed state).
-fn timed_from_absent(
-    iters: u64,
-    file: &Utf8Path,
-    dir: &Utf8Path,
-    mut job: impl FnMut(),
-) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        remove_and_sync(file, dir);
-        let start = Instant::now();
-        job();
-        total += start.elapsed();
-    }
+fn timed_from_absent(iters: u64, file: &Utf8Path, dir: &Utf8Path, job: impl FnMut()) -> Duration {
+    let total = common::timed_after(iters, || remove_and_sync(file, dir), job);
     remove_and_sync(file, dir);
     total
 }

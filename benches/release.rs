@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use camino::Utf8Path;
 use common::{Goal, Pair, RESERVE_BYTES, c_path, check, interleaved};
@@ -15,20 +15,8 @@ use disk_reserve::{RealFs, Released, Reserve, ReserveConfig};
 
 /// Times `iters` runs of `job`, each after an untimed, durable creation of a complete
 /// reserve at `file`.
-fn timed_from_present(
-    iters: u64,
-    file: &Utf8Path,
-    dir: &Utf8Path,
-    mut job: impl FnMut(),
-) -> Duration {
-    let mut total = Duration::ZERO;
-    for _ in 0..iters {
-        lay_down(file, dir);
-        let start = Instant::now();
-        job();
-        total += start.elapsed();
-    }
-    total
+fn timed_from_present(iters: u64, file: &Utf8Path, dir: &Utf8Path, job: impl FnMut()) -> Duration {
+    common::timed_after(iters, || lay_down(file, dir), job)
 }
 
 fn lay_down(file: &Utf8Path, dir: &Utf8Path) {

@@ -267,12 +267,8 @@ impl<F: HostFs> Reserve<F> {
                     });
                 }
                 Plan::Shrink { from_len } => {
-                    self.fs
-                        .set_len(&self.path, size)
-                        .map_err(|e| self.err(Operation::Truncate, e))?;
-                    self.fs
-                        .sync_file(&self.path)
-                        .map_err(|e| self.err(Operation::SyncFile, e))?;
+                    self.truncate(size)?;
+                    self.sync_file()?;
                     shrunk_from.get_or_insert(from_len);
                 }
                 Plan::NeedSpace => unreachable!("free space was read above"),
@@ -394,9 +390,7 @@ impl<F: HostFs> Reserve<F> {
 
     fn fill_from(&self, plan: Plan, from: u64, size: u64) -> Result<u64> {
         if let Plan::Refill { .. } = plan {
-            self.fs
-                .set_len(&self.path, 0)
-                .map_err(|e| self.err(Operation::Truncate, e))?;
+            self.truncate(0)?;
         }
         let strategy = self.config.strategy_kind();
         let write_from = match strategy {
@@ -434,13 +428,9 @@ impl<F: HostFs> Reserve<F> {
             // 128 MiB reserve held 249 MiB until XFS trimmed it minutes later, eating into
             // the headroom. Setting the length it already has gives those blocks back;
             // elsewhere it changes nothing.
-            self.fs
-                .set_len(&self.path, size)
-                .map_err(|e| self.err(Operation::Truncate, e))?;
+            self.truncate(size)?;
         }
-        self.fs
-            .sync_file(&self.path)
-            .map_err(|e| self.err(Operation::SyncFile, e))?;
+        self.sync_file()?;
         if plan == Plan::Create {
             self.fs
                 .sync_dir(&self.home)
@@ -530,6 +520,18 @@ impl<F: HostFs> Reserve<F> {
     fn lock_home(&self) -> Result<DirLock> {
         retry_eintr(|| self.fs.lock_dir(&self.home))
             .map_err(|e| self.home_err(Operation::Lock, &self.home, e))
+    }
+
+    fn truncate(&self, len: u64) -> Result<()> {
+        self.fs
+            .set_len(&self.path, len)
+            .map_err(|e| self.err(Operation::Truncate, e))
+    }
+
+    fn sync_file(&self) -> Result<()> {
+        self.fs
+            .sync_file(&self.path)
+            .map_err(|e| self.err(Operation::SyncFile, e))
     }
 
     /// An error on the reserve path.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use criterion::Criterion;
@@ -344,4 +344,17 @@ pub fn report_medians(started: SystemTime, rows: &[(&str, &str)]) {
         println!("{row}");
     }
     println!();
+}
+
+/// Times `iters` runs of `job`, each after an untimed `setup` (which puts the scratch
+/// directory back into the state every timed run must start from).
+pub fn timed_after(iters: u64, mut setup: impl FnMut(), mut job: impl FnMut()) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        setup();
+        let start = Instant::now();
+        job();
+        total += start.elapsed();
+    }
+    total
 }
