@@ -27,7 +27,7 @@ struct Sim(SimFs);
 
 impl Sim {
     fn new() -> Self {
-        Sim(SimFs::with_home(256 * MIB, "/root"))
+        Sim(SimFs::with_home(256 * MIB, "/conformance"))
     }
 }
 
@@ -37,7 +37,7 @@ impl Fixture for Sim {
         self.0.clone()
     }
     fn root(&self) -> Utf8PathBuf {
-        "/root".into()
+        "/conformance".into()
     }
     fn symlink(&self, link: &Utf8Path, target: &Utf8Path) {
         self.0.symlink(link, target).unwrap();
