@@ -794,10 +794,8 @@ impl Driver {
         }
     }
 
-    /// Checks what holds after every operation: the outside is as it was, the model's
-    /// view of the reserve path and of the space matches the disk. `exact_space` says
-    /// whether the model knows the other writers' bytes; if not they are read back.
-    fn settle(&mut self, snapshot: &SimSnapshot, exact_space: bool) -> Result<(), Violation> {
+    /// Nothing outside the reserve path changed since the scenario started.
+    fn check_outside(&self, snapshot: &SimSnapshot) -> Result<(), Violation> {
         self.check(
             self.outside_unchanged(snapshot),
             Invariant::OnlyTheReservePath,
@@ -808,7 +806,14 @@ impl Driver {
                     self.outside
                 )
             },
-        )?;
+        )
+    }
+
+    /// Checks what holds after every operation: the outside is as it was, the model's
+    /// view of the reserve path and of the space matches the disk. `exact_space` says
+    /// whether the model knows the other writers' bytes; if not they are read back.
+    fn settle(&mut self, snapshot: &SimSnapshot, exact_space: bool) -> Result<(), Violation> {
+        self.check_outside(snapshot)?;
         let entry = entry_of(snapshot.get(RESERVE));
         self.check(entry == self.model.entry, Invariant::Model, || {
             format!("reserve path: model {:?}, disk {entry:?}", self.model.entry)
@@ -1006,17 +1011,7 @@ impl Driver {
         strict: bool,
         gave_back: &[Entry],
     ) -> Result<(), Violation> {
-        self.check(
-            self.outside_unchanged(snapshot),
-            Invariant::OnlyTheReservePath,
-            || {
-                let now = snapshot.clone().without(RESERVE).entries;
-                format!(
-                    "outside the reserve: before {:?}, after {now:?}",
-                    self.outside
-                )
-            },
-        )?;
+        self.check_outside(snapshot)?;
         let probe = snapshot.get(RESERVE);
         if let Entry::Other(kind) = before.entry {
             self.check(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use disk_reserve::{Error, FileKind, HostFs, Operation, RealFs, Released, Reserve, ReserveConfig};
 
-use super::args::{Cli, Command, EnsureArgs, ReleaseArgs, StatusArgs};
+use super::args::{Cli, Command, EnsureArgs, HeadroomArg, ReleaseArgs, SizeArg, StatusArgs};
 use super::exit::Exit;
 use super::failure::Failure;
 use super::progress::Progress;
@@ -50,13 +50,17 @@ fn open(home: &Path, config: ReserveConfig) -> Result<Reserve<RealFs>, Failure> 
     Reserve::new(RealFs::new(), home, config).map_err(Failure::early)
 }
 
-fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
-    let mut config = ReserveConfig::default()
-        .size(args.size.size)
-        .strategy(args.strategy.into());
-    if let Some(headroom) = args.headroom.headroom {
-        config = config.headroom(headroom);
+/// The configuration `--size` and `--headroom` describe.
+fn sized(size: &SizeArg, headroom: &HeadroomArg) -> ReserveConfig {
+    let config = ReserveConfig::default().size(size.size);
+    match headroom.headroom {
+        Some(headroom) => config.headroom(headroom),
+        None => config,
     }
+}
+
+fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
+    let config = sized(&args.size, &args.headroom).strategy(args.strategy.into());
     let mut reserve = open(&args.common.home, config)?;
     let progress = Progress::for_terminal(reserve.path().as_str(), args.common.json).map(Arc::new);
     if let Some(progress) = &progress {
@@ -104,10 +108,7 @@ fn release(args: ReleaseArgs) -> Result<Report, Failure> {
 }
 
 fn status(args: StatusArgs) -> Result<Report, Failure> {
-    let mut config = ReserveConfig::default().size(args.size.size);
-    if let Some(headroom) = args.headroom.headroom {
-        config = config.headroom(headroom);
-    }
+    let config = sized(&args.size, &args.headroom);
     let reserve = open(&args.common.home, config)?;
     let status = reserve.status().map_err(|e| Failure::of(e, &reserve))?;
     Ok(Report::from_status(
