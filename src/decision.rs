@@ -19,6 +19,14 @@ pub enum Observed {
         /// Allocated bytes (`st_blocks * 512`).
         allocated_bytes: u64,
     },
+    /// A regular file with more than one name (a hard link: `cp -al`, rsnapshot, or
+    /// another file linked to the reserve path). Its blocks belong to its other names
+    /// too, so it is never written, truncated or grown, and deleting this name frees
+    /// nothing (rule 7).
+    HardLinked {
+        /// The number of names the file has (`st_nlink`).
+        links: u64,
+    },
     /// Something that is not a regular file.
     Other(FileKind),
 }
@@ -30,8 +38,14 @@ impl Observed {
             None => Observed::Absent,
             Some(Probe {
                 kind: FileKind::Regular,
+                links,
+                ..
+            }) if links > 1 => Observed::HardLinked { links },
+            Some(Probe {
+                kind: FileKind::Regular,
                 len,
                 allocated_bytes,
+                ..
             }) => Observed::Regular {
                 len,
                 allocated_bytes,
@@ -40,7 +54,7 @@ impl Observed {
         }
     }
 
-    /// Bytes the reserve really holds (0 when absent or not a regular file).
+    /// Bytes the reserve really holds (0 when absent, hard-linked or not a regular file).
     pub fn allocated_bytes(self) -> u64 {
         match self {
             Observed::Regular {
@@ -54,6 +68,7 @@ impl Observed {
     pub fn condition(self, size_bytes: u64) -> Condition {
         match self {
             Observed::Absent => Condition::Absent,
+            Observed::HardLinked { links } => Condition::HardLinked(links),
             Observed::Other(kind) => Condition::NotARegularFile(kind),
             Observed::Regular {
                 len,
@@ -92,13 +107,16 @@ pub enum Condition {
     Sparse,
     /// Longer than the configured size.
     Oversized,
+    /// A regular file with this many names: not the reserve's own; `ensure` replaces
+    /// the name, `release` removes only the name (rule 7).
+    HardLinked(u64),
     /// Not a regular file; never touched.
     NotARegularFile(FileKind),
 }
 
 impl Condition {
     /// A lower-case word for messages: `absent`, `complete`, `partial`, `sparse`,
-    /// `oversized`, `not a regular file`.
+    /// `oversized`, `hard-linked`, `not a regular file`.
     pub fn as_str(self) -> &'static str {
         match self {
             Condition::Absent => "absent",
@@ -106,6 +124,7 @@ impl Condition {
             Condition::Partial => "partial",
             Condition::Sparse => "sparse",
             Condition::Oversized => "oversized",
+            Condition::HardLinked(_) => "hard-linked",
             Condition::NotARegularFile(_) => "not a regular file",
         }
     }
@@ -134,6 +153,12 @@ pub enum Plan {
     },
     /// No file: create it and allocate `[0, size)`.
     Create,
+    /// A file with other names is at the path (rule 7): remove this one name (the other
+    /// names keep their data), then create a fresh reserve as [`Plan::Create`] does.
+    Replace {
+        /// The number of names the file had.
+        links: u64,
+    },
     /// A dense file shorter than the size: allocate `[from_len, size)`.
     Extend {
         /// The current length.
@@ -149,7 +174,7 @@ pub enum Plan {
 
 impl Plan {
     /// What `ensure` would do, in a word or two: `nothing`, `refuse`, `shrink`, `defer`,
-    /// `create`, `top up`, or `check free space`.
+    /// `create`, `replace`, `top up`, or `check free space`.
     pub fn as_str(self) -> &'static str {
         match self {
             Plan::Nothing => "nothing",
@@ -158,6 +183,7 @@ impl Plan {
             Plan::NeedSpace => "check free space",
             Plan::Defer { .. } => "defer",
             Plan::Create => "create",
+            Plan::Replace { .. } => "replace",
             Plan::Extend { .. } | Plan::Refill { .. } => "top up",
         }
     }
@@ -166,7 +192,7 @@ impl Plan {
     pub fn allocates(self) -> bool {
         matches!(
             self,
-            Plan::Create | Plan::Extend { .. } | Plan::Refill { .. }
+            Plan::Create | Plan::Replace { .. } | Plan::Extend { .. } | Plan::Refill { .. }
         )
     }
 }
@@ -197,7 +223,7 @@ pub fn decide(
 ) -> Plan {
     let (len, allocated_bytes) = match observed {
         Observed::Other(kind) => return Plan::Refuse(kind),
-        Observed::Absent => (None, 0),
+        Observed::Absent | Observed::HardLinked { .. } => (None, 0),
         Observed::Regular {
             len,
             allocated_bytes,
@@ -212,10 +238,11 @@ pub fn decide(
         }
     }
     let missing = observed.missing_bytes(size_bytes);
-    let fill = match len {
-        None => Plan::Create,
-        Some(len) if allocated_bytes < len => Plan::Refill { from_len: len },
-        Some(len) => Plan::Extend { from_len: len },
+    let fill = match (len, observed) {
+        (None, Observed::HardLinked { links }) => Plan::Replace { links },
+        (None, _) => Plan::Create,
+        (Some(len), _) if allocated_bytes < len => Plan::Refill { from_len: len },
+        (Some(len), _) => Plan::Extend { from_len: len },
     };
     if missing == 0 {
         return fill;
@@ -338,6 +365,35 @@ mod tests {
         }
     }
 
+    /// Rule 7: a regular file with other names is never extended, refilled or shrunk in
+    /// place; it is replaced (its bytes are not the reserve's, so all of the size is
+    /// missing), and a replacement that does not fit defers without touching it.
+    #[test]
+    fn rule7_hard_linked_file_is_replaced_never_written() {
+        let linked = Observed::from_probe(Some(Probe {
+            kind: FileKind::Regular,
+            len: 128 * MIB,
+            allocated_bytes: 128 * MIB,
+            links: 2,
+        }));
+        assert_eq!(linked, Observed::HardLinked { links: 2 });
+        assert_eq!(linked.allocated_bytes(), 0);
+        assert_eq!(
+            decide(linked, 64 * MIB, 64 * MIB, None),
+            Plan::NeedSpace,
+            "rule 7: a hard-linked file must not be shrunk or counted as complete"
+        );
+        assert_eq!(
+            decide(linked, 64 * MIB, 64 * MIB, space(128 * MIB)),
+            Plan::Replace { links: 2 },
+            "rule 7: a hard-linked file is replaced by a fresh reserve"
+        );
+        assert!(matches!(
+            decide(linked, 64 * MIB, 64 * MIB, space(128 * MIB - 1)),
+            Plan::Defer { .. }
+        ));
+    }
+
     /// Rule 4 with a size that is not a whole number of blocks: the last partial block
     /// takes a whole one, so the check counts it (found by reasoning during fuzzing: 9096
     /// bytes free, size 5000, headroom 4096 used to create and leave 904 bytes free).
@@ -378,6 +434,7 @@ mod tests {
                     allocated_bytes,
                 }
             }),
+            (2..5u64).prop_map(|links| Observed::HardLinked { links }),
             Just(Observed::Other(FileKind::Symlink)),
         ]
     }

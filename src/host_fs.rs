@@ -66,6 +66,9 @@ pub struct Probe {
     /// Bytes really allocated on disk: `st_blocks * 512`. A sparse file has fewer
     /// allocated bytes than its length.
     pub allocated_bytes: u64,
+    /// The number of names (hard links) the inode has (`st_nlink`). A regular file with
+    /// more than one is never written by the lifecycle: its other names hold its data.
+    pub links: u64,
 }
 
 /// Space on the filesystem holding a path, as `statvfs(2)` reports it.

@@ -234,6 +234,8 @@ impl HostFs for RealFs {
     }
 
     /// `lstat(2)`; `ENOENT` is `Ok(None)`. A file type outside [`FileKind`] is `EINVAL`.
+    // `st_nlink` is `u64` on some targets and `u32`/`u16` on others.
+    #[allow(clippy::unnecessary_cast)]
     fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
         let c_path = c_path(path)?;
         let mut stat = MaybeUninit::<libc::stat>::uninit();
@@ -252,6 +254,7 @@ impl HostFs for RealFs {
             kind,
             len: stat.st_size as u64,
             allocated_bytes: (stat.st_blocks as u64).saturating_mul(512),
+            links: stat.st_nlink as u64,
         }))
     }
 

@@ -286,9 +286,9 @@ impl<F: HostFs> Reserve<F> {
                         needed_bytes,
                     });
                 }
-                Plan::Create | Plan::Extend { .. } | Plan::Refill { .. } => {
+                Plan::Create | Plan::Replace { .. } | Plan::Extend { .. } | Plan::Refill { .. } => {
                     let allocated_bytes = self.fill(plan, size)?;
-                    let outcome = if plan == Plan::Create {
+                    let outcome = if matches!(plan, Plan::Create | Plan::Replace { .. }) {
                         Ensured::Created { allocated_bytes }
                     } else {
                         Ensured::ToppedUp {
@@ -327,6 +327,12 @@ impl<F: HostFs> Reserve<F> {
             Observed::Regular {
                 allocated_bytes, ..
             } => allocated_bytes,
+            // Rule 7: the file's other names keep its blocks; removing this name frees
+            // nothing, and it is all release may do to it.
+            Observed::HardLinked { links } => {
+                tracing::warn!(path = %self.path, links, "the reserve path is a hard link to a file with other names: removing only this name, which frees nothing");
+                0
+            }
         };
         self.fs
             .remove_file(&self.path)
@@ -369,6 +375,19 @@ impl<F: HostFs> Reserve<F> {
     /// Allocates the reserve according to `plan`; on any failure restores what it found.
     fn fill(&self, plan: Plan, size: u64) -> Result<u64> {
         let from = match plan {
+            Plan::Replace { links } => {
+                // Rule 7: the file at the path has other names (a database, a hard-link
+                // backup): never write it. Unlink this one name — the others keep the
+                // data — and lay down a fresh reserve in its place.
+                tracing::warn!(path = %self.path, links, "the reserve path is a hard link to a file with other names; replacing the name with a fresh reserve and leaving the file's data to its other names");
+                self.fs
+                    .remove_file(&self.path)
+                    .map_err(|e| self.err(Operation::Remove, e))?;
+                self.fs
+                    .create_file(&self.path)
+                    .map_err(|e| self.err(Operation::Create, e))?;
+                0
+            }
             Plan::Create => {
                 self.fs
                     .create_file(&self.path)
@@ -378,6 +397,11 @@ impl<F: HostFs> Reserve<F> {
             Plan::Refill { .. } => 0,
             Plan::Extend { from_len } => from_len,
             _ => unreachable!("fill is only called for allocating plans"),
+        };
+        let plan = match plan {
+            // From here on a replacement is a file this call created.
+            Plan::Replace { .. } => Plan::Create,
+            other => other,
         };
         match self.fill_from(plan, from, size) {
             Ok(allocated_bytes) => Ok(allocated_bytes),

@@ -326,7 +326,7 @@ impl Node {
         }
     }
 
-    fn probe(&self, block_size: u64) -> Probe {
+    fn probe(&self, block_size: u64, links: u64) -> Probe {
         let (len, allocated_bytes) = match self {
             Node::Regular { live, .. } => (live.len, live.blocks.block_count() * block_size),
             Node::Symlink { target } => (target.len() as u64, 0),
@@ -336,6 +336,7 @@ impl Node {
             kind: self.kind(),
             len,
             allocated_bytes,
+            links,
         }
     }
 }
@@ -650,6 +651,30 @@ impl State {
         ino
     }
 
+    /// `st_nlink` of `ino`: the live names of a file; 1 for a directory, as btrfs reports
+    /// it (ext4 and XFS count `.` and each subdirectory's `..` too; nothing here uses a
+    /// directory's count, and 1 is what tools read as "not counted").
+    fn links(&self, ino: u64) -> u64 {
+        match self.node(ino) {
+            Node::Directory { .. } => 1,
+            _ => self
+                .nodes
+                .values()
+                .map(|node| match node {
+                    Node::Directory { live, .. } => {
+                        live.values().filter(|&&child| child == ino).count() as u64
+                    }
+                    _ => 0,
+                })
+                .sum(),
+        }
+    }
+
+    /// What `lstat` says of `ino`.
+    fn probe_ino(&self, ino: u64) -> Probe {
+        self.node(ino).probe(self.block_size, self.links(ino))
+    }
+
     /// Drops inodes no directory names, live or durable.
     fn collect_garbage(&mut self) {
         let mut reachable = std::collections::BTreeSet::from([ROOT_INO]);
@@ -716,7 +741,7 @@ impl State {
             if let Node::Directory { live, .. } = node {
                 queue.extend(live.iter().map(|(name, &child)| (path.join(name), child)));
             }
-            entries.insert(path, node.probe(self.block_size));
+            entries.insert(path, self.probe_ino(ino));
         }
         SimSnapshot {
             entries,
@@ -1073,8 +1098,35 @@ impl SimFs {
         self.state().setup_create(path.as_ref(), node).map(drop)
     }
 
+    /// Gives the regular file at `existing` a second name `new`, like `link(2)` (no link is
+    /// followed), durably: both names then share one inode, its length and its blocks.
+    ///
+    /// # Errors
+    /// `ENOENT` if `existing` is missing, `EPERM` if it is a directory, `EEXIST` if `new`
+    /// is taken, `ENOENT`/`ENOTDIR` for `new`'s parent.
+    pub fn hard_link(
+        &self,
+        existing: impl AsRef<Utf8Path>,
+        new: impl AsRef<Utf8Path>,
+    ) -> io::Result<()> {
+        let mut state = self.state();
+        let ino = state
+            .resolve(existing.as_ref(), false)?
+            .ino
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        if let Node::Directory { .. } = state.node(ino) {
+            return Err(errno(libc::EPERM));
+        }
+        let (parent, name) = state.free_entry(new.as_ref())?;
+        if let Node::Directory { live, durable } = state.node_mut(parent) {
+            live.insert(name.clone(), ino);
+            durable.insert(name, ino);
+        }
+        Ok(())
+    }
+
     /// Removes whatever is at `path` (a directory must be empty), durably, freeing a
-    /// file's blocks.
+    /// file's blocks when it was its last name.
     ///
     /// # Errors
     /// `ENOENT`, `ENOTDIR`, `ENOTEMPTY` for a non-empty directory, `EBUSY` for `/`,
@@ -1165,9 +1217,7 @@ impl HostFs for SimFs {
     fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
         let state = self.begin(SimOp::Probe)?;
         match state.resolve(path, false) {
-            Ok(lookup) => Ok(lookup
-                .ino
-                .map(|ino| state.node(ino).probe(state.block_size))),
+            Ok(lookup) => Ok(lookup.ino.map(|ino| state.probe_ino(ino))),
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(err) => Err(err),
         }
@@ -1298,11 +1348,13 @@ impl HostFs for SimFs {
             return Err(errno(libc::EROFS));
         }
         let ino = lookup.ino.ok_or_else(|| errno(libc::ENOENT))?;
+        let last_name = state.links(ino) <= 1;
         match state.node_mut(ino) {
             Node::Directory { .. } => return Err(errno(libc::EISDIR)),
-            // No descriptor stays open, so the blocks are freed with the last name.
-            Node::Regular { live, .. } => *live = FileData::default(),
-            Node::Symlink { .. } | Node::Special(_) => {}
+            // No descriptor stays open, so the blocks are freed with the last name; a
+            // file with other names keeps its data.
+            Node::Regular { live, .. } if last_name => *live = FileData::default(),
+            Node::Regular { .. } | Node::Symlink { .. } | Node::Special(_) => {}
         }
         if let Node::Directory { live, .. } = state.node_mut(parent) {
             live.remove(&name);

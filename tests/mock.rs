@@ -45,6 +45,7 @@ fn regular(len: u64, allocated_bytes: u64) -> Option<Probe> {
         kind: FileKind::Regular,
         len,
         allocated_bytes,
+        links: 1,
     })
 }
 

@@ -596,6 +596,115 @@ fn rule7_planted_symlink_is_not_followed_real() {
 }
 
 /// Rule 7: ensure and release touch the reserve path and nothing else.
+/// A file of `len` bytes whose content is its own pattern: byte `i` is `i % 251`.
+fn write_database(path: &Utf8Path, len: usize) -> Vec<u8> {
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+fn inode_of(path: &Utf8Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::symlink_metadata(path).unwrap())
+}
+
+/// Rule 7 on the kernel: a hard link at the reserve path (`ln db home/.reserve`, a
+/// `cp -al` backup) is never written, truncated or grown. `ensure` — asked for a smaller
+/// size (which would shrink it), a larger one on the write path (which would overwrite
+/// it) or a larger one with `fallocate` — replaces the name with a fresh reserve, and the
+/// database keeps every byte.
+#[test]
+fn rule7_hard_linked_file_is_never_written_ensure_replaces_the_name_real() {
+    let db_len = 2 * MIB as usize;
+    for (size, strategy) in [
+        (MIB, Strategy::Auto),
+        (4 * MIB, Strategy::Write),
+        (4 * MIB, Strategy::Fallocate),
+    ] {
+        let (_tmp, home) = tempdir();
+        let db = home.join("db.sqlite");
+        let data = write_database(&db, db_len);
+        let path = home.join(".reserve");
+        std::fs::hard_link(&db, &path).unwrap();
+        let config = ReserveConfig::with_size_bytes(size).strategy(strategy);
+        let reserve = Reserve::new(RealFs::new(), &home, config).unwrap();
+        let outcome = reserve.ensure().unwrap();
+        assert!(
+            std::fs::read(&db).unwrap() == data,
+            "rule 7: ensure ({strategy:?}, size {size}) changed a file with another name"
+        );
+        assert!(
+            matches!(outcome, Ensured::Created { .. }),
+            "{strategy:?}: a hard-linked path gets a fresh reserve, got {outcome:?}"
+        );
+        assert_ne!(
+            inode_of(&path),
+            inode_of(&db),
+            "the name must be a new file"
+        );
+        assert_complete(&RealFs::new(), path.as_str(), size);
+        assert_eq!(probe(&RealFs::new(), db.as_str()).unwrap().links, 1);
+    }
+}
+
+/// Rule 7 and 8 on the kernel: `release` of a hard-linked path removes only that name,
+/// reports that it freed nothing, and the other name keeps its data.
+#[test]
+fn rule7_release_of_hard_link_removes_only_the_name_and_frees_nothing_real() {
+    let (_tmp, home) = tempdir();
+    let db = home.join("db");
+    let data = write_database(&db, MIB as usize);
+    let path = home.join(".reserve");
+    std::fs::hard_link(&db, &path).unwrap();
+    let reserve = Reserve::new(RealFs::new(), &home, config()).unwrap();
+    assert_eq!(
+        reserve.status().unwrap().condition,
+        Condition::HardLinked(2)
+    );
+    assert_eq!(
+        reserve.release().unwrap(),
+        Released::Released { freed_bytes: 0 },
+        "rule 7: removing one name of a linked file frees nothing"
+    );
+    assert!(!path.exists(), "the name is gone");
+    assert!(
+        std::fs::read(&db).unwrap() == data,
+        "the other name keeps its data"
+    );
+}
+
+/// Rule 7 on the simulator: the same, with the space accounted.
+#[test]
+fn rule7_hard_linked_file_is_replaced_and_keeps_its_data_sim() {
+    let fs = sim(64 * MIB);
+    fs.write_file("/srv/app/db", 8 * MIB).unwrap();
+    fs.hard_link("/srv/app/db", PATH).unwrap();
+    let before = fs.snapshot().without(PATH);
+    assert_eq!(probe(&fs, PATH).unwrap().links, 2);
+    let outcome = reserve_on(&fs, config()).ensure().unwrap();
+    assert_eq!(
+        outcome,
+        Ensured::Created {
+            allocated_bytes: SIZE
+        }
+    );
+    let mut after = fs.snapshot().without(PATH);
+    // The database lost one name: its link count is the only thing that changed.
+    after
+        .entries
+        .get_mut(Utf8Path::new("/srv/app/db"))
+        .unwrap()
+        .links = 2;
+    assert_eq!(after, before, "rule 7: the other name must keep its data");
+    assert_eq!(probe(&fs, PATH).unwrap().links, 1);
+    assert_eq!(fs.free_bytes(), 64 * MIB - 8 * MIB - SIZE);
+    fs.hard_link(PATH, "/srv/app/backup").unwrap();
+    assert_eq!(
+        reserve_on(&fs, config()).release().unwrap(),
+        Released::Released { freed_bytes: 0 }
+    );
+    assert_eq!(probe(&fs, "/srv/app/backup").unwrap().allocated_bytes, SIZE);
+}
+
 #[test]
 fn rule7_only_the_reserve_path_changes() {
     let fs = sim(64 * MIB);

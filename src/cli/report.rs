@@ -170,6 +170,11 @@ impl fmt::Display for Report {
                 write!(f, "{} {path}: ", condition_word(*condition))?;
                 if let Observed::Other(kind) = observed {
                     write!(f, "a {kind}, never touched")?;
+                } else if let Observed::HardLinked { links } = observed {
+                    write!(
+                        f,
+                        "a file with {links} names, never written; releasing frees nothing"
+                    )?;
                 } else {
                     write!(
                         f,
@@ -211,6 +216,7 @@ fn plan_phrase(plan: Plan) -> String {
     match plan {
         Plan::Nothing => "do nothing".to_owned(),
         Plan::Create => "create it".to_owned(),
+        Plan::Replace { .. } => "replace the name with a fresh reserve".to_owned(),
         Plan::Extend { .. } | Plan::Refill { .. } => "top it up".to_owned(),
         Plan::Shrink { .. } => "shrink it".to_owned(),
         Plan::Refuse(kind) => format!("refuse (a {kind} is in the way)"),
@@ -237,6 +243,7 @@ fn kind_word(observed: Observed) -> &'static str {
     match observed {
         Observed::Absent => "absent",
         Observed::Regular { .. } => "regular file",
+        Observed::HardLinked { .. } => "hard-linked regular file",
         Observed::Other(kind) => kind.as_str(),
     }
 }
