@@ -11,8 +11,14 @@ use crate::{FileKind, HumanBytes};
 /// The filesystem operation a reserve call was doing when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
+    /// Opening the home directory.
+    OpenHome,
     /// `lstat` of the reserve path or the home directory.
     Probe,
+    /// Opening the reserve file.
+    Open,
+    /// Renaming a replacement reserve over the old one.
+    Rename,
     /// `statvfs` of the home directory.
     ReadSpace,
     /// `flock` of the home directory.
@@ -37,7 +43,10 @@ impl Operation {
     /// What the operation did, as the start of an error message: `"allocate reserve"`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Operation::OpenHome => "open home directory",
             Operation::Probe => "inspect",
+            Operation::Open => "open reserve",
+            Operation::Rename => "rename reserve",
             Operation::ReadSpace => "read free space of",
             Operation::Lock => "lock home directory",
             Operation::Create => "create reserve",
@@ -165,6 +174,22 @@ pub enum Error {
         size_bytes: u64,
     },
 
+    /// The caller cancelled the call ([`CancelToken`](crate::CancelToken)); what it had
+    /// done was rolled back.
+    #[error("ensure `{path}` was cancelled; what it had allocated was rolled back")]
+    Cancelled {
+        /// The reserve path.
+        path: Utf8PathBuf,
+    },
+
+    /// The file at the reserve path kept changing under the call (another process
+    /// replacing, linking or truncating it while the home's lock was held by this call).
+    #[error("`{path}` changed while it was being inspected; nothing was written")]
+    Changed {
+        /// The reserve path.
+        path: Utf8PathBuf,
+    },
+
     /// The configured file name is empty, `.`/`..`, or contains a `/` or NUL.
     #[error("reserve file name {name:?} must be a single path component")]
     InvalidFileName {
@@ -217,6 +242,8 @@ impl Error {
             | Error::PermissionDenied { path, .. }
             | Error::Io { path, .. }
             | Error::ZeroSize { path }
+            | Error::Cancelled { path }
+            | Error::Changed { path }
             | Error::NotAllocated { path, .. }
             | Error::SizeExceedsFilesystem { path, .. } => Some(path),
             Error::InvalidFileName { .. } | Error::NonUtf8Path { .. } => None,

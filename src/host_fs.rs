@@ -1,21 +1,44 @@
-//! [`HostFs`]: the one trait between the reserve lifecycle and a filesystem.
+//! [`HostFs`], [`DirHandle`] and [`FileHandle`]: the capability-style interface between
+//! code and a filesystem.
 //!
-//! Every method takes `&self` and concrete [`Utf8Path`] arguments and returns an
-//! [`io::Result`] whose error keeps the raw errno (`io::Error::from_raw_os_error`), so
-//! callers and the [`is_out_of_space`](crate::is_out_of_space) classifier can tell
-//! `ENOSPC` from `EDQUOT` from `EIO`. The trait is object-safe: `&dyn HostFs` works, and
-//! so does a `mockall` mock.
+//! A backend opens a directory **once** ([`HostFs::open_dir`]) and hands back a handle;
+//! every later operation is a method on that handle taking a single name relative to it
+//! (`openat`, `fstatat`, `unlinkat`, `renameat`, `linkat`, `flock`, `fsync`,
+//! `fstatvfs` on its descriptor). A file, once opened ([`DirHandle::open_file`], never
+//! following a symlink at the name), is a handle too: every later call goes to that one
+//! descriptor (`fstat`, `fallocate`, `pwrite`, `ftruncate`, `fsync`). Renaming or
+//! re-pointing the directory, or swapping the file, between two calls therefore cannot
+//! redirect any of them — the property `cap-std` and the `*at` system calls give.
+//!
+//! Every method returns an [`io::Result`] whose error keeps the raw errno
+//! (`io::Error::from_raw_os_error`), so callers and the
+//! [`is_out_of_space`](crate::is_out_of_space) classifier can tell `ENOSPC` from `EDQUOT`
+//! from `EIO`. The traits are object-safe (`&dyn HostFs`, `Box<dyn DirHandle>`) and
+//! `Send + Sync`.
 //!
 //! Two implementations ship with the crate: [`RealFs`](crate::RealFs) (the kernel, through
 //! `libc`) and [`SimFs`](crate::SimFs) (a bounded in-memory filesystem with fault
-//! injection). Operations never follow a symbolic link at the last component of a path.
+//! injection). `tests/conformance.rs` runs one suite of test bodies on both.
+//!
+//! ```
+//! use disk_reserve::{HostFs, OpenOptions, SimFs};
+//!
+//! let fs = SimFs::with_home(1 << 30, "/srv/app");
+//! let home = fs.open_dir("/srv/app".into())?;        // resolved once
+//! let file = home.open_file("wal", OpenOptions::create_new())?;
+//! file.allocate(0, 1 << 20)?;
+//! file.sync_all()?;
+//! home.sync()?;                                      // the new name is durable
+//! assert_eq!(home.probe("wal")?.map(|p| p.allocated_bytes), Some(1 << 20));
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
 use std::fmt;
 use std::io;
 
 use camino::Utf8Path;
 
-/// What kind of thing a path names, as `lstat(2)` reports it (links are not followed).
+/// What kind of thing a name is, as `lstat(2)` reports it (links are not followed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum FileKind {
@@ -56,10 +79,10 @@ impl fmt::Display for FileKind {
     }
 }
 
-/// What `lstat(2)` says about a path.
+/// What `lstat(2)` / `fstat(2)` says about a name or an open file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
-    /// The kind of thing at the path.
+    /// The kind of thing it is.
     pub kind: FileKind,
     /// The length in bytes (`st_size`).
     pub len: u64,
@@ -71,7 +94,7 @@ pub struct Probe {
     pub links: u64,
 }
 
-/// Space on the filesystem holding a path, as `statvfs(2)` reports it.
+/// Space on the filesystem holding a directory, as `fstatvfs(2)` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Space {
     /// Bytes an unprivileged writer may still allocate: `f_bavail * f_frsize`.
@@ -88,6 +111,52 @@ impl Space {
     pub fn round_up(&self, bytes: u64) -> u64 {
         let unit = self.block_bytes.max(1);
         bytes.div_ceil(unit).saturating_mul(unit)
+    }
+}
+
+/// How [`DirHandle::open_file`] opens a file, as `open(2)`'s flags (and `std`'s
+/// `OpenOptions`) say. A symlink at the name is never followed (`ELOOP`), a fifo or socket
+/// never blocks (`ENXIO`), a directory is `EISDIR`, a device `EINVAL`: only regular files
+/// are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenOptions {
+    /// Open for writing (`O_WRONLY`); otherwise read-only, which is enough for `fstat`
+    /// and `fsync` and works on a read-only filesystem.
+    pub write: bool,
+    /// Create the file if it is missing (`O_CREAT`, mode `0600`).
+    pub create: bool,
+    /// Create the file and fail with `EEXIST` if anything — even a dangling symlink — is
+    /// at the name (`O_CREAT | O_EXCL`).
+    pub create_new: bool,
+    /// Cut the file to length 0 on opening (`O_TRUNC`; needs `write`).
+    pub truncate: bool,
+}
+
+impl OpenOptions {
+    /// An existing file, read-only.
+    pub const fn read() -> Self {
+        OpenOptions {
+            write: false,
+            create: false,
+            create_new: false,
+            truncate: false,
+        }
+    }
+
+    /// An existing file, for writing.
+    pub const fn write() -> Self {
+        OpenOptions {
+            write: true,
+            ..OpenOptions::read()
+        }
+    }
+
+    /// A new file, for writing: `EEXIST` if the name is taken.
+    pub const fn create_new() -> Self {
+        OpenOptions {
+            create_new: true,
+            ..OpenOptions::write()
+        }
     }
 }
 
@@ -119,126 +188,151 @@ impl fmt::Debug for DirLock {
     }
 }
 
-/// The operations the reserve lifecycle needs from a filesystem, and no more.
+/// `EINVAL` unless `name` is one path component: not empty, not `.` or `..`, no `/` and
+/// no NUL. Every [`DirHandle`] method checks its names with it before anything else.
+///
+/// # Errors
+/// `EINVAL` as above; `ENAMETOOLONG` past 255 bytes (`NAME_MAX`).
+pub fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if name.len() > 255 {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+/// A filesystem: where directory handles come from.
 ///
 /// Contract shared by every implementation (the conformance suite in
-/// `tests/conformance.rs` holds [`RealFs`](crate::RealFs) and [`SimFs`](crate::SimFs) to it):
-///
-/// * Errors carry the kernel's errno: `ENOENT` for a missing path or parent, `ENOTDIR`
-///   when a parent component is not a directory, `ENOSPC` when the filesystem is full,
-///   `EDQUOT` past a quota, `EROFS` on a read-only filesystem, `EOPNOTSUPP` when
-///   [`allocate`](HostFs::allocate) is not supported.
-/// * Methods that open a file (`allocate`, `write_fill`, `set_len`, `sync_file`) never
-///   follow a symlink at the last component (`ELOOP`), never block on a fifo or socket
-///   (`ENXIO`), fail on a directory with `EISDIR`, and fail with `EINVAL` on anything
-///   else that is not a regular file (devices).
-/// * [`allocate`](HostFs::allocate) of an empty range is `EINVAL`, as `fallocate(2)` says.
+/// `tests/conformance.rs` holds [`RealFs`](crate::RealFs) and [`SimFs`](crate::SimFs) to
+/// it): errors carry the kernel's errno — `ENOENT` for a missing name, `ENOTDIR` when a
+/// path component is not a directory, `ENOSPC` when the filesystem is full, `EDQUOT` past
+/// a quota, `EROFS` on a read-only filesystem, `EOPNOTSUPP` when
+/// [`allocate`](FileHandle::allocate) is not supported, `EINVAL` for a name that is not
+/// one component ([`check_name`]).
+#[cfg_attr(feature = "mock", mockall::automock)]
 pub trait HostFs: Send + Sync + fmt::Debug {
-    /// Free and total bytes of the filesystem holding `path` (`statvfs(2)`).
+    /// Opens the directory at `path` (`open(O_RDONLY | O_DIRECTORY)`), following
+    /// symlinks anywhere in the path the caller gave: the directory is resolved here,
+    /// once, and every operation on the handle stays in it even if the path is later
+    /// renamed or re-pointed.
     ///
     /// # Errors
-    /// `ENOENT`/`ENOTDIR` when `path` cannot be resolved, or whatever `statvfs` returns.
-    fn space(&self, path: &Utf8Path) -> io::Result<Space>;
+    /// `ENOENT`, `ENOTDIR` (the path or a component is not a directory), `EACCES`,
+    /// `ELOOP`, `ENAMETOOLONG`, `EINVAL` for a relative path on [`SimFs`](crate::SimFs).
+    fn open_dir(&self, path: &Utf8Path) -> io::Result<Box<dyn DirHandle>>;
+}
 
-    /// `lstat(2)` of `path`: `Ok(None)` when nothing is there (`ENOENT`).
+/// An open directory: every method takes a single name relative to it.
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait DirHandle: Send + Sync + fmt::Debug {
+    /// Free and total bytes of the filesystem holding this directory (`fstatvfs(2)`).
     ///
     /// # Errors
-    /// `ENOTDIR` when a parent component is not a directory, or whatever `lstat` returns.
-    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>>;
+    /// Whatever `fstatvfs` returns (`EIO`).
+    fn space(&self) -> io::Result<Space>;
 
-    /// Creates an empty regular file at `path` (`O_CREAT | O_EXCL | O_NOFOLLOW`).
+    /// `fstatat(2)` of `name` without following a symlink: `Ok(None)` when nothing is
+    /// there (`ENOENT`).
     ///
     /// # Errors
-    /// `EEXIST` if anything (even a dangling symlink) is at `path`; `ENOENT` if the parent
-    /// is missing; `ENOSPC` if no inode or block can be had; `EROFS`, `EACCES`.
-    fn create_file(&self, path: &Utf8Path) -> io::Result<()>;
+    /// `EINVAL` for a bad name, whatever `fstatat` returns.
+    fn probe(&self, name: &str) -> io::Result<Option<Probe>>;
 
-    /// Allocates blocks for `[offset, offset + len)` of the regular file at `path`,
-    /// extending its length if needed (`fallocate(2)` with mode 0).
-    ///
-    /// The default body returns `EOPNOTSUPP`, for backends without allocation.
+    /// Opens the regular file `name` as `options` say (see [`OpenOptions`]).
     ///
     /// # Errors
-    /// `EOPNOTSUPP`/`ENOSYS` when unsupported, `ENOSPC`, `EDQUOT`, `EINTR`, `EIO`…
-    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        let _ = (path, offset, len);
-        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
-    }
+    /// `ENOENT`; `EEXIST` with `create_new`; `ELOOP` for a symlink, `EISDIR`, `ENXIO`
+    /// for a fifo or socket, `EINVAL` for a device; `ENOSPC` when no inode can be had;
+    /// `EROFS` when writing or creating on a read-only filesystem; `EACCES`.
+    fn open_file(&self, name: &str, options: OpenOptions) -> io::Result<Box<dyn FileHandle>>;
 
-    /// Writes `len` bytes of the incompressible [pattern](crate::pattern) at `offset` of
-    /// the regular file at `path`, so every written block really takes space even under
-    /// compression or dedup. On error, a prefix of the range may have been written.
-    ///
-    /// # Errors
-    /// `ENOSPC`, `EDQUOT`, `EIO`, `EFBIG`…
-    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()>;
-
-    /// Sets the length of the regular file at `path` (`ftruncate(2)`): shrinking frees
-    /// the blocks past `len`; growing adds a hole and allocates nothing.
-    ///
-    /// # Errors
-    /// `EFBIG`, `EROFS`, `EIO`…
-    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()>;
-
-    /// `fsync(2)` of the regular file at `path`.
-    ///
-    /// # Errors
-    /// `EIO` when the data could not be made durable.
-    fn sync_file(&self, path: &Utf8Path) -> io::Result<()>;
-
-    /// `fsync(2)` of the directory at `dir`, making creations and removals in it durable.
-    ///
-    /// # Errors
-    /// `ENOENT`, `ENOTDIR`, `EIO`.
-    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()>;
-
-    /// `unlink(2)` of `path` (a symlink is removed, not followed). Needs no free space.
+    /// `unlinkat(2)` of `name` (a symlink is removed, not followed). Needs no free space.
+    /// A file's blocks are freed with its last name and last open handle.
     ///
     /// # Errors
     /// `ENOENT`, `EISDIR` for a directory, `EROFS`, `EACCES`, `EBUSY`.
-    fn remove_file(&self, path: &Utf8Path) -> io::Result<()>;
+    fn remove_file(&self, name: &str) -> io::Result<()>;
 
-    /// Takes an exclusive lock on the directory `dir` (`flock(LOCK_EX)` on the directory
-    /// itself: no new file, no free space needed), blocking until it is had.
+    /// `renameat(2)` of `from` to `to` in this directory, atomically replacing a file at
+    /// `to`.
     ///
     /// # Errors
-    /// `ENOENT`, `ENOTDIR`, `EACCES`, `EINTR`.
-    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock>;
+    /// `ENOENT`, `EISDIR` (a file over a directory), `ENOTDIR`, `EROFS`, `EACCES`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// `linkat(2)`: gives the file `existing` a second name `new` (no link followed).
+    ///
+    /// # Errors
+    /// `ENOENT`, `EEXIST`, `EPERM` for a directory, `EROFS`, `ENOSPC`.
+    fn link(&self, existing: &str, new: &str) -> io::Result<()>;
+
+    /// `fsync(2)` of the directory, making creations, renames and removals in it durable.
+    ///
+    /// # Errors
+    /// `EIO`.
+    fn sync(&self) -> io::Result<()>;
+
+    /// Tries to take an exclusive lock on this directory (`flock(LOCK_EX | LOCK_NB)` on a
+    /// fresh open of the directory itself: no new file, no free space needed). `Ok(None)`
+    /// when another holder has it; callers poll, so a wait can be cancelled.
+    ///
+    /// # Errors
+    /// `ENOLCK`, `EIO`, whatever `flock` returns other than `EWOULDBLOCK`.
+    fn try_lock(&self) -> io::Result<Option<DirLock>>;
+}
+
+/// An open regular file: every call goes to the one descriptor it was opened as.
+#[cfg_attr(feature = "mock", mockall::automock)]
+pub trait FileHandle: Send + Sync + fmt::Debug {
+    /// `fstat(2)` of the open file.
+    ///
+    /// # Errors
+    /// `EIO`.
+    fn probe(&self) -> io::Result<Probe>;
+
+    /// Allocates blocks for `[offset, offset + len)`, extending the length if needed
+    /// (`fallocate(2)` with mode 0). The default body returns `EOPNOTSUPP`, for backends
+    /// without allocation.
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP`/`ENOSYS` when unsupported, `EINVAL` for an empty range, `EBADF` when
+    /// not opened for writing, `ENOSPC`, `EDQUOT`, `EINTR`, `EIO`…
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Writes `len` bytes of the incompressible [pattern](crate::pattern) at `offset`, so
+    /// every written block really takes space even under compression or dedup. On error,
+    /// a prefix of the range may have been written.
+    ///
+    /// # Errors
+    /// `EBADF` when not opened for writing, `ENOSPC`, `EDQUOT`, `EIO`, `EFBIG`…
+    fn write_fill(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Sets the length (`ftruncate(2)`): shrinking frees the blocks past `len`; growing
+    /// adds a hole and allocates nothing.
+    ///
+    /// # Errors
+    /// `EBADF`/`EINVAL` when not opened for writing, `EFBIG`, `EPERM`, `EIO`…
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// `fsync(2)`: the file's data and length are durable when it returns.
+    ///
+    /// # Errors
+    /// `EIO` when the data could not be made durable.
+    fn sync_all(&self) -> io::Result<()>;
 }
 
 /// Forwarding so a `&F`, `Box<F>` or `Arc<F>` can stand where a backend is expected.
 macro_rules! forward_host_fs {
     ($($ty:ty),*) => {$(
         impl<F: HostFs + ?Sized> HostFs for $ty {
-            fn space(&self, path: &Utf8Path) -> io::Result<Space> {
-                (**self).space(path)
-            }
-            fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
-                (**self).probe(path)
-            }
-            fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
-                (**self).create_file(path)
-            }
-            fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-                (**self).allocate(path, offset, len)
-            }
-            fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-                (**self).write_fill(path, offset, len)
-            }
-            fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
-                (**self).set_len(path, len)
-            }
-            fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
-                (**self).sync_file(path)
-            }
-            fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
-                (**self).sync_dir(dir)
-            }
-            fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
-                (**self).remove_file(path)
-            }
-            fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
-                (**self).lock_dir(dir)
+            fn open_dir(&self, path: &Utf8Path) -> io::Result<Box<dyn DirHandle>> {
+                (**self).open_dir(path)
             }
         }
     )*};

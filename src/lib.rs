@@ -57,6 +57,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod cancel;
 mod classify;
 mod config;
 mod decision;
@@ -69,11 +70,16 @@ pub mod scenario;
 pub mod sim_fs;
 mod size;
 
+pub use cancel::CancelToken;
 pub use classify::{is_out_of_space, out_of_space_hint};
 pub use config::{DEFAULT_FILE_NAME, DEFAULT_SIZE_BYTES, ReserveConfig, Strategy};
 pub use decision::{Condition, Observed, Plan, decide};
 pub use error::{Error, Operation, Result};
-pub use host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+pub use host_fs::{
+    DirHandle, DirLock, FileHandle, FileKind, HostFs, OpenOptions, Probe, Space, check_name,
+};
+#[cfg(feature = "mock")]
+pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
 pub use reserve::{Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES};
 pub use sim_fs::{AllocateMode, SimFs, SimOp};

@@ -5,36 +5,38 @@
 //! adoption of a descriptor that call returned) with a `// SAFETY:` comment, and `errno` is
 //! read right after the failing call, so every error keeps its raw os error code.
 //!
-//! Paths are never followed through a symbolic link at their last component: files are
-//! opened with `O_NOFOLLOW`, and the operations that need a regular file open it with
-//! `O_NONBLOCK` (a fifo fails with `ENXIO` instead of blocking) and check `fstat` before
-//! touching it. Descriptors are owned by [`OwnedFd`], so they are closed on every path.
+//! A directory is opened once ([`HostFs::open_dir`]) and every name is resolved relative
+//! to its descriptor with the `*at` calls; a name is never followed through a symbolic
+//! link: files are opened with `O_NOFOLLOW | O_NONBLOCK` (a fifo fails with `ENXIO`
+//! instead of blocking) and `fstat` is checked before the handle is returned, after which
+//! every call goes to that one descriptor. Descriptors are owned by [`OwnedFd`], so they
+//! are closed on every path.
 //!
 //! Allocation uses `fallocate(2)` mode 0 on Linux and Android. Other Unix targets keep the
-//! trait's default [`allocate`](HostFs::allocate), which returns `EOPNOTSUPP`, so callers
-//! fall back to [`write_fill`](HostFs::write_fill).
+//! trait's default [`allocate`](FileHandle::allocate), which returns `EOPNOTSUPP`, so
+//! callers fall back to [`write_fill`](FileHandle::write_fill).
 //!
 //! ```
 //! use camino::Utf8PathBuf;
-//! use disk_reserve::{FileKind, HostFs, RealFs};
+//! use disk_reserve::{FileKind, HostFs, OpenOptions, RealFs};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let dir = Utf8PathBuf::try_from(dir.path().to_path_buf()).expect("UTF-8 temp dir");
-//! let file = dir.join("reserve");
 //!
 //! let fs = RealFs::new();
-//! let _lock = fs.lock_dir(&dir)?;
-//! fs.create_file(&file)?;
-//! fs.write_fill(&file, 0, 64 * 1024)?;
-//! fs.sync_file(&file)?;
-//! fs.sync_dir(&dir)?;
+//! let home = fs.open_dir(&dir)?; // resolved once; renaming `dir` now changes nothing
+//! let _lock = home.try_lock()?.expect("nobody else holds it");
+//! let file = home.open_file("reserve", OpenOptions::create_new())?;
+//! file.write_fill(0, 64 * 1024)?;
+//! file.sync_all()?;
+//! home.sync()?;
 //!
-//! let probe = fs.probe(&file)?.expect("the file exists");
+//! let probe = home.probe("reserve")?.expect("the file exists");
 //! assert_eq!(probe.kind, FileKind::Regular);
 //! assert_eq!(probe.len, 64 * 1024);
 //!
-//! fs.remove_file(&file)?;
-//! assert_eq!(fs.probe(&file)?, None);
+//! home.remove_file("reserve")?;
+//! assert_eq!(home.probe("reserve")?, None);
 //! # Ok::<(), std::io::Error>(())
 //! ```
 #![allow(unsafe_code)]
@@ -47,10 +49,12 @@ use std::sync::mpsc;
 
 use camino::Utf8Path;
 
-use crate::host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+use crate::host_fs::{
+    DirHandle, DirLock, FileHandle, FileKind, HostFs, OpenOptions, Probe, Space, check_name,
+};
 use crate::pattern;
 
-/// Largest buffer [`write_fill`](HostFs::write_fill) fills and writes at once.
+/// Largest buffer [`write_fill`](FileHandle::write_fill) fills and writes at once.
 const FILL_CHUNK_BYTES: u64 = 1 << 20;
 
 /// The kernel-backed [`HostFs`]: every method is one or a few `libc` calls.
@@ -63,14 +67,14 @@ pub struct RealFs {
 }
 
 impl RealFs {
-    /// A backend whose [`write_fill`](HostFs::write_fill) uses a fresh pattern seed
+    /// A backend whose [`write_fill`](FileHandle::write_fill) uses a fresh pattern seed
     /// ([`pattern::fresh_seed`]), so two reserves never hold blocks a deduplicating
     /// filesystem could share.
     pub fn new() -> Self {
         RealFs::with_seed(pattern::fresh_seed())
     }
 
-    /// A backend whose [`write_fill`](HostFs::write_fill) writes the pattern stream of
+    /// A backend whose [`write_fill`](FileHandle::write_fill) writes the pattern stream of
     /// `seed`: the bytes at file offset `o` are those [`pattern::fill`] gives for `(seed, o)`.
     pub fn with_seed(seed: u64) -> Self {
         RealFs { seed }
@@ -94,6 +98,12 @@ fn c_path(path: &Utf8Path) -> io::Result<CString> {
     CString::new(path.as_str()).map_err(|_| errno(libc::EINVAL))
 }
 
+/// A single component `name` as a C string ([`check_name`]).
+fn c_name(name: &str) -> io::Result<CString> {
+    check_name(name)?;
+    CString::new(name).map_err(|_| errno(libc::EINVAL))
+}
+
 /// `value` as an `off_t`; anything the type cannot hold is `EFBIG` (file too large).
 fn to_off_t(value: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(value).map_err(|_| errno(libc::EFBIG))
@@ -108,61 +118,35 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// `open(2)` of `path` with `flags`, creating files with `mode` when `O_CREAT` is given.
-fn open(path: &Utf8Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
-    let c_path = c_path(path)?;
-    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call; the mode is
-    // passed as `c_uint`, the type a variadic `mode_t` argument is promoted to.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags, libc::c_uint::from(mode)) };
+/// Adopts the descriptor a successful `open`/`openat` returned, or reads `errno`.
+fn adopt(fd: libc::c_int) -> io::Result<OwnedFd> {
     if fd == -1 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: `open` succeeded, so `fd` is a new descriptor that nothing else owns.
+    // SAFETY: the call succeeded, so `fd` is a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Opens the directory at `dir` read-only (following links: a home may be a symlink).
-fn open_dir(dir: &Utf8Path) -> io::Result<OwnedFd> {
-    open(dir, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)
-}
-
-/// How [`open_regular`] opens the file.
-#[derive(Debug, Clone, Copy)]
-enum Access {
-    /// `O_WRONLY`, for allocating, writing and truncating.
-    Write,
-    /// `O_RDONLY`, enough for `fsync` and usable on a read-only filesystem.
-    Read,
-}
-
-/// Opens the existing regular file at `path` without following a symlink at its last
-/// component (`ELOOP`), without blocking on a fifo, and refuses anything that is not a
-/// regular file: `EISDIR` for a directory, `ENXIO` for a fifo or socket, `EINVAL` for the
-/// rest (devices). `O_NONBLOCK` makes opening a fifo fail with `ENXIO` (write side, no
-/// reader) or succeed at once (read side), where a blocking open would wait for a peer.
-fn open_regular(path: &Utf8Path, access: Access) -> io::Result<OwnedFd> {
-    let access = match access {
-        Access::Write => libc::O_WRONLY,
-        Access::Read => libc::O_RDONLY,
-    };
-    let flags = access | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
-    let fd = open(path, flags, 0)?;
-    match fstat_mode(&fd)? & libc::S_IFMT {
-        libc::S_IFREG => Ok(fd),
-        libc::S_IFDIR => Err(errno(libc::EISDIR)),
-        libc::S_IFIFO | libc::S_IFSOCK => Err(errno(libc::ENXIO)),
-        _ => Err(errno(libc::EINVAL)),
-    }
-}
-
-/// `st_mode` of the open file `fd` (`fstat(2)`).
-fn fstat_mode(fd: &OwnedFd) -> io::Result<libc::mode_t> {
+/// `fstat(2)` of the open file `fd`.
+fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
     let mut stat = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `fd` is an open descriptor and `stat` points to writable memory the size of
     // a `struct stat`.
     check(unsafe { libc::fstat(fd.as_raw_fd(), stat.as_mut_ptr()) })?;
     // SAFETY: `fstat` succeeded, so it initialised the whole struct.
-    Ok(unsafe { stat.assume_init() }.st_mode)
+    Ok(unsafe { stat.assume_init() })
+}
+
+/// What a `struct stat` says, as a [`Probe`]. A file type outside [`FileKind`] is `EINVAL`.
+// `st_nlink`, `st_size` and `st_blocks` have other widths on other targets.
+#[allow(clippy::unnecessary_cast)]
+fn probe_of(stat: &libc::stat) -> io::Result<Probe> {
+    Ok(Probe {
+        kind: file_kind(stat.st_mode).ok_or_else(|| errno(libc::EINVAL))?,
+        len: stat.st_size as u64,
+        allocated_bytes: (stat.st_blocks as u64).saturating_mul(512),
+        links: stat.st_nlink as u64,
+    })
 }
 
 /// The [`FileKind`] of a `st_mode`, or `None` for a type this crate does not know
@@ -212,18 +196,43 @@ fn pwrite_all(fd: &OwnedFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
 }
 
 impl HostFs for RealFs {
-    /// `statvfs(2)`: free bytes are `f_bavail * f_frsize` (what an unprivileged writer can
+    /// `open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)`: symlinks in the caller's path
+    /// (a symlinked home) are followed, here and only here.
+    fn open_dir(&self, path: &Utf8Path) -> io::Result<Box<dyn DirHandle>> {
+        let c_path = c_path(path)?;
+        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call.
+        let fd = adopt(unsafe {
+            libc::open(
+                c_path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        Ok(Box::new(RealDir {
+            fd,
+            seed: self.seed,
+        }))
+    }
+}
+
+/// A directory opened by [`RealFs::open_dir`]: its descriptor anchors every call.
+#[derive(Debug)]
+struct RealDir {
+    fd: OwnedFd,
+    seed: u64,
+}
+
+impl DirHandle for RealDir {
+    /// `fstatvfs(2)`: free bytes are `f_bavail * f_frsize` (what an unprivileged writer can
     /// still have), total bytes `f_blocks * f_frsize`, both saturating.
     // The field types differ between targets (`u64` on Linux, `u32` block counts on macOS),
     // so the casts are needed somewhere even if not here.
     #[allow(clippy::unnecessary_cast)]
-    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
-        let c_path = c_path(path)?;
+    fn space(&self) -> io::Result<Space> {
         let mut stat = MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: `c_path` is NUL-terminated and outlives the call; `stat` points to
-        // writable memory the size of a `struct statvfs`.
-        check(unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) })?;
-        // SAFETY: `statvfs` succeeded, so it initialised the whole struct.
+        // SAFETY: `self.fd` is open; `stat` points to writable memory the size of a
+        // `struct statvfs`.
+        check(unsafe { libc::fstatvfs(self.fd.as_raw_fd(), stat.as_mut_ptr()) })?;
+        // SAFETY: `fstatvfs` succeeded, so it initialised the whole struct.
         let stat = unsafe { stat.assume_init() };
         let fragment = stat.f_frsize as u64;
         Ok(Space {
@@ -233,61 +242,152 @@ impl HostFs for RealFs {
         })
     }
 
-    /// `lstat(2)`; `ENOENT` is `Ok(None)`. A file type outside [`FileKind`] is `EINVAL`.
-    // `st_nlink` is `u64` on some targets and `u32`/`u16` on others.
-    #[allow(clippy::unnecessary_cast)]
-    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
-        let c_path = c_path(path)?;
+    /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; `ENOENT` is `Ok(None)`.
+    fn probe(&self, name: &str) -> io::Result<Option<Probe>> {
+        let c_name = c_name(name)?;
         let mut stat = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `c_path` is NUL-terminated and outlives the call; `stat` points to
-        // writable memory the size of a `struct stat`.
-        if let Err(err) = check(unsafe { libc::lstat(c_path.as_ptr(), stat.as_mut_ptr()) }) {
+        // SAFETY: `self.fd` is open, `c_name` is NUL-terminated and outlives the call,
+        // `stat` points to writable memory the size of a `struct stat`.
+        let ret = unsafe {
+            libc::fstatat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                stat.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if let Err(err) = check(ret) {
             return match err.raw_os_error() {
                 Some(libc::ENOENT) => Ok(None),
                 _ => Err(err),
             };
         }
-        // SAFETY: `lstat` succeeded, so it initialised the whole struct.
-        let stat = unsafe { stat.assume_init() };
-        let kind = file_kind(stat.st_mode).ok_or_else(|| errno(libc::EINVAL))?;
-        Ok(Some(Probe {
-            kind,
-            len: stat.st_size as u64,
-            allocated_bytes: (stat.st_blocks as u64).saturating_mul(512),
-            links: stat.st_nlink as u64,
-        }))
+        // SAFETY: `fstatat` succeeded, so it initialised the whole struct.
+        probe_of(&unsafe { stat.assume_init() }).map(Some)
     }
 
-    /// `open(O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)`, then close.
-    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
-        let flags =
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        open(path, flags, 0o600).map(drop)
+    /// `openat(dir, name, … | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0600)`, then
+    /// `fstat`: anything but a regular file is closed again and refused.
+    fn open_file(&self, name: &str, options: OpenOptions) -> io::Result<Box<dyn FileHandle>> {
+        let c_name = c_name(name)?;
+        let mut flags = if options.write {
+            libc::O_WRONLY
+        } else {
+            libc::O_RDONLY
+        };
+        flags |= libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+        if options.create_new {
+            flags |= libc::O_CREAT | libc::O_EXCL;
+        } else if options.create {
+            flags |= libc::O_CREAT;
+        }
+        if options.truncate {
+            flags |= libc::O_TRUNC;
+        }
+        let mode = libc::c_uint::from(0o600 as libc::mode_t);
+        // SAFETY: `self.fd` is open, `c_name` is NUL-terminated and outlives the call; the
+        // mode is passed as `c_uint`, the type a variadic `mode_t` argument is promoted to.
+        let fd = adopt(unsafe { libc::openat(self.fd.as_raw_fd(), c_name.as_ptr(), flags, mode) })?;
+        match fstat(&fd)?.st_mode & libc::S_IFMT {
+            libc::S_IFREG => Ok(Box::new(RealFile {
+                fd,
+                seed: self.seed,
+            })),
+            libc::S_IFDIR => Err(errno(libc::EISDIR)),
+            libc::S_IFIFO | libc::S_IFSOCK => Err(errno(libc::ENXIO)),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// `unlinkat(dir, name, 0)`. A directory is `EISDIR` on Linux.
+    fn remove_file(&self, name: &str) -> io::Result<()> {
+        let c_name = c_name(name)?;
+        // SAFETY: `self.fd` is open; `c_name` is NUL-terminated and outlives the call.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), 0) })
+    }
+
+    /// `renameat(dir, from, dir, to)`.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (c_from, c_to) = (c_name(from)?, c_name(to)?);
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: `dir` is open; both names are NUL-terminated and outlive the call.
+        check(unsafe { libc::renameat(dir, c_from.as_ptr(), dir, c_to.as_ptr()) })
+    }
+
+    /// `linkat(dir, existing, dir, new, 0)`: a symlink at `existing` is linked, not followed.
+    fn link(&self, existing: &str, new: &str) -> io::Result<()> {
+        let (c_existing, c_new) = (c_name(existing)?, c_name(new)?);
+        let dir = self.fd.as_raw_fd();
+        // SAFETY: `dir` is open; both names are NUL-terminated and outlive the call.
+        check(unsafe { libc::linkat(dir, c_existing.as_ptr(), dir, c_new.as_ptr(), 0) })
+    }
+
+    /// `fsync(2)` of the directory's descriptor.
+    fn sync(&self) -> io::Result<()> {
+        fsync(&self.fd)
+    }
+
+    /// `openat(dir, ".")` — a new open file description of this same directory, found
+    /// through the descriptor, not a path — then `flock(LOCK_EX | LOCK_NB)` on it, retrying
+    /// `EINTR`. The lock belongs to that description, so it excludes other threads of this
+    /// process as well as other processes; dropping the [`DirLock`] closes it.
+    fn try_lock(&self) -> io::Result<Option<DirLock>> {
+        let dot = c".";
+        // SAFETY: `self.fd` is open; `dot` is a NUL-terminated static string.
+        let fd = adopt(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                dot.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        loop {
+            // SAFETY: `fd` is an open descriptor for the duration of the call.
+            match check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+                Ok(()) => return Ok(Some(DirLock::new(fd))),
+                Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(err) if err.raw_os_error() == Some(libc::EWOULDBLOCK) => return Ok(None),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+}
+
+/// A regular file opened by [`RealDir::open_file`]: every call goes to its descriptor.
+#[derive(Debug)]
+struct RealFile {
+    fd: OwnedFd,
+    seed: u64,
+}
+
+impl FileHandle for RealFile {
+    /// `fstat(2)`.
+    fn probe(&self) -> io::Result<Probe> {
+        probe_of(&fstat(&self.fd)?)
     }
 
     /// `fallocate(fd, 0, offset, len)`, not `posix_fallocate` (which glibc emulates by
     /// writing when the filesystem cannot allocate). `EINTR` is returned, not retried; an
     /// empty range is `EINVAL`, as the kernel says.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        let (offset, len_off) = (to_off_t(offset)?, to_off_t(len)?);
-        let fd = open_regular(path, Access::Write)?;
-        // SAFETY: `fd` is an open descriptor for the duration of the call.
-        check(unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset, len_off) })
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (offset, len) = (to_off_t(offset)?, to_off_t(len)?);
+        // SAFETY: `self.fd` is an open descriptor for the duration of the call.
+        check(unsafe { libc::fallocate(self.fd.as_raw_fd(), 0, offset, len) })
     }
 
     /// `pwrite(2)` of the pattern in chunks of at most 1 MiB, each chunk generated for its
     /// absolute offset; short writes continue and `EINTR` is retried. A range of more than
     /// one chunk is generated on a second thread while this one writes (two buffers in
     /// flight), so the pattern costs no wall time next to the write itself.
-    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
+    fn write_fill(&self, offset: u64, len: u64) -> io::Result<()> {
         let end = offset.checked_add(len).ok_or_else(|| errno(libc::EFBIG))?;
         to_off_t(end)?;
-        let fd = open_regular(path, Access::Write)?;
+        let fd = &self.fd;
         if len <= FILL_CHUNK_BYTES {
             let mut buf = vec![0u8; len as usize];
             pattern::fill(&mut buf, self.seed, offset);
-            return pwrite_all(&fd, &buf, offset);
+            return pwrite_all(fd, &buf, offset);
         }
         let seed = self.seed;
         std::thread::scope(|scope| {
@@ -312,7 +412,7 @@ impl HostFs for RealFs {
                 }
             });
             for (pos, buf) in filled_rx {
-                pwrite_all(&fd, &buf, pos)?;
+                pwrite_all(fd, &buf, pos)?;
                 let _ = empty_tx.send(buf);
             }
             Ok(())
@@ -320,42 +420,14 @@ impl HostFs for RealFs {
     }
 
     /// `ftruncate(2)`; a length above `i64::MAX` is `EFBIG`.
-    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
+    fn set_len(&self, len: u64) -> io::Result<()> {
         let len = to_off_t(len)?;
-        let fd = open_regular(path, Access::Write)?;
-        // SAFETY: `fd` is an open descriptor for the duration of the call.
-        check(unsafe { libc::ftruncate(fd.as_raw_fd(), len) })
+        // SAFETY: `self.fd` is an open descriptor for the duration of the call.
+        check(unsafe { libc::ftruncate(self.fd.as_raw_fd(), len) })
     }
 
-    /// Opens the file read-only (so it works on a read-only filesystem), then `fsync(2)`.
-    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
-        fsync(&open_regular(path, Access::Read)?)
-    }
-
-    /// `open(O_RDONLY | O_DIRECTORY | O_CLOEXEC)`, then `fsync(2)`.
-    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
-        fsync(&open_dir(dir)?)
-    }
-
-    /// `unlink(2)`. A directory is `EISDIR` on Linux (`EPERM` on macOS and the BSDs).
-    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
-        let c_path = c_path(path)?;
-        // SAFETY: `c_path` is NUL-terminated and outlives the call.
-        check(unsafe { libc::unlink(c_path.as_ptr()) })
-    }
-
-    /// `flock(LOCK_EX)` on a descriptor of the directory itself, retrying `EINTR`. The lock
-    /// belongs to that open file description, so it excludes other threads of this process
-    /// as well as other processes; dropping the [`DirLock`] closes it and releases the lock.
-    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
-        let fd = open_dir(dir)?;
-        loop {
-            // SAFETY: `fd` is an open descriptor for the duration of the call.
-            match check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) }) {
-                Ok(()) => return Ok(DirLock::new(fd)),
-                Err(err) if err.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(err) => return Err(err),
-            }
-        }
+    /// `fsync(2)`.
+    fn sync_all(&self) -> io::Result<()> {
+        fsync(&self.fd)
     }
 }

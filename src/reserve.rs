@@ -4,18 +4,32 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::decision::{Condition, Observed, Plan, decide};
 use crate::error::{Error, Operation, Result};
-use crate::{DirLock, HostFs, ReserveConfig, Space, Strategy};
+use crate::{
+    CancelToken, DirHandle, DirLock, FileHandle, HostFs, OpenOptions, ReserveConfig, Space,
+    Strategy,
+};
 
 /// How many bytes `ensure` writes between two progress reports on the write path.
 pub const WRITE_CHUNK_BYTES: u64 = 32 << 20;
 
 /// How often an `EINTR` is retried before it is reported.
 const EINTR_RETRIES: usize = 64;
+
+/// How many times `ensure` re-reads a reserve that changed between looking at it and
+/// opening it before it gives up with [`Error::Changed`].
+const CHANGED_RETRIES: usize = 8;
+
+/// The first and the longest pause between two tries of the home's lock.
+const LOCK_POLL_FIRST: Duration = Duration::from_millis(1);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(50);
+/// How long a wait for the lock lasts before it is logged.
+const LOCK_WAIT_WARN: Duration = Duration::from_secs(1);
 
 /// What `ensure` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +141,10 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
 /// A structural disk reserve in one home directory.
 ///
+/// Every call opens the home directory once and works relative to that open directory,
+/// and on the reserve through one open descriptor (rule 13): renaming or re-pointing the
+/// home, or swapping the file, during a call cannot redirect any of it.
+///
 /// ```
 /// use disk_reserve::{Ensured, Released, Reserve, ReserveConfig, SimFs};
 /// let fs = SimFs::with_home(1 << 30, "/srv/app");
@@ -138,9 +156,11 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 pub struct Reserve<F: HostFs> {
     fs: F,
     home: Utf8PathBuf,
+    name: String,
     path: Utf8PathBuf,
     config: ReserveConfig,
     progress: Option<Arc<ProgressFn>>,
+    cancel: CancelToken,
 }
 
 impl<F: HostFs> fmt::Debug for Reserve<F> {
@@ -151,6 +171,17 @@ impl<F: HostFs> fmt::Debug for Reserve<F> {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// How to undo a fill that failed (rule 5).
+#[derive(Debug, Clone, Copy)]
+enum Undo {
+    /// The call created the file: remove it.
+    Remove,
+    /// The call built a replacement beside the reserve: remove it.
+    RemoveReplacement,
+    /// The file was `from_len` long and its blocks were the reserve's own: cut it back.
+    CutTo(u64),
 }
 
 impl<F: HostFs> Reserve<F> {
@@ -164,25 +195,33 @@ impl<F: HostFs> Reserve<F> {
         let home = Utf8PathBuf::try_from(home.to_path_buf()).map_err(|_| Error::NonUtf8Path {
             path: home.to_path_buf(),
         })?;
-        let name = config.file_name_str();
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-            return Err(Error::InvalidFileName {
-                name: name.to_owned(),
-            });
+        let name = config.file_name_str().to_owned();
+        if crate::host_fs::check_name(&name).is_err() {
+            return Err(Error::InvalidFileName { name });
         }
-        let path = home.join(name);
+        let path = home.join(&name);
         Ok(Reserve {
             fs,
             home,
+            name,
             path,
             config,
             progress: None,
+            cancel: CancelToken::new(),
         })
     }
 
     /// Calls `report(done, total)` after each chunk the write path writes.
     pub fn on_progress(mut self, report: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(report));
+        self
+    }
+
+    /// Lets the caller stop a running `ensure` through `token` (rule 14): it stops
+    /// between write chunks or while waiting for the lock, rolls back, and returns
+    /// [`Error::Cancelled`].
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
         self
     }
 
@@ -208,27 +247,29 @@ impl<F: HostFs> Reserve<F> {
 
     /// Makes the reserve exist, complete, at the configured size — or defers.
     ///
-    /// A complete reserve costs one `lstat` (plus one `statvfs` when the size is a
-    /// share of the filesystem) and takes no lock. Otherwise, under an exclusive lock on
-    /// the home directory, it shrinks an oversized reserve, and creates or completes a
-    /// missing, partial or sparse one when the free space allows it without going below
-    /// the headroom; when it does not, it changes nothing and returns
-    /// [`Ensured::Deferred`].
+    /// A complete reserve costs opening the home, one `fstatat` (plus one `fstatvfs` when
+    /// the size is a share of the filesystem) and takes no lock. Otherwise, under an
+    /// exclusive lock on the home directory, it shrinks an oversized reserve, and creates
+    /// or completes a missing, partial or sparse one when the free space allows it without
+    /// going below the headroom; when it does not, it changes nothing and returns
+    /// [`Ensured::Deferred`]. A file with other names at the path is never written: the
+    /// name is replaced by a fresh reserve (rule 7).
     ///
     /// # Errors
     /// The home is missing or not a directory; something not a regular file is at the
     /// reserve path (left untouched); the size is 0 or larger than the filesystem; the
-    /// filesystem is read-only or refuses permission; an I/O error. After an error the
-    /// reserve is as it was found: a file this call created is removed, a file it grew
-    /// is cut back to its old length.
+    /// filesystem is read-only or refuses permission; the call was cancelled; an I/O
+    /// error. After an error the reserve is as it was found: a file this call created is
+    /// removed, a file it grew is cut back to its old length.
     pub fn ensure(&self) -> Result<Ensured> {
+        let dir = self.open_home()?;
         let early_space = if self.config.needs_total() {
-            Some(self.space()?)
+            Some(self.space(&*dir)?)
         } else {
             None
         };
         let (size, headroom) = self.resolve_sizes(early_space)?;
-        let observed = self.observe()?;
+        let observed = self.observe(&*dir)?;
         if let Plan::Nothing = decide(observed, size, headroom, None) {
             tracing::debug!(path = %self.path, allocated_bytes = observed.allocated_bytes(), outcome = "present", "reserve is complete");
             return Ok(Ensured::Present {
@@ -236,13 +277,14 @@ impl<F: HostFs> Reserve<F> {
             });
         }
 
-        let _lock = self.lock_home()?;
+        let _lock = self.lock_home(&*dir)?;
+        self.tidy(&*dir);
         let mut shrunk_from = None;
-        loop {
-            let observed = self.observe()?;
+        for _ in 0..CHANGED_RETRIES {
+            let observed = self.observe(&*dir)?;
             let mut plan = decide(observed, size, headroom, None);
             if plan == Plan::NeedSpace {
-                let space = self.space()?;
+                let space = self.space(&*dir)?;
                 self.check_fits(size, space)?;
                 plan = decide(observed, size, headroom, Some(space));
             }
@@ -267,8 +309,11 @@ impl<F: HostFs> Reserve<F> {
                     });
                 }
                 Plan::Shrink { from_len } => {
-                    self.truncate(size)?;
-                    self.sync_file()?;
+                    let Some(file) = self.open_as_observed(&*dir, observed)? else {
+                        continue;
+                    };
+                    self.truncate(&*file, size)?;
+                    self.sync_file(&*file)?;
                     shrunk_from.get_or_insert(from_len);
                 }
                 Plan::NeedSpace => unreachable!("free space was read above"),
@@ -287,7 +332,9 @@ impl<F: HostFs> Reserve<F> {
                     });
                 }
                 Plan::Create | Plan::Replace { .. } | Plan::Extend { .. } | Plan::Refill { .. } => {
-                    let allocated_bytes = self.fill(plan, size)?;
+                    let Some(allocated_bytes) = self.fill(&*dir, plan, observed, size)? else {
+                        continue;
+                    };
                     let outcome = if matches!(plan, Plan::Create | Plan::Replace { .. }) {
                         Ensured::Created { allocated_bytes }
                     } else {
@@ -301,19 +348,25 @@ impl<F: HostFs> Reserve<F> {
                 }
             }
         }
+        Err(Error::Changed {
+            path: self.path.clone(),
+        })
     }
 
     /// Removes the reserve, giving its blocks back to the filesystem (rule 8).
     ///
     /// Needs no free space, no new inode and no `statvfs`: it is what an operator runs on
-    /// a full disk. No reserve is not an error: it returns [`Released::Absent`].
+    /// a full disk. No reserve is not an error: it returns [`Released::Absent`]. A file
+    /// with other names at the path loses only this name and frees nothing (rule 7).
     ///
     /// # Errors
     /// The home is missing or not a directory; something not a regular file is at the
     /// reserve path (left untouched); `unlink` failed (read-only, permission, `EBUSY`…).
     pub fn release(&self) -> Result<Released> {
-        let _lock = self.lock_home()?;
-        let freed_bytes = match self.observe()? {
+        let dir = self.open_home()?;
+        let _lock = self.lock_home(&*dir)?;
+        self.tidy(&*dir);
+        let freed_bytes = match self.observe(&*dir)? {
             Observed::Absent => {
                 tracing::debug!(path = %self.path, outcome = "absent", "no reserve to release");
                 return Ok(Released::Absent);
@@ -334,12 +387,11 @@ impl<F: HostFs> Reserve<F> {
                 0
             }
         };
-        self.fs
-            .remove_file(&self.path)
+        dir.remove_file(&self.name)
             .map_err(|e| self.err(Operation::Remove, e))?;
         // Best effort: at zero free some filesystems cannot commit the directory yet; the
         // unlink itself has happened and the space is back.
-        if let Err(error) = self.fs.sync_dir(&self.home) {
+        if let Err(error) = dir.sync() {
             tracing::warn!(path = %self.home, %error, "could not sync the home directory after releasing the reserve");
         }
         tracing::info!(path = %self.path, freed_bytes, outcome = "released", "disk reserve released");
@@ -350,11 +402,12 @@ impl<F: HostFs> Reserve<F> {
     /// nothing and takes no lock.
     ///
     /// # Errors
-    /// The home is missing or not a directory; `lstat` or `statvfs` failed.
+    /// The home is missing or not a directory; `fstatat` or `fstatvfs` failed.
     pub fn status(&self) -> Result<Status> {
-        let space = self.space()?;
+        let dir = self.open_home()?;
+        let space = self.space(&*dir)?;
         let (size_bytes, headroom_bytes) = self.resolve_sizes(Some(space))?;
-        let observed = self.observe()?;
+        let observed = self.observe(&*dir)?;
         Ok(Status {
             observed,
             condition: observed.condition(size_bytes),
@@ -365,64 +418,167 @@ impl<F: HostFs> Reserve<F> {
         })
     }
 
+    /// What `lstat` says of the reserve path now (`None` when nothing is there).
+    ///
+    /// # Errors
+    /// The home is missing or not a directory; `fstatat` failed.
+    pub fn probe(&self) -> Result<Option<crate::Probe>> {
+        let dir = self.open_home()?;
+        dir.probe(&self.name)
+            .map_err(|e| self.err(Operation::Probe, e))
+    }
+
+    /// The free and total space of the home's filesystem now.
+    ///
+    /// # Errors
+    /// The home is missing or not a directory; `fstatvfs` failed.
+    pub fn space_now(&self) -> Result<Space> {
+        let dir = self.open_home()?;
+        self.space(&*dir)
+    }
+
     /// The operator hint for this home, naming the bytes the reserve really holds now
     /// (see [`out_of_space_hint`](crate::out_of_space_hint)).
     pub fn out_of_space_hint(&self) -> String {
-        let held = self.observe().ok().map(Observed::allocated_bytes);
+        let held = self
+            .open_home()
+            .and_then(|dir| self.observe(&*dir))
+            .ok()
+            .map(Observed::allocated_bytes);
         crate::out_of_space_hint(&self.home, held)
     }
 
+    /// Opens the existing reserve for writing and checks, on the open descriptor, that it
+    /// is still what `observed` saw. `None` when it changed in between (another process
+    /// swapped, linked, or cut it): the caller looks again.
+    fn open_as_observed(
+        &self,
+        dir: &dyn DirHandle,
+        observed: Observed,
+    ) -> Result<Option<Box<dyn FileHandle>>> {
+        let file = match dir.open_file(&self.name, OpenOptions::write()) {
+            Ok(file) => file,
+            // Replaced by something else, or removed, since it was looked at.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::EISDIR | libc::ENXIO | libc::EINVAL)
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.err(Operation::Open, e)),
+        };
+        let now = file.probe().map_err(|e| self.err(Operation::Probe, e))?;
+        Ok((Observed::from_probe(Some(now)) == observed).then_some(file))
+    }
+
     /// Allocates the reserve according to `plan`; on any failure restores what it found.
-    fn fill(&self, plan: Plan, size: u64) -> Result<u64> {
-        let from = match plan {
+    /// `None` when the file changed before it could be opened.
+    fn fill(
+        &self,
+        dir: &dyn DirHandle,
+        plan: Plan,
+        observed: Observed,
+        size: u64,
+    ) -> Result<Option<u64>> {
+        let (file, from, undo) = match plan {
+            Plan::Create => {
+                let file = dir
+                    .open_file(&self.name, OpenOptions::create_new())
+                    .map_err(|e| self.err(Operation::Create, e))?;
+                (file, 0, Undo::Remove)
+            }
             Plan::Replace { links } => {
                 // Rule 7: the file at the path has other names (a database, a hard-link
-                // backup): never write it. Unlink this one name — the others keep the
-                // data — and lay down a fresh reserve in its place.
+                // backup): never write it. A fresh reserve is built beside it and renamed
+                // over the name — the other names keep the data, and a failure leaves the
+                // name as it was.
                 tracing::warn!(path = %self.path, links, "the reserve path is a hard link to a file with other names; replacing the name with a fresh reserve and leaving the file's data to its other names");
-                self.fs
-                    .remove_file(&self.path)
-                    .map_err(|e| self.err(Operation::Remove, e))?;
-                self.fs
-                    .create_file(&self.path)
-                    .map_err(|e| self.err(Operation::Create, e))?;
-                0
+                let temp = self.temp_name();
+                self.remove_stale_replacement(dir)?;
+                let file = dir
+                    .open_file(&temp, OpenOptions::create_new())
+                    .map_err(|e| Error::io(Operation::Create, self.home.join(&temp), e))?;
+                (file, 0, Undo::RemoveReplacement)
             }
-            Plan::Create => {
-                self.fs
-                    .create_file(&self.path)
-                    .map_err(|e| self.err(Operation::Create, e))?;
-                0
+            Plan::Extend { from_len } | Plan::Refill { from_len } => {
+                let Some(file) = self.open_as_observed(dir, observed)? else {
+                    return Ok(None);
+                };
+                let from = if let Plan::Refill { .. } = plan {
+                    0
+                } else {
+                    from_len
+                };
+                (file, from, Undo::CutTo(from_len))
             }
-            Plan::Refill { .. } => 0,
-            Plan::Extend { from_len } => from_len,
             _ => unreachable!("fill is only called for allocating plans"),
         };
-        let plan = match plan {
-            // From here on a replacement is a file this call created.
-            Plan::Replace { .. } => Plan::Create,
-            other => other,
-        };
-        match self.fill_from(plan, from, size) {
-            Ok(allocated_bytes) => Ok(allocated_bytes),
+        match self.fill_file(dir, &*file, plan, from, size) {
+            Ok(allocated_bytes) => Ok(Some(allocated_bytes)),
             Err(error) => {
-                self.roll_back(plan);
+                self.roll_back(dir, &*file, undo, plan);
                 Err(error)
             }
         }
     }
 
-    fn fill_from(&self, plan: Plan, from: u64, size: u64) -> Result<u64> {
+    /// The name a replacement reserve is built under before it is renamed over the
+    /// reserve's name: `<name>.replacing`.
+    fn temp_name(&self) -> String {
+        format!("{}.replacing", self.name)
+    }
+
+    /// Best effort, under the lock: removes a replacement an interrupted call left behind,
+    /// so its blocks do not stay taken.
+    fn tidy(&self, dir: &dyn DirHandle) {
+        if let Err(error) = self.remove_stale_replacement(dir) {
+            tracing::warn!(%error, "could not remove a replacement reserve left behind");
+        }
+    }
+
+    /// Removes a replacement a crash left behind (only a regular file with one name: it
+    /// can only be ours); anything else there is refused.
+    fn remove_stale_replacement(&self, dir: &dyn DirHandle) -> Result<()> {
+        let temp = self.temp_name();
+        let temp_path = self.home.join(&temp);
+        match dir
+            .probe(&temp)
+            .map_err(|e| Error::io(Operation::Probe, temp_path.clone(), e))?
+        {
+            None => Ok(()),
+            Some(p) if p.kind == crate::FileKind::Regular && p.links == 1 => {
+                tracing::debug!(path = %temp_path, "removing a replacement reserve an interrupted ensure left behind");
+                dir.remove_file(&temp)
+                    .map_err(|e| Error::io(Operation::Remove, temp_path, e))
+            }
+            Some(p) => Err(Error::NotARegularFile {
+                path: temp_path,
+                kind: p.kind,
+            }),
+        }
+    }
+
+    fn fill_file(
+        &self,
+        dir: &dyn DirHandle,
+        file: &dyn FileHandle,
+        plan: Plan,
+        from: u64,
+        size: u64,
+    ) -> Result<u64> {
+        self.check_cancel()?;
         if let Plan::Refill { .. } = plan {
-            self.truncate(0)?;
+            self.truncate(file, 0)?;
         }
         let strategy = self.config.strategy_kind();
         let write_from = match strategy {
             Strategy::Write => Some(from),
             Strategy::Fallocate | Strategy::Auto => {
-                match retry_eintr(|| self.fs.allocate(&self.path, from, size - from)) {
+                match retry_eintr(|| file.allocate(from, size - from)) {
                     Ok(()) => {
-                        let allocated = self.observe()?.allocated_bytes();
+                        let allocated = self.allocated(file)?;
                         if allocated >= size {
                             None
                         } else if strategy == Strategy::Auto {
@@ -446,29 +602,42 @@ impl<F: HostFs> Reserve<F> {
             }
         };
         if let Some(start) = write_from {
-            self.write_range(start, size)?;
-            // XFS keeps speculative preallocation past the end of a file written through
-            // several open/close cycles (the write path opens it once per chunk): a
+            self.write_range(file, start, size)?;
+            // XFS keeps speculative preallocation past the end of a file being written: a
             // 128 MiB reserve held 249 MiB until XFS trimmed it minutes later, eating into
             // the headroom. Setting the length it already has gives those blocks back;
-            // elsewhere it changes nothing.
-            self.truncate(size)?;
+            // elsewhere it changes nothing. Housekeeping, so best effort (rule 2): fusefat
+            // refuses it with EPERM after every byte was written.
+            if let Err(error) = file.set_len(size) {
+                tracing::debug!(path = %self.path, %error, "could not trim preallocation after writing; ignored");
+            }
         }
-        self.sync_file()?;
-        if plan == Plan::Create {
-            self.fs
-                .sync_dir(&self.home)
-                .map_err(|e| self.err(Operation::SyncDir, e))?;
+        self.sync_file(file)?;
+        let allocated = self.allocated(file)?;
+        match plan {
+            Plan::Create => dir.sync().map_err(|e| self.err(Operation::SyncDir, e))?,
+            Plan::Replace { .. } => {
+                dir.rename(&self.temp_name(), &self.name)
+                    .map_err(|e| self.err(Operation::Rename, e))?;
+                // The name now holds the fresh reserve and the linked file's name is gone:
+                // there is nothing to go back to. A failed directory sync only means a
+                // crash may bring the old name back (rule 6 allows the old state), so it
+                // is a warning, not an error that would leave allocated bytes behind.
+                if let Err(error) = dir.sync() {
+                    tracing::warn!(path = %self.home, %error, "could not sync the home directory after replacing a hard-linked reserve; a crash may bring the old name back");
+                }
+            }
+            _ => {}
         }
-        Ok(self.observe()?.allocated_bytes())
+        Ok(allocated)
     }
 
-    fn write_range(&self, start: u64, end: u64) -> Result<()> {
+    fn write_range(&self, file: &dyn FileHandle, start: u64, end: u64) -> Result<()> {
         let mut pos = start;
         while pos < end {
+            self.check_cancel()?;
             let len = WRITE_CHUNK_BYTES.min(end - pos);
-            retry_eintr(|| self.fs.write_fill(&self.path, pos, len))
-                .map_err(|e| self.err(Operation::Write, e))?;
+            retry_eintr(|| file.write_fill(pos, len)).map_err(|e| self.err(Operation::Write, e))?;
             pos += len;
             if let Some(report) = &self.progress {
                 report(pos - start, end - start);
@@ -479,18 +648,24 @@ impl<F: HostFs> Reserve<F> {
 
     /// Rule 5: undo a failed fill. Failures here are logged; the caller reports the
     /// error that caused the rollback.
-    fn roll_back(&self, plan: Plan) {
-        let result = match plan {
-            Plan::Create => self
-                .fs
-                .remove_file(&self.path)
-                .and_then(|()| self.fs.sync_dir(&self.home)),
-            Plan::Refill { from_len } => self
-                .fs
-                .set_len(&self.path, 0)
-                .and_then(|()| self.fs.set_len(&self.path, from_len)),
-            Plan::Extend { from_len } => self.fs.set_len(&self.path, from_len),
-            _ => Ok(()),
+    fn roll_back(&self, dir: &dyn DirHandle, file: &dyn FileHandle, undo: Undo, plan: Plan) {
+        let result = match undo {
+            Undo::Remove => dir.remove_file(&self.name).and_then(|()| dir.sync()),
+            // The rename is the last step that can fail before the directory sync; if the
+            // replacement already took the name, removing it leaves the path empty (the
+            // linked file's other names keep its data either way).
+            Undo::RemoveReplacement => dir
+                .remove_file(&self.temp_name())
+                .or_else(|e| match e.raw_os_error() {
+                    Some(libc::ENOENT) => Ok(()),
+                    _ => Err(e),
+                })
+                .and_then(|()| dir.sync()),
+            Undo::CutTo(from_len) => {
+                let refill = matches!(plan, Plan::Refill { .. });
+                let cut = if refill { file.set_len(0) } else { Ok(()) };
+                cut.and_then(|()| file.set_len(from_len))
+            }
         };
         match result {
             Ok(()) => {
@@ -500,6 +675,16 @@ impl<F: HostFs> Reserve<F> {
                 tracing::error!(path = %self.path, %error, "could not roll back a failed ensure");
             }
         }
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self.cancel.is_cancelled() {
+            tracing::info!(path = %self.path, "ensure cancelled by the caller; rolling back");
+            return Err(Error::Cancelled {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn resolve_sizes(&self, space: Option<Space>) -> Result<(u64, u64)> {
@@ -528,33 +713,59 @@ impl<F: HostFs> Reserve<F> {
         Ok(())
     }
 
-    fn observe(&self) -> Result<Observed> {
+    /// Opens the home directory: once per call (rule 13).
+    fn open_home(&self) -> Result<Box<dyn DirHandle>> {
         self.fs
-            .probe(&self.path)
+            .open_dir(&self.home)
+            .map_err(|e| self.home_err(Operation::OpenHome, &self.home, e))
+    }
+
+    fn observe(&self, dir: &dyn DirHandle) -> Result<Observed> {
+        dir.probe(&self.name)
             .map(Observed::from_probe)
-            .map_err(|e| self.home_err(Operation::Probe, &self.path, e))
+            .map_err(|e| self.err(Operation::Probe, e))
     }
 
-    fn space(&self) -> Result<Space> {
-        self.fs
-            .space(&self.home)
-            .map_err(|e| self.home_err(Operation::ReadSpace, &self.home, e))
+    fn allocated(&self, file: &dyn FileHandle) -> Result<u64> {
+        file.probe()
+            .map(|p| p.allocated_bytes)
+            .map_err(|e| self.err(Operation::Probe, e))
     }
 
-    fn lock_home(&self) -> Result<DirLock> {
-        retry_eintr(|| self.fs.lock_dir(&self.home))
-            .map_err(|e| self.home_err(Operation::Lock, &self.home, e))
+    fn space(&self, dir: &dyn DirHandle) -> Result<Space> {
+        dir.space()
+            .map_err(|e| Error::io(Operation::ReadSpace, self.home.clone(), e))
     }
 
-    fn truncate(&self, len: u64) -> Result<()> {
-        self.fs
-            .set_len(&self.path, len)
+    /// Takes the home's lock, polling so that a cancel interrupts the wait (rule 10, 14);
+    /// a wait of more than a second is logged.
+    fn lock_home(&self, dir: &dyn DirHandle) -> Result<DirLock> {
+        let started = Instant::now();
+        let mut pause = LOCK_POLL_FIRST;
+        let mut warned = false;
+        loop {
+            self.check_cancel()?;
+            match retry_eintr(|| dir.try_lock()) {
+                Ok(Some(lock)) => return Ok(lock),
+                Ok(None) => {}
+                Err(e) => return Err(Error::io(Operation::Lock, self.home.clone(), e)),
+            }
+            if !warned && started.elapsed() >= LOCK_WAIT_WARN {
+                warned = true;
+                tracing::warn!(path = %self.home, "waiting for another process that holds the lock on the home directory");
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+        }
+    }
+
+    fn truncate(&self, file: &dyn FileHandle, len: u64) -> Result<()> {
+        file.set_len(len)
             .map_err(|e| self.err(Operation::Truncate, e))
     }
 
-    fn sync_file(&self) -> Result<()> {
-        self.fs
-            .sync_file(&self.path)
+    fn sync_file(&self, file: &dyn FileHandle) -> Result<()> {
+        file.sync_all()
             .map_err(|e| self.err(Operation::SyncFile, e))
     }
 

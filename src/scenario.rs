@@ -44,14 +44,13 @@ mod model;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::sim_fs::SimSnapshot;
 use crate::{
-    AllocateMode, DirLock, Ensured, Error, FileKind, HostFs, Plan, Probe, Released, Reserve,
-    ReserveConfig, SimFs, SimOp, SizeSpec, Space, Strategy, is_out_of_space,
+    AllocateMode, Ensured, Error, FileKind, Plan, Probe, Released, Reserve, ReserveConfig, SimFs,
+    SimOp, SizeSpec, Strategy, is_out_of_space,
 };
 use model::{Entry, Fallocate, Model, Refusal};
 
@@ -65,6 +64,11 @@ pub const MAX_OPS: usize = 48;
 pub const MAX_FAULTS: usize = 4;
 
 const HOME: &str = "/srv/app";
+/// Where `ensure` builds the replacement of a hard-linked reserve before renaming it over
+/// the reserve: the reserve's own, like the reserve path.
+const REPLACING: &str = "/srv/app/.reserve.replacing";
+/// Where a deploy moves the home in the middle of a call ([`Op::HomeMovedDuring`]).
+const MOVED_HOME: &str = "/srv/app.old";
 const RESERVE: &str = "/srv/app/.reserve";
 /// A file outside the home; planted symlinks point at it.
 const BYSTANDER: &str = "/srv/bystander";
@@ -210,6 +214,9 @@ pub enum Plant {
     },
     /// A symlink to the bystander file outside the home.
     Symlink,
+    /// A second name of the bystander file outside the home (`ln`, `cp -al`): its blocks
+    /// are the bystander's, never the reserve's.
+    HardLink,
     /// An empty directory.
     Directory,
     /// A named pipe.
@@ -284,6 +291,16 @@ pub enum Op {
         /// The interrupted call.
         call: Interrupted,
     },
+    /// A deploy in the middle of a call: after `after_calls` filesystem calls (mapped to
+    /// `0..16`) the home is moved aside and an empty directory takes its place. Everything
+    /// the call does must happen in the directory it opened (the moved one), and the new
+    /// one stays empty; afterwards the home is moved back.
+    HomeMovedDuring {
+        /// Calls that happen before the move.
+        after_calls: u8,
+        /// The call the move interrupts.
+        call: Interrupted,
+    },
     /// The filesystem becomes read-only, or writable again.
     SetReadOnly(bool),
     /// `fallocate` changes behaviour.
@@ -309,6 +326,10 @@ pub struct RunReport {
     pub faults_fired: usize,
     /// Crashes.
     pub crashes: usize,
+    /// Homes moved in the middle of a call.
+    pub moves: usize,
+    /// Lifecycle calls that found a hard link at the reserve path.
+    pub linked: usize,
 }
 
 /// An invariant [`run`] checks.
@@ -328,6 +349,9 @@ pub enum Invariant {
     OnlyTheReservePath,
     /// A refused non-regular file is left untouched.
     RefusedUntouched,
+    /// What a call does happens in the directory it was given, even if that directory is
+    /// moved or its path re-pointed during the call.
+    StaysInItsHome,
     /// A crash leaves the last durable state or a partial reserve.
     CrashConsistent,
     /// Racing calls end as some serial order would.
@@ -350,6 +374,7 @@ impl Invariant {
             }
             Invariant::ReleaseNeedsNoSpace => "release never fails for lack of space",
             Invariant::OnlyTheReservePath => "nothing outside the reserve path changes",
+            Invariant::StaysInItsHome => "what a call does happens in the directory it was given",
             Invariant::RefusedUntouched => "a refused non-regular file is left untouched",
             Invariant::CrashConsistent => {
                 "a crash leaves the last durable state or a partial reserve"
@@ -405,91 +430,32 @@ pub fn run(scenario: &Scenario) -> Result<RunReport, Violation> {
 
 // ------------------------------------------------------------------ the tap
 
-/// The lifecycle's view of the disk: forwards to the `SimFs`, remembers the largest free
-/// space `statvfs` reported, and can cut the power after a number of calls (every call
-/// after the cut fails, like a process that died).
+/// What one lifecycle call saw of the disk: the largest free space a `statvfs` reported,
+/// and whether a planned power cut ([`SimFs::crash_after`]) fired during it.
 #[derive(Debug)]
 struct Tap {
     fs: SimFs,
-    /// Largest `free_bytes` a `space` call returned, plus one (0: none).
-    max_free_seen: AtomicU64,
-    /// Calls left before the power cut (0: none planned).
-    crash_countdown: AtomicU32,
-    crashed: AtomicBool,
+    crashes_before: u64,
+    max_free_seen: Option<u64>,
 }
 
 impl Tap {
-    fn new(fs: &SimFs) -> Self {
+    /// Resets what the disk remembers and plans the power cut, if any.
+    fn arm(fs: &SimFs, crash_after: Option<u32>) -> Self {
+        fs.take_max_free_reported();
+        fs.crash_after(crash_after.unwrap_or(0));
         Tap {
             fs: fs.clone(),
-            max_free_seen: AtomicU64::new(0),
-            crash_countdown: AtomicU32::new(0),
-            crashed: AtomicBool::new(false),
+            crashes_before: fs.crashes(),
+            max_free_seen: None,
         }
     }
 
-    fn tick(&self) -> io::Result<()> {
-        let dead = || Err(io::Error::from_raw_os_error(libc::EIO));
-        if self.crashed.load(Ordering::SeqCst) {
-            return dead();
-        }
-        let left = self.crash_countdown.load(Ordering::SeqCst);
-        if left > 0 && self.crash_countdown.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.crashed.store(true, Ordering::SeqCst);
-            self.fs.crash();
-            return dead();
-        }
-        Ok(())
-    }
-
-    fn max_free_seen(&self) -> Option<u64> {
-        self.max_free_seen.load(Ordering::SeqCst).checked_sub(1)
-    }
-}
-
-impl HostFs for Tap {
-    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
-        self.tick()?;
-        let space = self.fs.space(path)?;
-        self.max_free_seen
-            .fetch_max(space.free_bytes.saturating_add(1), Ordering::SeqCst);
-        Ok(space)
-    }
-    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
-        self.tick()?;
-        self.fs.probe(path)
-    }
-    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.fs.create_file(path)
-    }
-    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        self.tick()?;
-        self.fs.allocate(path, offset, len)
-    }
-    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        self.tick()?;
-        self.fs.write_fill(path, offset, len)
-    }
-    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
-        self.tick()?;
-        self.fs.set_len(path, len)
-    }
-    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.fs.sync_file(path)
-    }
-    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.fs.sync_dir(dir)
-    }
-    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.fs.remove_file(path)
-    }
-    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
-        self.tick()?;
-        self.fs.lock_dir(dir)
+    /// Ends the call: cancels a cut that did not fire; says whether one did.
+    fn disarm(&mut self) -> bool {
+        self.fs.crash_after(0);
+        self.max_free_seen = self.fs.take_max_free_reported();
+        self.fs.crashes() > self.crashes_before
     }
 }
 
@@ -591,11 +557,20 @@ struct Driver {
     report: RunReport,
     step: usize,
     op: String,
+    /// Bytes the bystander file holds (what is outside the home).
+    bystander_bytes: u64,
+    /// Set while a move of the home is planned for the running call: the move count
+    /// before it ([`Driver::put_home_back`]).
+    after_lifecycle_call: Option<u64>,
 }
 
 fn entry_of(probe: Option<&Probe>) -> Entry {
     match probe {
         None => Entry::Absent,
+        Some(p) if p.kind == FileKind::Regular && p.links > 1 => Entry::Linked {
+            len: p.len,
+            blocks: p.allocated_bytes / BLOCK_BYTES,
+        },
         Some(p) if p.kind == FileKind::Regular => Entry::File {
             len: p.len,
             blocks: p.allocated_bytes / BLOCK_BYTES,
@@ -672,6 +647,8 @@ impl Driver {
             report: RunReport::default(),
             step: 0,
             op: String::new(),
+            after_lifecycle_call: None,
+            bystander_bytes,
         };
         for plan in setup.faults.iter().take(MAX_FAULTS) {
             driver.arm(plan.op, 1 + u32::from(plan.nth) % 32, plan.errno.code());
@@ -686,7 +663,7 @@ impl Driver {
     }
 
     fn calls(&self) -> [u64; SimOp::ALL.len()] {
-        SimOp::ALL.map(|op| self.fs.calls(op))
+        std::array::from_fn(|i| self.fs.calls(SimOp::ALL[i]))
     }
 
     fn capacity_bytes(&self) -> u64 {
@@ -779,16 +756,19 @@ impl Driver {
     /// Whether everything outside the reserve path is as it was (without copying the
     /// snapshot: this runs after every step).
     fn outside_unchanged(&self, snapshot: &SimSnapshot) -> bool {
-        let reserve = Utf8Path::new(RESERVE);
+        let (reserve, replacing) = (Utf8Path::new(RESERVE), Utf8Path::new(REPLACING));
         let mut now = snapshot
             .entries
             .iter()
-            .filter(|(p, _)| !p.starts_with(reserve));
+            .filter(|(p, _)| !p.starts_with(reserve) && !p.starts_with(replacing));
         let mut was = self.outside.iter();
         loop {
             match (now.next(), was.next()) {
                 (None, None) => return true,
-                (Some(a), Some(b)) if a == b => {}
+                // A file's link count changes when a hard link at the reserve path is
+                // replaced or released; its content must not.
+                (Some((pa, a)), Some((pb, b)))
+                    if pa == pb && Probe { links: 1, ..*a } == Probe { links: 1, ..*b } => {}
                 _ => return false,
             }
         }
@@ -814,6 +794,10 @@ impl Driver {
     /// whether the model knows the other writers' bytes; if not they are read back.
     fn settle(&mut self, snapshot: &SimSnapshot, exact_space: bool) -> Result<(), Violation> {
         self.check_outside(snapshot)?;
+        // A replacement left behind by a failed call whose rollback failed too: its blocks
+        // are counted until the next call under the lock removes it.
+        let replacing = snapshot.get(REPLACING).map_or(0, |p| p.allocated_bytes);
+        self.model.outside_bytes = self.bystander_bytes + replacing;
         let entry = entry_of(snapshot.get(RESERVE));
         self.check(entry == self.model.entry, Invariant::Model, || {
             format!("reserve path: model {:?}, disk {entry:?}", self.model.entry)
@@ -915,6 +899,7 @@ impl Driver {
                         .fs
                         .write_file(RESERVE, u64::from(len_bytes) % (self.capacity_bytes() + 1)),
                     Plant::Symlink => self.fs.symlink(RESERVE, BYSTANDER),
+                    Plant::HardLink => self.fs.hard_link(BYSTANDER, RESERVE),
                     Plant::Directory => self.fs.mkdir_all(RESERVE),
                     Plant::Fifo => self.fs.mkfifo(RESERVE),
                     Plant::Socket => self.fs.mksocket(RESERVE),
@@ -941,6 +926,25 @@ impl Driver {
                     }
                     Interrupted::Release => self.release(Some(after_calls)),
                 }
+            }
+            Op::HomeMovedDuring { after_calls, call } => {
+                // From the second call on: the first opens the home, and a move before it
+                // is no move at all for the call.
+                let after_calls = 2 + u32::from(after_calls) % 16;
+                self.fs.move_after(after_calls, HOME, MOVED_HOME);
+                let moves = self.fs.moves();
+                let result = match call {
+                    Interrupted::Ensure(args) => {
+                        let args = self.args(args);
+                        self.moved_home_call(|driver| driver.ensure(args, None).map(drop))
+                    }
+                    Interrupted::Release => self.moved_home_call(|driver| driver.release(None)),
+                };
+                self.fs.move_after(0, HOME, MOVED_HOME);
+                if self.fs.moves() > moves {
+                    self.report.moves += 1;
+                }
+                result
             }
             Op::SetReadOnly(read_only) => {
                 self.fs.set_read_only(read_only);
@@ -970,6 +974,58 @@ impl Driver {
     /// After the scenario itself changed the reserve path. Setup calls are durable at
     /// once; one that removed nothing and created nothing leaves what a crash may bring
     /// back as it was.
+    /// The model as a call that takes the lock sees it: a replacement left behind by an
+    /// earlier double fault is removed first ([`REPLACING`]).
+    fn tidied_model(&self) -> Model {
+        let mut model = self.model.clone();
+        model.outside_bytes = self.bystander_bytes;
+        model
+    }
+
+    /// Runs `call` while a move of the home is planned; if the move happened, checks that
+    /// the new directory at the home's path stayed empty (rule 13: everything happened in
+    /// the directory the call opened), then puts the moved home back, so the model's view
+    /// of the path holds again and `call`'s own checks see the directory it worked in.
+    fn moved_home_call(
+        &mut self,
+        call: impl FnOnce(&mut Self) -> Result<(), Violation>,
+    ) -> Result<(), Violation> {
+        let moves = self.fs.moves();
+        // The call's own checks run on `HOME`: put the home back first, through a hook
+        // that runs right after the lifecycle call returns and before it is judged.
+        self.after_lifecycle_call = Some(moves);
+        let result = call(self);
+        self.after_lifecycle_call = None;
+        result
+    }
+
+    /// If a planned move happened during the call that just returned: the new directory
+    /// must be empty; the moved home goes back to its path.
+    fn put_home_back(&mut self) -> Result<(), Violation> {
+        let Some(moves) = self.after_lifecycle_call.take() else {
+            return Ok(());
+        };
+        self.fs.move_after(0, HOME, MOVED_HOME);
+        if self.fs.moves() == moves {
+            return Ok(());
+        }
+        let leaked: Vec<Utf8PathBuf> = self
+            .fs
+            .snapshot()
+            .entries
+            .into_keys()
+            .filter(|p| p.starts_with(HOME) && p.as_str() != HOME)
+            .collect();
+        self.check(leaked.is_empty(), Invariant::StaysInItsHome, || {
+            format!("the home was moved to {MOVED_HOME} mid-call, and the call wrote {leaked:?} in the new directory at {HOME}")
+        })?;
+        self.fs.remove(HOME).expect("the new home is empty");
+        self.fs
+            .rename(MOVED_HOME, HOME)
+            .expect("the moved home goes back");
+        Ok(())
+    }
+
     fn planted(&mut self, removed: bool) -> Result<(), Violation> {
         let snapshot = self.fs.snapshot();
         self.model.entry = entry_of(snapshot.get(RESERVE));
@@ -1050,15 +1106,19 @@ impl Driver {
     /// `ensure`, optionally with a power cut after `crash_after` calls.
     fn ensure(&mut self, args: Args, crash_after: Option<u32>) -> Result<(), Violation> {
         let before = self.before();
-        let forecast = self.model.ensure(args.size, args.headroom, args.strategy);
-        let tap = Tap::new(&self.fs);
-        if let Some(calls) = crash_after {
-            tap.crash_countdown.store(calls, Ordering::SeqCst);
+        if let Entry::Linked { .. } = before.entry {
+            self.report.linked += 1;
         }
-        let reserve = Reserve::new(&tap, HOME, args.config()).expect("the file name is valid");
+        let forecast = self
+            .tidied_model()
+            .ensure(args.size, args.headroom, args.strategy);
+        let mut tap = Tap::arm(&self.fs, crash_after);
+        let reserve =
+            Reserve::new(self.fs.clone(), HOME, args.config()).expect("the file name is valid");
         let result = reserve.ensure();
+        let crashed = tap.disarm();
+        self.put_home_back()?;
         let disturbance = self.disturbance(&before);
-        let crashed = tap.crashed.load(Ordering::SeqCst);
         if crash_after.is_some() && !crashed {
             // The call finished before the cut: check it, then cut the power anyway.
             self.judge_ensure(&before, args, &forecast, &result, &tap, disturbance)?;
@@ -1107,12 +1167,23 @@ impl Driver {
         }
         self.after_call(before, &snapshot, result.is_err(), strict, &gave_back)?;
 
+        self.check(
+            result.is_err() || snapshot.get(REPLACING).is_none(),
+            Invariant::OnlyTheReservePath,
+            || {
+                format!(
+                    "ensure returned {} and left {REPLACING} behind",
+                    describe(result)
+                )
+            },
+        )?;
+
         // Rule 4, as ensure saw the disk: what it added fits above the headroom.
         let base = forecast.shrunk.unwrap_or(before.entry);
         let grown = entry_blocks(entry).saturating_sub(entry_blocks(base)) * BLOCK_BYTES;
         if grown > 0 && result.is_ok() {
             self.report.allocations += 1;
-            let seen = tap.max_free_seen();
+            let seen = tap.max_free_seen;
             self.check(
                 seen.is_some_and(|free| free >= grown && free - grown >= args.headroom),
                 Invariant::Headroom,
@@ -1184,6 +1255,10 @@ impl Driver {
                 let unknown = self.durable.unknown;
                 self.durable = Durable::exactly(entry);
                 self.durable.unknown = unknown;
+                // A replaced hard link whose directory sync failed may come back.
+                if disturbance.faults > 0 && matches!(before.entry, Entry::Linked { .. }) {
+                    self.durable.add(before.entry);
+                }
             }
             Err(_) if strict => {
                 self.durable.add(before.entry);
@@ -1201,13 +1276,16 @@ impl Driver {
     /// `release`, optionally with a power cut after `crash_after` calls.
     fn release(&mut self, crash_after: Option<u32>) -> Result<(), Violation> {
         let before = self.before();
-        let (expected, expected_after) = self.model.release();
-        let tap = Tap::new(&self.fs);
-        if let Some(calls) = crash_after {
-            tap.crash_countdown.store(calls, Ordering::SeqCst);
+        if let Entry::Linked { .. } = before.entry {
+            self.report.linked += 1;
         }
-        let reserve = Reserve::new(&tap, HOME, ReserveConfig::default()).expect("valid name");
+        let (expected, expected_after) = self.model.release();
+        let mut tap = Tap::arm(&self.fs, crash_after);
+        let reserve =
+            Reserve::new(self.fs.clone(), HOME, ReserveConfig::default()).expect("valid name");
         let result = reserve.release();
+        let crashed = tap.disarm();
+        self.put_home_back()?;
         let disturbance = self.disturbance(&before);
         let snapshot = self.fs.snapshot();
         if let Err(error) = &result {
@@ -1218,7 +1296,7 @@ impl Driver {
                 || format!("release failed: {error}"),
             )?;
         }
-        if tap.crashed.load(Ordering::SeqCst) {
+        if crashed {
             self.durable.add(Entry::Absent);
             return self.crashed(&before, !disturbance.other_writer);
         }
@@ -1258,8 +1336,7 @@ impl Driver {
     fn status(&mut self, args: Args) -> Result<(), Violation> {
         let before = self.before();
         let forecast = self.model.ensure(args.size, args.headroom, args.strategy);
-        let tap = Tap::new(&self.fs);
-        let reserve = Reserve::new(&tap, HOME, args.config()).expect("valid name");
+        let reserve = Reserve::new(self.fs.clone(), HOME, args.config()).expect("valid name");
         let result = reserve.status();
         let disturbance = self.disturbance(&before);
         let snapshot = self.fs.snapshot();
@@ -1291,8 +1368,12 @@ impl Driver {
                         blocks: allocated_bytes / BLOCK_BYTES,
                     },
                     crate::Observed::Other(kind) => Entry::Other(kind),
-                    // The scenario makes no hard links yet: never equal to what it set up.
-                    crate::Observed::HardLinked { .. } => Entry::Other(FileKind::Regular),
+                    // The decision does not look at a linked file's blocks: take them
+                    // from what the scenario set up.
+                    crate::Observed::HardLinked { .. } => match before.entry {
+                        linked @ Entry::Linked { .. } => linked,
+                        _ => Entry::Other(FileKind::Regular),
+                    },
                 };
                 let nothing = status.plan == Plan::Nothing;
                 let refuse = matches!(status.plan, Plan::Refuse(_));
@@ -1323,7 +1404,9 @@ impl Driver {
     fn race(&mut self, args: Args) -> Result<(), Violation> {
         let before = self.before();
         // The two serial orders.
-        let ensure_first = self.model.ensure(args.size, args.headroom, args.strategy);
+        let ensure_first = self
+            .tidied_model()
+            .ensure(args.size, args.headroom, args.strategy);
         // A failed refill may leave the sparse file it found with its blocks dropped
         // (see `judge_ensure`): the release after it may find either.
         let mut found_by_release = vec![ensure_first.after];
@@ -1347,17 +1430,17 @@ impl Driver {
         let ensure_second = m.ensure(args.size, args.headroom, args.strategy);
         let end_b = ensure_second.after;
 
-        let tap = Tap::new(&self.fs);
+        let tap = &self.fs;
         // One spawned thread races the calling one: a thread spawn is the dearest
         // thing a step does.
         let (ensured, released) = std::thread::scope(|s| {
             let releasing = s.spawn(|| {
-                Reserve::new(&tap, HOME, args.config())
+                Reserve::new(tap, HOME, args.config())
                     .expect("valid name")
                     .release()
             });
             let ensured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Reserve::new(&tap, HOME, args.config())
+                Reserve::new(tap, HOME, args.config())
                     .expect("valid name")
                     .ensure()
             }));
@@ -1413,6 +1496,10 @@ impl Driver {
         } else {
             let sane = match before.entry {
                 Entry::Other(_) => entry == before.entry,
+                // A fault may stop the release of a linked name before it is removed.
+                Entry::Linked { .. } => {
+                    entry == before.entry || matches!(entry, Entry::Absent | Entry::File { .. })
+                }
                 _ => matches!(entry, Entry::Absent | Entry::File { .. }),
             };
             self.check(sane, Invariant::SerialOrder, || {

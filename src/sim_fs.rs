@@ -1,5 +1,9 @@
 //! [`SimFs`]: a bounded, in-memory [`HostFs`] with fault injection, for tests.
 //!
+//! Directories and files are reached through handles, as on the kernel: a
+//! [`DirHandle`] keeps its directory's inode whatever its path becomes, a [`FileHandle`]
+//! its file's, and an unlinked file keeps its blocks until its last handle is dropped.
+//!
 //! The simulator puts code on the disks that are hard to make for real: one with zero bytes
 //! free, one past its quota, one where `fallocate` is not supported or allocates nothing,
 //! one that is read-only, one whose operations fail with a chosen errno on the Nth call,
@@ -16,15 +20,18 @@
 //! A disk with 0 bytes free, in one line; unlink still works there:
 //!
 //! ```
-//! use disk_reserve::{HostFs, SimFs};
+//! use disk_reserve::{HostFs, OpenOptions, SimFs};
 //!
 //! let fs = SimFs::with_home(1 << 30, "/srv/app");
 //! fs.write_file("/srv/app/.reserve", 64 << 20)?;
 //! fs.set_free(0)?; // this disk has 0 bytes free
 //!
-//! let err = fs.write_fill("/srv/app/.reserve".into(), 64 << 20, 4096).unwrap_err();
+//! let home = fs.open_dir("/srv/app".into())?;
+//! let reserve = home.open_file(".reserve", OpenOptions::write())?;
+//! let err = reserve.write_fill(64 << 20, 4096).unwrap_err();
 //! assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
-//! fs.remove_file("/srv/app/.reserve".into())?;
+//! drop(reserve);
+//! home.remove_file(".reserve")?;
 //! assert_eq!(fs.free_bytes(), 64 << 20);
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -32,15 +39,15 @@
 //! A fault plan: the second `fsync` of a file fails with `EIO` and has no effect.
 //!
 //! ```
-//! use disk_reserve::{HostFs, SimFs, SimOp};
+//! use disk_reserve::{HostFs, OpenOptions, SimFs, SimOp};
 //!
 //! let fs = SimFs::with_home(1 << 20, "/data");
 //! fs.fail_nth(SimOp::SyncFile, 2, libc::EIO);
-//! fs.create_file("/data/f".into())?;
-//! fs.sync_file("/data/f".into())?;
-//! let err = fs.sync_file("/data/f".into()).unwrap_err();
+//! let file = fs.open_dir("/data".into())?.open_file("f", OpenOptions::create_new())?;
+//! file.sync_all()?;
+//! let err = file.sync_all().unwrap_err();
 //! assert_eq!(err.raw_os_error(), Some(libc::EIO));
-//! fs.sync_file("/data/f".into())?; // the plan fired once and is gone
+//! file.sync_all()?; // the plan fired once and is gone
 //! assert_eq!(fs.calls(SimOp::SyncFile), 3);
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -48,26 +55,45 @@
 //! A crash: what was not fsynced is lost.
 //!
 //! ```
-//! use disk_reserve::{HostFs, SimFs};
+//! use disk_reserve::{HostFs, OpenOptions, SimFs};
 //!
 //! let fs = SimFs::with_home(1 << 20, "/data");
-//! fs.create_file("/data/kept".into())?;
-//! fs.allocate("/data/kept".into(), 0, 8192)?;
-//! fs.sync_file("/data/kept".into())?;
-//! fs.sync_dir("/data".into())?;
-//! fs.create_file("/data/lost".into())?; // its directory is never synced
+//! let data = fs.open_dir("/data".into())?;
+//! let kept = data.open_file("kept", OpenOptions::create_new())?;
+//! kept.allocate(0, 8192)?;
+//! kept.sync_all()?;
+//! data.sync()?;
+//! data.open_file("lost", OpenOptions::create_new())?; // its directory is never synced
 //!
 //! fs.crash();
-//! assert_eq!(fs.probe("/data/kept".into())?.map(|p| p.allocated_bytes), Some(8192));
-//! assert_eq!(fs.probe("/data/lost".into())?, None);
+//! assert_eq!(fs.lookup("/data/kept")?.map(|p| p.allocated_bytes), Some(8192));
+//! assert_eq!(fs.lookup("/data/lost")?, None);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! A home that moves: a handle stays with the directory it opened.
+//!
+//! ```
+//! use disk_reserve::{HostFs, OpenOptions, SimFs};
+//!
+//! let fs = SimFs::with_home(1 << 20, "/releases/v1");
+//! fs.mkdir_all("/releases/v2")?;
+//! fs.symlink("/current", "/releases/v1")?;
+//! let home = fs.open_dir("/current".into())?;
+//! fs.remove("/current")?;
+//! fs.symlink("/current", "/releases/v2")?; // the deploy flips the link
+//! home.open_file("f", OpenOptions::create_new())?;
+//! assert!(fs.lookup("/releases/v1/f")?.is_some());
+//! assert!(fs.lookup("/releases/v2/f")?.is_none());
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
 //! # Not modelled
 //!
-//! Permissions and ownership (no `EACCES`), inode limits, hard links, renames, timestamps,
-//! the data itself (reads are not part of [`HostFs`]), and directories' own blocks:
-//! directories and symlinks take no space. A trailing `/` is treated as a trailing `/.`.
+//! Permissions and ownership (no `EACCES`), inode limits, timestamps, the data itself
+//! (reads are not part of [`FileHandle`]), directories' own blocks (directories and
+//! symlinks take no space), and directories' link counts (1, as btrfs reports them). A
+//! trailing `/` in a setup path is treated as a trailing `/.`.
 //!
 //! Free space is exactly capacity minus files' blocks minus other writers. Real
 //! filesystems, measured by `tests/real_mount.rs`, also spend and hold back space the
@@ -83,11 +109,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::host_fs::{DirLock, FileKind, HostFs, Probe, Space};
+use crate::host_fs::{
+    DirHandle, DirLock, FileHandle, FileKind, HostFs, OpenOptions, Probe, Space, check_name,
+};
 
 /// Block size of [`SimFs::new`], the common one on Linux filesystems.
 const DEFAULT_BLOCK_SIZE: u64 = 4096;
@@ -106,50 +134,62 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-/// The [`HostFs`] operations, for fault plans ([`SimFs::fail_nth`]) and call counts
-/// ([`SimFs::calls`]).
+/// The [`HostFs`], [`DirHandle`] and [`FileHandle`] operations, for fault plans
+/// ([`SimFs::fail_nth`]) and call counts ([`SimFs::calls`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum SimOp {
-    /// [`HostFs::space`].
+    /// [`HostFs::open_dir`].
+    OpenDir,
+    /// [`DirHandle::space`].
     Space,
-    /// [`HostFs::probe`].
+    /// [`DirHandle::probe`] and [`FileHandle::probe`].
     Probe,
-    /// [`HostFs::create_file`].
-    CreateFile,
-    /// [`HostFs::allocate`].
+    /// [`DirHandle::open_file`] (creating or not).
+    OpenFile,
+    /// [`FileHandle::allocate`].
     Allocate,
-    /// [`HostFs::write_fill`].
+    /// [`FileHandle::write_fill`].
     WriteFill,
-    /// [`HostFs::set_len`].
+    /// [`FileHandle::set_len`].
     SetLen,
-    /// [`HostFs::sync_file`].
+    /// [`FileHandle::sync_all`].
     SyncFile,
-    /// [`HostFs::sync_dir`].
+    /// [`DirHandle::sync`].
     SyncDir,
-    /// [`HostFs::remove_file`].
+    /// [`DirHandle::remove_file`].
     RemoveFile,
-    /// [`HostFs::lock_dir`].
+    /// [`DirHandle::rename`].
+    Rename,
+    /// [`DirHandle::link`].
+    Link,
+    /// [`DirHandle::try_lock`].
     LockDir,
 }
 
 impl SimOp {
     /// Every operation, in declaration order.
-    pub const ALL: [SimOp; 10] = [
+    pub const ALL: &'static [SimOp] = &[
+        SimOp::OpenDir,
         SimOp::Space,
         SimOp::Probe,
-        SimOp::CreateFile,
+        SimOp::OpenFile,
         SimOp::Allocate,
         SimOp::WriteFill,
         SimOp::SetLen,
         SimOp::SyncFile,
         SimOp::SyncDir,
         SimOp::RemoveFile,
+        SimOp::Rename,
+        SimOp::Link,
         SimOp::LockDir,
     ];
 }
 
-/// What [`HostFs::allocate`] does on a [`SimFs`] ([`SimFs::set_allocate`]).
+/// How many [`SimOp`]s there are.
+const OP_COUNT: usize = SimOp::ALL.len();
+
+/// What [`FileHandle::allocate`] does on a [`SimFs`] ([`SimFs::set_allocate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum AllocateMode {
@@ -168,18 +208,18 @@ pub enum AllocateMode {
 }
 
 /// What a [`SimFs`] holds at one moment ([`SimFs::snapshot`]): every live path with what
-/// [`HostFs::probe`] says of it, and the bytes other writers hold.
+/// [`DirHandle::probe`] says of it, and the bytes other writers hold.
 ///
 /// Compare two snapshots to assert that an operation changed nothing but one path:
 ///
 /// ```
-/// use disk_reserve::{HostFs, SimFs};
+/// use disk_reserve::{HostFs, OpenOptions, SimFs};
 ///
 /// let fs = SimFs::with_home(1 << 20, "/data");
 /// fs.write_file("/data/db", 4096)?;
 /// let before = fs.snapshot();
-/// fs.create_file("/data/.reserve".into())?;
-/// fs.allocate("/data/.reserve".into(), 0, 65536)?;
+/// let data = fs.open_dir("/data".into())?;
+/// data.open_file(".reserve", OpenOptions::create_new())?.allocate(0, 65536)?;
 /// assert_eq!(fs.snapshot().without("/data/.reserve"), before);
 /// # Ok::<(), std::io::Error>(())
 /// ```
@@ -211,9 +251,9 @@ impl SimSnapshot {
 ///
 /// Three groups of methods:
 ///
-/// * [`HostFs`] methods: the code under test. They count calls, apply scheduled space
-///   changes and fault plans, follow the kernel's errnos, and only become durable when
-///   synced.
+/// * [`HostFs`], [`DirHandle`] and [`FileHandle`] methods: the code under test. They
+///   count calls, apply scheduled space changes and fault plans, follow the kernel's
+///   errnos, and only become durable when synced.
 /// * Setup methods ([`mkdir_all`](SimFs::mkdir_all), [`write_file`](SimFs::write_file),
 ///   [`remove`](SimFs::remove)…): the test's own hands. No fault injection, no call
 ///   counting, no read-only check; durable at once.
@@ -226,8 +266,6 @@ pub struct SimFs {
 
 struct Inner {
     state: Mutex<State>,
-    /// Signalled when a directory lock is released or the lock table is emptied.
-    lock_released: Condvar,
 }
 
 /// Allocated blocks of one file: disjoint, non-adjacent `[start, end)` block ranges keyed
@@ -367,7 +405,19 @@ struct State {
     nodes: BTreeMap<u64, Node>,
     next_ino: u64,
     faults: Vec<Fault>,
-    calls: [u64; SimOp::ALL.len()],
+    calls: [u64; OP_COUNT],
+    /// Open file handles per inode: an unlinked file keeps its blocks until the last closes.
+    open_files: HashMap<u64, usize>,
+    /// Bumped by every crash: handles of an older generation fail with `EIO`.
+    generation: u64,
+    /// Calls left before a planned power cut ([`SimFs::crash_after`]; 0: none).
+    crash_countdown: u32,
+    /// The largest free space a `space` call returned since it was last taken, plus one.
+    max_free_reported: u64,
+    /// A planned move: calls left, from, to ([`SimFs::move_after`]).
+    pending_move: Option<(u32, Utf8PathBuf, Utf8PathBuf)>,
+    /// Planned moves done.
+    moves: u64,
     space_changes: VecDeque<i64>,
     /// Held directory locks: directory inode → token of the holder.
     locks: HashMap<u64, u64>,
@@ -413,7 +463,13 @@ impl State {
             nodes,
             next_ino: ROOT_INO + 1,
             faults: Vec::new(),
-            calls: [0; SimOp::ALL.len()],
+            calls: [0; OP_COUNT],
+            open_files: HashMap::new(),
+            generation: 0,
+            crash_countdown: 0,
+            max_free_reported: 0,
+            pending_move: None,
+            moves: 0,
             space_changes: VecDeque::new(),
             locks: HashMap::new(),
             next_lock_token: 1,
@@ -474,7 +530,17 @@ impl State {
     // ---- per-call prelude ----
 
     /// Counts the call, applies the next scheduled space change, fires a due fault plan.
+    /// A call cut by a planned power cut, or made through a handle from before a crash,
+    /// never reaches the filesystem: it is not counted and fires no fault.
     fn begin(&mut self, op: SimOp) -> io::Result<()> {
+        self.maybe_move();
+        if self.crash_countdown > 0 {
+            self.crash_countdown -= 1;
+            if self.crash_countdown == 0 {
+                self.crash();
+                return Err(errno(libc::EIO));
+            }
+        }
         self.calls[op as usize] += 1;
         if let Some(delta) = self.space_changes.pop_front() {
             if delta >= 0 {
@@ -593,35 +659,6 @@ impl State {
         })
     }
 
-    /// The directory at `path` (last component not followed): `ENOENT`, `ENOTDIR`.
-    fn resolve_dir(&self, path: &Utf8Path) -> io::Result<u64> {
-        let ino = self
-            .resolve(path, false)?
-            .ino
-            .ok_or_else(|| errno(libc::ENOENT))?;
-        match self.node(ino) {
-            Node::Directory { .. } => Ok(ino),
-            _ => Err(errno(libc::ENOTDIR)),
-        }
-    }
-
-    /// Opens the regular file at `path` as `open(O_NOFOLLOW | O_NONBLOCK)` would, for
-    /// writing when `write`.
-    fn open_regular(&self, path: &Utf8Path, write: bool) -> io::Result<u64> {
-        let ino = self
-            .resolve(path, false)?
-            .ino
-            .ok_or_else(|| errno(libc::ENOENT))?;
-        match self.node(ino).kind() {
-            FileKind::Regular if write && self.read_only => Err(errno(libc::EROFS)),
-            FileKind::Regular => Ok(ino),
-            FileKind::Symlink => Err(errno(libc::ELOOP)),
-            FileKind::Directory => Err(errno(libc::EISDIR)),
-            FileKind::Fifo | FileKind::Socket => Err(errno(libc::ENXIO)),
-            FileKind::BlockDevice | FileKind::CharDevice => Err(errno(libc::EINVAL)),
-        }
-    }
-
     fn file_mut(&mut self, ino: u64) -> &mut FileData {
         match self.node_mut(ino) {
             Node::Regular { live, .. } => live,
@@ -678,6 +715,7 @@ impl State {
     /// Drops inodes no directory names, live or durable.
     fn collect_garbage(&mut self) {
         let mut reachable = std::collections::BTreeSet::from([ROOT_INO]);
+        reachable.extend(self.open_files.keys().copied());
         let mut queue = vec![ROOT_INO];
         while let Some(ino) = queue.pop() {
             if let Some(Node::Directory { live, durable }) = self.nodes.get(&ino) {
@@ -733,6 +771,127 @@ impl State {
         self.setup_create(path, dir).map(drop)
     }
 
+    /// See [`SimFs::crash`].
+    fn crash(&mut self) {
+        for node in self.nodes.values_mut() {
+            match node {
+                Node::Directory { live, durable } => live.clone_from(durable),
+                Node::Regular { live, durable } => live.clone_from(durable),
+                Node::Symlink { .. } | Node::Special(_) => {}
+            }
+        }
+        self.open_files.clear();
+        self.generation += 1;
+        self.crash_countdown = 0;
+        self.collect_garbage();
+        self.locks.clear();
+        tracing::debug!(inodes = self.nodes.len(), "sim_fs: crash");
+    }
+
+    /// See [`SimFs::rename`].
+    fn rename_path(&mut self, from: &Utf8Path, to: &Utf8Path) -> io::Result<()> {
+        if to.starts_with(from) {
+            return Err(errno(libc::EINVAL));
+        }
+        let (from_dir, from_name, ino) = match self.resolve(from, false)? {
+            Lookup {
+                entry: Some((dir, name)),
+                ino: Some(ino),
+            } => (dir, name, ino),
+            Lookup { entry: None, .. } => return Err(errno(libc::EINVAL)),
+            _ => return Err(errno(libc::ENOENT)),
+        };
+        let (to_dir, to_name) = self.free_entry(to)?;
+        if let Node::Directory { live, durable } = self.node_mut(from_dir) {
+            live.remove(&from_name);
+            durable.remove(&from_name);
+        }
+        if let Node::Directory { live, durable } = self.node_mut(to_dir) {
+            live.insert(to_name.clone(), ino);
+            durable.insert(to_name, ino);
+        }
+        Ok(())
+    }
+
+    /// Runs a planned [`SimFs::move_after`] when its call comes.
+    fn maybe_move(&mut self) {
+        let Some((left, from, to)) = self.pending_move.take() else {
+            return;
+        };
+        if left > 1 {
+            self.pending_move = Some((left - 1, from, to));
+            return;
+        }
+        let moved = self
+            .rename_path(&from, &to)
+            .and_then(|()| self.mkdir(&from));
+        match moved {
+            Ok(()) => self.moves += 1,
+            Err(error) => tracing::debug!(%from, %to, %error, "sim_fs: planned move failed"),
+        }
+    }
+
+    // ---- handles ----
+
+    /// The prelude of a handle's call: `EIO` for a handle from before a crash, then
+    /// [`begin`](State::begin).
+    fn begin_on(&mut self, op: SimOp, generation: u64) -> io::Result<()> {
+        if generation != self.generation {
+            return Err(errno(libc::EIO));
+        }
+        self.begin(op)
+    }
+
+    /// The directory `ino` of a handle: `ENOENT` once it has been removed.
+    fn open_directory(&self, ino: u64) -> io::Result<&BTreeMap<String, u64>> {
+        match self.nodes.get(&ino) {
+            Some(Node::Directory { live, .. }) => Ok(live),
+            _ => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    /// The inode `name` names in the directory `dir`, if any.
+    fn entry(&self, dir: u64, name: &str) -> io::Result<Option<u64>> {
+        check_name(name)?;
+        Ok(self.open_directory(dir)?.get(name).copied())
+    }
+
+    fn entries_mut(&mut self, dir: u64) -> &mut BTreeMap<String, u64> {
+        match self.node_mut(dir) {
+            Node::Directory { live, .. } => live,
+            _ => unreachable!("sim_fs: a directory handle names a directory"),
+        }
+    }
+
+    /// Drops the live name `name` of `dir` (which names `ino`); a regular file losing its
+    /// last name with no handle open gives its blocks back.
+    fn unlink_entry(&mut self, dir: u64, name: &str, ino: u64) {
+        self.entries_mut(dir).remove(name);
+        if self.links(ino) == 0
+            && !self.open_files.contains_key(&ino)
+            && let Node::Regular { live, .. } = self.node_mut(ino)
+        {
+            *live = FileData::default();
+        }
+    }
+
+    /// A file handle closed: the last one of a file without names gives its blocks back.
+    fn close(&mut self, ino: u64) {
+        let Some(count) = self.open_files.get_mut(&ino) else {
+            return; // a crash closed everything already
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.open_files.remove(&ino);
+            if self.nodes.contains_key(&ino) && self.links(ino) == 0 {
+                if let Node::Regular { live, .. } = self.node_mut(ino) {
+                    *live = FileData::default();
+                }
+                self.collect_garbage();
+            }
+        }
+    }
+
     fn snapshot(&self) -> SimSnapshot {
         let mut entries = BTreeMap::new();
         let mut queue = vec![(Utf8PathBuf::from("/"), ROOT_INO)];
@@ -767,7 +926,6 @@ impl Drop for SimLockGuard {
             .unwrap_or_else(PoisonError::into_inner);
         if state.locks.get(&self.dir_ino) == Some(&self.token) {
             state.locks.remove(&self.dir_ino);
-            self.inner.lock_released.notify_all();
         }
     }
 }
@@ -798,7 +956,7 @@ impl SimFs {
     /// An empty filesystem of `capacity_bytes` with blocks of `block_size` bytes.
     ///
     /// ```
-    /// use disk_reserve::{HostFs, SimFs};
+    /// use disk_reserve::SimFs;
     ///
     /// let fs = SimFs::with_block_size(1 << 20, 65536);
     /// fs.write_file("/one-byte", 1)?;
@@ -816,7 +974,6 @@ impl SimFs {
         SimFs {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new(capacity_bytes, block_size)),
-                lock_released: Condvar::new(),
             }),
         }
     }
@@ -825,10 +982,10 @@ impl SimFs {
     /// parents: the one-line setup for a test.
     ///
     /// ```
-    /// use disk_reserve::{FileKind, HostFs, SimFs};
+    /// use disk_reserve::{FileKind, SimFs};
     ///
     /// let fs = SimFs::with_home(1 << 30, "/srv/app");
-    /// assert_eq!(fs.probe("/srv/app".into())?.unwrap().kind, FileKind::Directory);
+    /// assert_eq!(fs.lookup("/srv/app")?.unwrap().kind, FileKind::Directory);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     ///
@@ -898,13 +1055,14 @@ impl SimFs {
     /// negative: [`free_external`](SimFs::free_external) them). Appends to what is queued.
     ///
     /// ```
-    /// use disk_reserve::{HostFs, SimFs};
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
     ///
     /// let fs = SimFs::with_home(1 << 20, "/data");
-    /// // Someone fills the disk between the first call and the second.
-    /// fs.schedule_space_changes([0, i64::MAX]);
-    /// assert_eq!(fs.space("/data".into())?.free_bytes, 1 << 20);
-    /// fs.create_file("/data/f".into())?;
+    /// // Someone fills the disk between the second call and the third.
+    /// fs.schedule_space_changes([0, 0, i64::MAX]);
+    /// let data = fs.open_dir("/data".into())?;
+    /// assert_eq!(data.space()?.free_bytes, 1 << 20);
+    /// data.open_file("f", OpenOptions::create_new())?;
     /// assert_eq!(fs.free_bytes(), 0);
     /// # Ok::<(), std::io::Error>(())
     /// ```
@@ -914,19 +1072,19 @@ impl SimFs {
 
     /// Sets (or with `None` removes) a quota on the bytes files allocate; allocations
     /// past it fail with `EDQUOT`. Other writers' bytes do not count, and
-    /// [`HostFs::space`] does not show the quota, like `statvfs`.
+    /// [`DirHandle::space`] does not show the quota, like `statvfs`.
     pub fn set_quota(&self, quota_bytes: Option<u64>) {
         self.state().quota = quota_bytes;
     }
 
-    /// Chooses what [`HostFs::allocate`] does.
+    /// Chooses what [`FileHandle::allocate`] does.
     pub fn set_allocate(&self, mode: AllocateMode) {
         self.state().allocate_mode = mode;
     }
 
-    /// Makes the filesystem read-only (or writable again): `create_file`, `allocate`,
-    /// `write_fill`, `set_len` and `remove_file` fail with `EROFS` where the kernel
-    /// would; the other operations work.
+    /// Makes the filesystem read-only (or writable again): creating or opening a file for
+    /// writing, `allocate`, `write_fill`, `set_len`, `remove_file`, `rename` and `link`
+    /// fail with `EROFS` where the kernel would; the other operations work.
     pub fn set_read_only(&self, read_only: bool) {
         self.state().read_only = read_only;
     }
@@ -939,10 +1097,11 @@ impl SimFs {
     /// use disk_reserve::{HostFs, SimFs, SimOp};
     ///
     /// let fs = SimFs::new(1 << 20);
+    /// let root = fs.open_dir("/".into()).unwrap();
     /// fs.fail_nth(SimOp::Probe, 2, libc::EIO);
-    /// assert!(fs.probe("/".into()).is_ok());
-    /// assert_eq!(fs.probe("/".into()).unwrap_err().raw_os_error(), Some(libc::EIO));
-    /// assert!(fs.probe("/".into()).is_ok());
+    /// assert!(root.probe("x").is_ok());
+    /// assert_eq!(root.probe("x").unwrap_err().raw_os_error(), Some(libc::EIO));
+    /// assert!(root.probe("x").is_ok());
     /// ```
     ///
     /// # Panics
@@ -961,29 +1120,51 @@ impl SimFs {
         self.fail_nth(op, 1, errno);
     }
 
-    /// How many times `op` was called since the filesystem was made, failed calls included.
+    /// How many times `op` was called since the filesystem was made, failed calls included
+    /// (not those a power cut stopped: they never reached the filesystem).
     pub fn calls(&self, op: SimOp) -> u64 {
         self.state().calls[op as usize]
     }
 
     /// Simulates a power cut: every directory goes back to the entries it had at its last
-    /// [`sync_dir`](HostFs::sync_dir) and every file to its state at its last
-    /// [`sync_file`](HostFs::sync_file) (setup methods count as synced). A created but
+    /// [`sync`](DirHandle::sync) and every file to its state at its last
+    /// [`sync_all`](FileHandle::sync_all) (setup methods count as synced). A created but
     /// unsynced file vanishes, an unlinked but unsynced one comes back, unsynced growth
     /// is lost. Every directory lock is dropped; guards still held release nothing.
     pub fn crash(&self) {
-        let mut state = self.state();
-        for node in state.nodes.values_mut() {
-            match node {
-                Node::Directory { live, durable } => live.clone_from(durable),
-                Node::Regular { live, durable } => live.clone_from(durable),
-                Node::Symlink { .. } | Node::Special(_) => {}
-            }
-        }
-        state.collect_garbage();
-        state.locks.clear();
-        self.inner.lock_released.notify_all();
-        tracing::debug!(inodes = state.nodes.len(), "sim_fs: crash");
+        self.state().crash();
+    }
+
+    /// Plans a power cut: the `n`-th next call of any operation (1-based) crashes the
+    /// filesystem as [`crash`](SimFs::crash) does instead of running, and fails with `EIO`;
+    /// handles opened before it fail with `EIO` from then on, as a dead process's would.
+    /// `0` cancels the plan.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// let dir = fs.open_dir("/data".into())?;
+    /// fs.crash_after(2);
+    /// let file = dir.open_file("f", OpenOptions::create_new())?; // call 1 runs
+    /// assert_eq!(file.sync_all().unwrap_err().raw_os_error(), Some(libc::EIO)); // call 2: power cut
+    /// assert_eq!(fs.lookup("/data/f")?, None); // the directory was never synced
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn crash_after(&self, n: u32) {
+        self.state().crash_countdown = n;
+    }
+
+    /// How many power cuts ([`crash`](SimFs::crash), [`crash_after`](SimFs::crash_after))
+    /// this filesystem has been through.
+    pub fn crashes(&self) -> u64 {
+        self.state().generation
+    }
+
+    /// The largest `free_bytes` a [`DirHandle::space`] call returned since the last call
+    /// of this method, if any.
+    pub fn take_max_free_reported(&self) -> Option<u64> {
+        std::mem::take(&mut self.state().max_free_reported).checked_sub(1)
     }
 
     // ---- setup ----
@@ -1125,6 +1306,58 @@ impl SimFs {
         Ok(())
     }
 
+    /// Moves whatever is at `from` to `to` (any two directories), durably, like `mv` on
+    /// one filesystem: a release directory renamed, a home moved aside. Handles opened
+    /// before keep working on what they opened.
+    ///
+    /// # Errors
+    /// `ENOENT` if `from` is missing, `EEXIST` if `to` is taken, `EINVAL` if `to` is
+    /// inside `from` or either ends in `.`/`..` or is `/`.
+    pub fn rename(&self, from: impl AsRef<Utf8Path>, to: impl AsRef<Utf8Path>) -> io::Result<()> {
+        self.state().rename_path(from.as_ref(), to.as_ref())
+    }
+
+    /// Plans a deploy in the middle of a call: just before the `n`-th next call of any
+    /// operation (1-based), the directory `from` is moved to `to` and a new, empty
+    /// directory takes its place at `from` — a release directory switched, a home moved
+    /// aside. Handles opened before keep working on the moved directory, as on the kernel.
+    /// `0` cancels the plan. Returns nothing; [`moves`](SimFs::moves) counts the moves done.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/srv/app");
+    /// let home = fs.open_dir("/srv/app".into())?;
+    /// fs.move_after(1, "/srv/app", "/srv/app.old");
+    /// home.open_file("f", OpenOptions::create_new())?; // the move happens first
+    /// assert!(fs.lookup("/srv/app.old/f")?.is_some());
+    /// assert!(fs.lookup("/srv/app/f")?.is_none());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn move_after(&self, n: u32, from: impl AsRef<Utf8Path>, to: impl AsRef<Utf8Path>) {
+        let mut state = self.state();
+        state.pending_move = (n > 0).then(|| (n, from.as_ref().to_owned(), to.as_ref().to_owned()));
+    }
+
+    /// How many moves planned with [`move_after`](SimFs::move_after) have happened.
+    pub fn moves(&self) -> u64 {
+        self.state().moves
+    }
+
+    /// What `lstat(path)` says now, without counting a call or firing a fault: the test's
+    /// own eyes. `Ok(None)` when nothing is there.
+    ///
+    /// # Errors
+    /// `ENOTDIR`, `ELOOP`, `EINVAL` for a relative path.
+    pub fn lookup(&self, path: impl AsRef<Utf8Path>) -> io::Result<Option<Probe>> {
+        let state = self.state();
+        match state.resolve(path.as_ref(), false) {
+            Ok(lookup) => Ok(lookup.ino.map(|ino| state.probe_ino(ino))),
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Removes whatever is at `path` (a directory must be empty), durably, freeing a
     /// file's blocks when it was its last name.
     ///
@@ -1201,51 +1434,268 @@ impl fmt::Debug for SimFs {
 }
 
 impl HostFs for SimFs {
-    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
-        let state = self.begin(SimOp::Space)?;
-        state
+    fn open_dir(&self, path: &Utf8Path) -> io::Result<Box<dyn DirHandle>> {
+        let state = self.begin(SimOp::OpenDir)?;
+        let ino = state
             .resolve(path, true)?
             .ino
             .ok_or_else(|| errno(libc::ENOENT))?;
+        if !matches!(state.node(ino), Node::Directory { .. }) {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let generation = state.generation;
+        drop(state);
+        Ok(Box::new(SimDir {
+            fs: self.clone(),
+            ino,
+            generation,
+        }))
+    }
+}
+
+/// A directory handle of a [`SimFs`]: the directory's inode, whatever its path becomes.
+struct SimDir {
+    fs: SimFs,
+    ino: u64,
+    generation: u64,
+}
+
+impl fmt::Debug for SimDir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimDir").field("ino", &self.ino).finish()
+    }
+}
+
+impl SimDir {
+    fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
+        let mut state = self.fs.state();
+        state.begin_on(op, self.generation)?;
+        Ok(state)
+    }
+}
+
+impl DirHandle for SimDir {
+    fn space(&self) -> io::Result<Space> {
+        let mut state = self.begin(SimOp::Space)?;
+        let free_bytes = state.free_bytes();
+        state.max_free_reported = state.max_free_reported.max(free_bytes.saturating_add(1));
         Ok(Space {
-            free_bytes: state.free_bytes(),
+            free_bytes,
             total_bytes: state.capacity,
             block_bytes: state.block_size,
         })
     }
 
-    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
+    fn probe(&self, name: &str) -> io::Result<Option<Probe>> {
         let state = self.begin(SimOp::Probe)?;
-        match state.resolve(path, false) {
-            Ok(lookup) => Ok(lookup.ino.map(|ino| state.probe_ino(ino))),
-            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(err) => Err(err),
-        }
+        check_name(name)?;
+        // In a removed directory nothing is found (`ENOENT`, so `None`), as on the kernel.
+        let Ok(entries) = state.open_directory(self.ino) else {
+            return Ok(None);
+        };
+        Ok(entries.get(name).map(|&ino| state.probe_ino(ino)))
     }
 
-    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
-        let mut state = self.begin(SimOp::CreateFile)?;
-        let trimmed = path.as_str().trim_end_matches('/');
-        if trimmed.len() < path.as_str().len() && !trimmed.is_empty() {
-            // `open("dir/name/", O_CREAT)`: the parent must resolve, then EISDIR.
-            state.resolve(Utf8Path::new(trimmed), false)?;
-            return Err(errno(libc::EISDIR));
-        }
-        let (parent, name) = state.free_entry(path)?;
+    fn open_file(&self, name: &str, options: OpenOptions) -> io::Result<Box<dyn FileHandle>> {
+        let mut state = self.begin(SimOp::OpenFile)?;
+        let ino = match state.entry(self.ino, name)? {
+            None if options.create || options.create_new => {
+                if state.read_only {
+                    return Err(errno(libc::EROFS));
+                }
+                let file = Node::Regular {
+                    live: FileData::default(),
+                    durable: FileData::default(),
+                };
+                state.link_new(self.ino, name.to_owned(), file, false)
+            }
+            None => return Err(errno(libc::ENOENT)),
+            Some(_) if options.create_new => return Err(errno(libc::EEXIST)),
+            Some(ino) => {
+                match state.node(ino).kind() {
+                    FileKind::Regular => {}
+                    FileKind::Symlink => return Err(errno(libc::ELOOP)),
+                    FileKind::Directory => return Err(errno(libc::EISDIR)),
+                    FileKind::Fifo | FileKind::Socket => return Err(errno(libc::ENXIO)),
+                    FileKind::BlockDevice | FileKind::CharDevice => {
+                        return Err(errno(libc::EINVAL));
+                    }
+                }
+                if (options.write || options.truncate) && state.read_only {
+                    return Err(errno(libc::EROFS));
+                }
+                if options.truncate && options.write {
+                    *state.file_mut(ino) = FileData::default();
+                }
+                ino
+            }
+        };
+        *state.open_files.entry(ino).or_insert(0) += 1;
+        Ok(Box::new(SimFile {
+            fs: self.fs.clone(),
+            ino,
+            write: options.write,
+            generation: self.generation,
+        }))
+    }
+
+    fn remove_file(&self, name: &str) -> io::Result<()> {
+        let mut state = self.begin(SimOp::RemoveFile)?;
+        check_name(name)?;
+        // unlinkat(2) takes write access to the mount before it looks the name up.
         if state.read_only {
             return Err(errno(libc::EROFS));
         }
-        let file = Node::Regular {
-            live: FileData::default(),
-            durable: FileData::default(),
-        };
-        state.link_new(parent, name, file, false);
+        let ino = state
+            .entry(self.ino, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        if let Node::Directory { .. } = state.node(ino) {
+            return Err(errno(libc::EISDIR));
+        }
+        state.unlink_entry(self.ino, name, ino);
+        state.collect_garbage();
         Ok(())
     }
 
-    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        let mut state = self.begin(SimOp::Allocate)?;
-        let ino = state.open_regular(path, true)?;
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut state = self.begin(SimOp::Rename)?;
+        check_name(from)?;
+        check_name(to)?;
+        // renameat(2), too, takes write access before looking either name up.
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        let source = state
+            .entry(self.ino, from)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let target = state.entry(self.ino, to)?;
+        let source_is_dir = matches!(state.node(source), Node::Directory { .. });
+        if let Some(target) = target {
+            if target == source {
+                return Ok(()); // two names of one file: rename(2) does nothing
+            }
+            match (source_is_dir, state.node(target)) {
+                (false, Node::Directory { .. }) => return Err(errno(libc::EISDIR)),
+                (true, Node::Directory { live, .. }) if !live.is_empty() => {
+                    return Err(errno(libc::ENOTEMPTY));
+                }
+                (true, Node::Directory { .. }) => {}
+                (true, _) => return Err(errno(libc::ENOTDIR)),
+                (false, _) => {}
+            }
+            state.unlink_entry(self.ino, to, target);
+        }
+        let entries = state.entries_mut(self.ino);
+        entries.remove(from);
+        entries.insert(to.to_owned(), source);
+        state.collect_garbage();
+        Ok(())
+    }
+
+    fn link(&self, existing: &str, new: &str) -> io::Result<()> {
+        let mut state = self.begin(SimOp::Link)?;
+        let ino = state
+            .entry(self.ino, existing)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        if state.entry(self.ino, new)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        // linkat(2) checks write access when it creates the new name, before `vfs_link`
+        // refuses a directory.
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        if let Node::Directory { .. } = state.node(ino) {
+            return Err(errno(libc::EPERM));
+        }
+        state.entries_mut(self.ino).insert(new.to_owned(), ino);
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let mut state = self.begin(SimOp::SyncDir)?;
+        // A removed directory's descriptor still syncs (there is nothing left to make
+        // durable in it).
+        if let Some(Node::Directory { live, durable }) = state.nodes.get_mut(&self.ino) {
+            durable.clone_from(live);
+        }
+        state.collect_garbage();
+        Ok(())
+    }
+
+    fn try_lock(&self) -> io::Result<Option<DirLock>> {
+        let mut state = self.begin(SimOp::LockDir)?;
+        // `openat(dir, ".")` and `flock` work on a removed directory too.
+        if state.locks.contains_key(&self.ino) {
+            return Ok(None);
+        }
+        let token = state.next_lock_token;
+        state.next_lock_token += 1;
+        state.locks.insert(self.ino, token);
+        Ok(Some(DirLock::new(SimLockGuard {
+            inner: Arc::clone(&self.fs.inner),
+            dir_ino: self.ino,
+            token,
+        })))
+    }
+}
+
+/// An open regular file of a [`SimFs`]: its inode, whatever names it has or loses.
+struct SimFile {
+    fs: SimFs,
+    ino: u64,
+    write: bool,
+    generation: u64,
+}
+
+impl fmt::Debug for SimFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimFile")
+            .field("ino", &self.ino)
+            .field("write", &self.write)
+            .finish()
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        let mut state = self.fs.state();
+        if state.generation == self.generation {
+            state.close(self.ino);
+        }
+    }
+}
+
+impl SimFile {
+    fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
+        let mut state = self.fs.state();
+        state.begin_on(op, self.generation)?;
+        Ok(state)
+    }
+
+    /// The prelude of a call that writes: `EBADF` unless opened for writing (`fallocate`
+    /// and `pwrite` say so; `ftruncate` says `EINVAL`), `EROFS` on a read-only filesystem.
+    fn begin_write(&self, op: SimOp, not_writable: i32) -> io::Result<MutexGuard<'_, State>> {
+        let state = self.begin(op)?;
+        if !self.write {
+            return Err(errno(not_writable));
+        }
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        Ok(state)
+    }
+}
+
+impl FileHandle for SimFile {
+    fn probe(&self) -> io::Result<Probe> {
+        let state = self.begin(SimOp::Probe)?;
+        Ok(state.probe_ino(self.ino))
+    }
+
+    fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.begin_write(SimOp::Allocate, libc::EBADF)?;
+        let ino = self.ino;
         if len == 0 {
             return Err(errno(libc::EINVAL));
         }
@@ -1273,20 +1723,19 @@ impl HostFs for SimFs {
         Ok(())
     }
 
-    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        let mut state = self.begin(SimOp::WriteFill)?;
-        let ino = state.open_regular(path, true)?;
+    fn write_fill(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut state = self.begin_write(SimOp::WriteFill, libc::EBADF)?;
         if len == 0 {
             return Ok(());
         }
         let end = checked_end(offset, len)?;
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
-        let gaps = state.file_mut(ino).blocks.gaps(first, last);
+        let gaps = state.file_mut(self.ino).blocks.gaps(first, last);
         let (mut budget, out_of_space) = state.allocation_budget();
         // The first block that could not be had, if any: the write stops there.
         let mut stopped_at = None;
-        let file = state.file_mut(ino);
+        let file = state.file_mut(self.ino);
         for (start, gap_end) in gaps {
             let taken = budget.min(gap_end - start);
             file.blocks.insert(start, start + taken);
@@ -1306,81 +1755,24 @@ impl HostFs for SimFs {
         }
     }
 
-    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SetLen)?;
-        let ino = state.open_regular(path, true)?;
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.begin_write(SimOp::SetLen, libc::EINVAL)?;
         if len > MAX_FILE_BYTES {
             return Err(errno(libc::EINVAL));
         }
         let block_size = state.block_size;
-        let file = state.file_mut(ino);
+        let file = state.file_mut(self.ino);
         file.len = len;
         file.blocks.truncate(len.div_ceil(block_size));
         Ok(())
     }
 
-    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
+    fn sync_all(&self) -> io::Result<()> {
         let mut state = self.begin(SimOp::SyncFile)?;
-        let ino = state.open_regular(path, false)?;
-        if let Node::Regular { live, durable } = state.node_mut(ino) {
+        if let Node::Regular { live, durable } = state.node_mut(self.ino) {
             durable.clone_from(live);
         }
         Ok(())
-    }
-
-    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SyncDir)?;
-        let ino = state.resolve_dir(dir)?;
-        if let Node::Directory { live, durable } = state.node_mut(ino) {
-            durable.clone_from(live);
-        }
-        state.collect_garbage();
-        Ok(())
-    }
-
-    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
-        let mut state = self.begin(SimOp::RemoveFile)?;
-        let lookup = state.resolve(path, false)?;
-        let Some((parent, name)) = lookup.entry else {
-            return Err(errno(libc::EISDIR));
-        };
-        if state.read_only {
-            return Err(errno(libc::EROFS));
-        }
-        let ino = lookup.ino.ok_or_else(|| errno(libc::ENOENT))?;
-        let last_name = state.links(ino) <= 1;
-        match state.node_mut(ino) {
-            Node::Directory { .. } => return Err(errno(libc::EISDIR)),
-            // No descriptor stays open, so the blocks are freed with the last name; a
-            // file with other names keeps its data.
-            Node::Regular { live, .. } if last_name => *live = FileData::default(),
-            Node::Regular { .. } | Node::Symlink { .. } | Node::Special(_) => {}
-        }
-        if let Node::Directory { live, .. } = state.node_mut(parent) {
-            live.remove(&name);
-        }
-        state.collect_garbage();
-        Ok(())
-    }
-
-    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
-        let mut state = self.begin(SimOp::LockDir)?;
-        let dir_ino = state.resolve_dir(dir)?;
-        while state.locks.contains_key(&dir_ino) {
-            state = self
-                .inner
-                .lock_released
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        let token = state.next_lock_token;
-        state.next_lock_token += 1;
-        state.locks.insert(dir_ino, token);
-        Ok(DirLock::new(SimLockGuard {
-            inner: Arc::clone(&self.inner),
-            dir_ino,
-            token,
-        }))
     }
 }
 

@@ -1,52 +1,31 @@
-//! Errors no filesystem gives on demand, injected with mockall.
+//! Errors no filesystem gives on demand, injected with the mocks mockall generates from
+//! the traits (the `mock` feature): `MockHostFs`, `MockDirHandle`, `MockFileHandle`.
 
 use std::io;
 
-use camino::Utf8Path;
 use disk_reserve::{
-    DirLock, Ensured, Error, FileKind, HostFs, Operation, Probe, Reserve, ReserveConfig, Space,
-    is_out_of_space,
+    DirLock, Ensured, Error, FileKind, MockDirHandle, MockFileHandle, MockHostFs, OpenOptions,
+    Operation, Probe, Reserve, ReserveConfig, Space, is_out_of_space,
 };
 use mockall::Sequence;
 use mockall::predicate::eq;
 
-mockall::mock! {
-    pub Fs {}
-    impl HostFs for Fs {
-        fn space(&self, path: &Utf8Path) -> io::Result<Space>;
-        fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>>;
-        fn create_file(&self, path: &Utf8Path) -> io::Result<()>;
-        fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()>;
-        fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()>;
-        fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()>;
-        fn sync_file(&self, path: &Utf8Path) -> io::Result<()>;
-        fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()>;
-        fn remove_file(&self, path: &Utf8Path) -> io::Result<()>;
-        fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock>;
-    }
-}
-
-impl std::fmt::Debug for MockFs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MockFs")
-    }
-}
-
 const SIZE: u64 = 1 << 20;
 const HOME: &str = "/home";
-const PATH: &str = "/home/.reserve";
+const NAME: &str = ".reserve";
+const TEMP: &str = ".reserve.replacing";
 
 fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-fn regular(len: u64, allocated_bytes: u64) -> Option<Probe> {
-    Some(Probe {
+fn regular(len: u64, allocated_bytes: u64) -> Probe {
+    Probe {
         kind: FileKind::Regular,
         len,
         allocated_bytes,
         links: 1,
-    })
+    }
 }
 
 fn plenty() -> Space {
@@ -57,48 +36,66 @@ fn plenty() -> Space {
     }
 }
 
-fn reserve(fs: MockFs) -> Reserve<MockFs> {
+/// A backend whose one directory is `dir`.
+fn reserve(dir: MockDirHandle) -> Reserve<MockHostFs> {
+    let mut fs = MockHostFs::new();
+    fs.expect_open_dir()
+        .times(1)
+        .return_once(move |_| Ok(Box::new(dir)));
     Reserve::new(fs, HOME, ReserveConfig::with_size_bytes(SIZE)).unwrap()
+}
+
+/// A directory whose lock is free and whose disk has room.
+fn roomy_dir() -> MockDirHandle {
+    let mut dir = MockDirHandle::new();
+    // Under the lock, each call first looks for a replacement an interrupted call left.
+    dir.expect_probe().with(eq(TEMP)).returning(|_| Ok(None));
+    dir.expect_try_lock()
+        .returning(|| Ok(Some(DirLock::detached())));
+    dir.expect_space().returning(|| Ok(plenty()));
+    dir
+}
+
+/// `open_file` hands out `file` once, for `options`.
+fn hands_out(dir: &mut MockDirHandle, options: OpenOptions, file: MockFileHandle) {
+    dir.expect_open_file()
+        .with(eq(NAME), eq(options))
+        .times(1)
+        .return_once(move |_, _| Ok(Box::new(file)));
 }
 
 /// Rule 5 and 6: EIO from fsync after allocating a new reserve removes the file again and
 /// reports the sync error.
 #[test]
 fn rule5_fsync_eio_after_allocation_rolls_back_the_created_file() {
-    let mut fs = MockFs::new();
     let mut seq = Sequence::new();
-    fs.expect_probe()
+    let mut dir = roomy_dir();
+    dir.expect_probe()
+        .with(eq(NAME))
         .times(2)
-        .in_sequence(&mut seq)
         .returning(|_| Ok(None));
-    fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-    fs.expect_space().returning(|_| Ok(plenty()));
-    fs.expect_create_file()
-        .with(eq(Utf8Path::new(PATH)))
+    let mut file = MockFileHandle::new();
+    file.expect_allocate()
+        .with(eq(0), eq(SIZE))
         .times(1)
         .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    file.expect_probe()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|| Ok(regular(SIZE, SIZE)));
+    file.expect_sync_all()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|| Err(errno(libc::EIO)));
+    hands_out(&mut dir, OpenOptions::create_new(), file);
+    dir.expect_remove_file()
+        .with(eq(NAME))
+        .times(1)
         .returning(|_| Ok(()));
-    fs.expect_allocate()
-        .with(eq(Utf8Path::new(PATH)), eq(0), eq(SIZE))
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_, _, _| Ok(()));
-    fs.expect_probe()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_| Ok(regular(SIZE, SIZE)));
-    fs.expect_sync_file()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_| Err(errno(libc::EIO)));
-    fs.expect_remove_file()
-        .with(eq(Utf8Path::new(PATH)))
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_| Ok(()));
-    fs.expect_sync_dir().returning(|_| Ok(()));
+    dir.expect_sync().returning(|| Ok(()));
 
-    let err = reserve(fs).ensure().unwrap_err();
+    let err = reserve(dir).ensure().unwrap_err();
     match &err {
         Error::Io { op, source, .. } => {
             assert_eq!(*op, Operation::SyncFile);
@@ -110,57 +107,120 @@ fn rule5_fsync_eio_after_allocation_rolls_back_the_created_file() {
     // rollback this test fails with "Expectation called 0 times".
 }
 
-/// Rule 5: a failed top-up of a partial reserve cuts it back to its old length.
+/// Rule 5: a failed top-up of a partial reserve cuts it back to its old length, through
+/// the descriptor it was opened as.
 #[test]
 fn rule5_fsync_eio_after_top_up_truncates_back() {
-    let mut fs = MockFs::new();
-    fs.expect_probe()
+    let mut dir = roomy_dir();
+    dir.expect_probe()
+        .with(eq(NAME))
         .times(2)
-        .returning(|_| Ok(regular(SIZE / 4, SIZE / 4)));
-    fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-    fs.expect_space().returning(|_| Ok(plenty()));
-    fs.expect_allocate()
-        .with(eq(Utf8Path::new(PATH)), eq(SIZE / 4), eq(SIZE - SIZE / 4))
+        .returning(|_| Ok(Some(regular(SIZE / 4, SIZE / 4))));
+    let mut file = MockFileHandle::new();
+    let mut seq = Sequence::new();
+    // Checked on the open descriptor: still the partial reserve that was looked at.
+    file.expect_probe()
         .times(1)
-        .returning(|_, _, _| Ok(()));
-    fs.expect_probe().returning(|_| Ok(regular(SIZE, SIZE)));
-    fs.expect_sync_file().returning(|_| Err(errno(libc::EIO)));
-    fs.expect_set_len()
-        .with(eq(Utf8Path::new(PATH)), eq(SIZE / 4))
+        .in_sequence(&mut seq)
+        .returning(|| Ok(regular(SIZE / 4, SIZE / 4)));
+    file.expect_allocate()
+        .with(eq(SIZE / 4), eq(SIZE - SIZE / 4))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _| Ok(()));
+    file.expect_probe()
+        .in_sequence(&mut seq)
+        .returning(|| Ok(regular(SIZE, SIZE)));
+    file.expect_sync_all()
+        .in_sequence(&mut seq)
+        .returning(|| Err(errno(libc::EIO)));
+    file.expect_set_len()
+        .with(eq(SIZE / 4))
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(()));
+    hands_out(&mut dir, OpenOptions::write(), file);
+    assert!(reserve(dir).ensure().is_err());
+}
+
+/// Rule 7 and 13: a reserve that gained a second name between the look and the open is
+/// never written through the descriptor; ensure looks again.
+#[test]
+fn rule7_file_linked_between_probe_and_open_is_not_written() {
+    let mut dir = roomy_dir();
+    let mut seq = Sequence::new();
+    dir.expect_probe()
+        .with(eq(NAME))
+        .times(2)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(Some(regular(2 * SIZE, 2 * SIZE))));
+    let mut linked = MockFileHandle::new();
+    linked.expect_probe().returning(|| {
+        Ok(Probe {
+            links: 2,
+            ..regular(2 * SIZE, 2 * SIZE)
+        })
+    });
+    linked.expect_set_len().never();
+    hands_out(&mut dir, OpenOptions::write(), linked);
+    // Looked at again: now it is a hard link, so a fresh reserve is built beside it and
+    // renamed over the name; the linked file is never opened again.
+    dir.expect_probe()
+        .with(eq(NAME))
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Ok(Some(Probe {
+                links: 2,
+                ..regular(2 * SIZE, 2 * SIZE)
+            }))
+        });
+    dir.expect_remove_file().never();
+    let mut fresh = MockFileHandle::new();
+    fresh.expect_allocate().returning(|_, _| Ok(()));
+    fresh.expect_probe().returning(|| Ok(regular(SIZE, SIZE)));
+    fresh.expect_sync_all().returning(|| Ok(()));
+    dir.expect_open_file()
+        .with(eq(TEMP), eq(OpenOptions::create_new()))
+        .times(1)
+        .return_once(move |_, _| Ok(Box::new(fresh)));
+    dir.expect_rename()
+        .with(eq(TEMP), eq(NAME))
         .times(1)
         .returning(|_, _| Ok(()));
-    assert!(reserve(fs).ensure().is_err());
+    dir.expect_sync().returning(|| Ok(()));
+    assert_eq!(
+        reserve(dir).ensure().unwrap(),
+        Ensured::Created {
+            allocated_bytes: SIZE
+        }
+    );
 }
 
 /// Rule 2: EINTR from fallocate is retried, not reported and not a reason to fall back.
 #[test]
 fn rule2_fallocate_eintr_is_retried() {
-    let mut fs = MockFs::new();
-    let mut seq = Sequence::new();
-    fs.expect_probe()
+    let mut dir = roomy_dir();
+    dir.expect_probe()
+        .with(eq(NAME))
         .times(2)
-        .in_sequence(&mut seq)
         .returning(|_| Ok(None));
-    fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-    fs.expect_space().returning(|_| Ok(plenty()));
-    fs.expect_create_file()
-        .times(1)
-        .in_sequence(&mut seq)
-        .returning(|_| Ok(()));
-    fs.expect_allocate()
+    let mut file = MockFileHandle::new();
+    let mut seq = Sequence::new();
+    file.expect_allocate()
         .times(3)
         .in_sequence(&mut seq)
-        .returning(|_, _, _| Err(errno(libc::EINTR)));
-    fs.expect_allocate()
+        .returning(|_, _| Err(errno(libc::EINTR)));
+    file.expect_allocate()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_, _, _| Ok(()));
-    fs.expect_probe().returning(|_| Ok(regular(SIZE, SIZE)));
-    fs.expect_write_fill().never();
-    fs.expect_sync_file().returning(|_| Ok(()));
-    fs.expect_sync_dir().returning(|_| Ok(()));
+        .returning(|_, _| Ok(()));
+    file.expect_probe().returning(|| Ok(regular(SIZE, SIZE)));
+    file.expect_write_fill().never();
+    file.expect_sync_all().returning(|| Ok(()));
+    hands_out(&mut dir, OpenOptions::create_new(), file);
+    dir.expect_sync().returning(|| Ok(()));
     assert_eq!(
-        reserve(fs).ensure().unwrap(),
+        reserve(dir).ensure().unwrap(),
         Ensured::Created {
             allocated_bytes: SIZE
         }
@@ -171,12 +231,13 @@ fn rule2_fallocate_eintr_is_retried() {
 /// fails — and it takes no lock.
 #[test]
 fn rule4_complete_reserve_ensures_without_statvfs() {
-    let mut fs = MockFs::new();
-    fs.expect_probe().returning(|_| Ok(regular(SIZE, SIZE)));
-    fs.expect_space().never();
-    fs.expect_lock_dir().never();
+    let mut dir = MockDirHandle::new();
+    dir.expect_probe()
+        .returning(|_| Ok(Some(regular(SIZE, SIZE))));
+    dir.expect_space().never();
+    dir.expect_try_lock().never();
     assert_eq!(
-        reserve(fs).ensure().unwrap(),
+        reserve(dir).ensure().unwrap(),
         Ensured::Present {
             allocated_bytes: SIZE
         }
@@ -186,12 +247,13 @@ fn rule4_complete_reserve_ensures_without_statvfs() {
 /// Rule 11: statvfs failing on a path that needs it is a clear error naming the home.
 #[test]
 fn rule11_statvfs_failure_names_the_home() {
-    let mut fs = MockFs::new();
-    fs.expect_probe().returning(|_| Ok(None));
-    fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-    fs.expect_space().returning(|_| Err(errno(libc::EIO)));
-    fs.expect_create_file().never();
-    let err = reserve(fs).ensure().unwrap_err();
+    let mut dir = MockDirHandle::new();
+    dir.expect_probe().returning(|_| Ok(None));
+    dir.expect_try_lock()
+        .returning(|| Ok(Some(DirLock::detached())));
+    dir.expect_space().returning(|| Err(errno(libc::EIO)));
+    dir.expect_open_file().never();
+    let err = reserve(dir).ensure().unwrap_err();
     assert_eq!(
         err.to_string(),
         "read free space of `/home`: Input/output error (os error 5)"
@@ -201,13 +263,19 @@ fn rule11_statvfs_failure_names_the_home() {
 /// Rule 8 and 11: unlink failing with EBUSY is a clear error naming the reserve path.
 #[test]
 fn rule11_unlink_ebusy_is_a_clear_error() {
-    let mut fs = MockFs::new();
-    fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-    fs.expect_probe().returning(|_| Ok(regular(SIZE, SIZE)));
-    fs.expect_space().never();
-    fs.expect_remove_file()
+    let mut dir = MockDirHandle::new();
+    dir.expect_try_lock()
+        .returning(|| Ok(Some(DirLock::detached())));
+    dir.expect_probe().with(eq(TEMP)).returning(|_| Ok(None));
+    dir.expect_probe()
+        .with(eq(NAME))
+        .returning(|_| Ok(Some(regular(SIZE, SIZE))));
+    dir.expect_space().never();
+    dir.expect_remove_file()
+        .with(eq(NAME))
+        .times(1)
         .returning(|_| Err(errno(libc::EBUSY)));
-    let err = reserve(fs).release().unwrap_err();
+    let err = reserve(dir).release().unwrap_err();
     assert_eq!(
         err.to_string(),
         "remove reserve `/home/.reserve`: Device or resource busy (os error 16)"
@@ -223,17 +291,16 @@ fn rule11_unlink_ebusy_is_a_clear_error() {
 #[test]
 fn rule2_no_fallback_on_hard_errors() {
     for code in [libc::ENOSPC, libc::EDQUOT, libc::EINVAL, libc::EIO] {
-        let mut fs = MockFs::new();
-        fs.expect_probe().returning(|_| Ok(None));
-        fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-        fs.expect_space().returning(|_| Ok(plenty()));
-        fs.expect_create_file().returning(|_| Ok(()));
-        fs.expect_allocate()
-            .returning(move |_, _, _| Err(errno(code)));
-        fs.expect_write_fill().never();
-        fs.expect_remove_file().times(1).returning(|_| Ok(()));
-        fs.expect_sync_dir().returning(|_| Ok(()));
-        let err = reserve(fs).ensure().unwrap_err();
+        let mut dir = roomy_dir();
+        dir.expect_probe().with(eq(NAME)).returning(|_| Ok(None));
+        let mut file = MockFileHandle::new();
+        file.expect_allocate()
+            .returning(move |_, _| Err(errno(code)));
+        file.expect_write_fill().never();
+        hands_out(&mut dir, OpenOptions::create_new(), file);
+        dir.expect_remove_file().times(1).returning(|_| Ok(()));
+        dir.expect_sync().returning(|| Ok(()));
+        let err = reserve(dir).ensure().unwrap_err();
         assert_eq!(
             err.io_error().and_then(io::Error::raw_os_error),
             Some(code),
@@ -246,29 +313,61 @@ fn rule2_no_fallback_on_hard_errors() {
 #[test]
 fn rule2_fallback_on_unsupported() {
     for code in [libc::EOPNOTSUPP, libc::ENOTSUP, libc::ENOSYS] {
-        let mut fs = MockFs::new();
-        fs.expect_probe().times(2).returning(|_| Ok(None));
-        fs.expect_lock_dir().returning(|_| Ok(DirLock::detached()));
-        fs.expect_space().returning(|_| Ok(plenty()));
-        fs.expect_create_file().returning(|_| Ok(()));
-        fs.expect_allocate()
-            .returning(move |_, _, _| Err(errno(code)));
-        fs.expect_write_fill()
-            .with(eq(Utf8Path::new(PATH)), eq(0), eq(SIZE))
-            .times(1)
-            .returning(|_, _, _| Ok(()));
-        // The write path ends by setting the length the file already has, which gives
-        // back XFS's speculative preallocation past the end.
-        fs.expect_set_len()
-            .with(eq(Utf8Path::new(PATH)), eq(SIZE))
+        let mut dir = roomy_dir();
+        dir.expect_probe()
+            .with(eq(NAME))
+            .times(2)
+            .returning(|_| Ok(None));
+        let mut file = MockFileHandle::new();
+        file.expect_allocate()
+            .returning(move |_, _| Err(errno(code)));
+        file.expect_write_fill()
+            .with(eq(0), eq(SIZE))
             .times(1)
             .returning(|_, _| Ok(()));
-        fs.expect_probe().returning(|_| Ok(regular(SIZE, SIZE)));
-        fs.expect_sync_file().returning(|_| Ok(()));
-        fs.expect_sync_dir().returning(|_| Ok(()));
+        // The write path ends by setting the length the file already has, which gives
+        // back XFS's speculative preallocation past the end.
+        file.expect_set_len()
+            .with(eq(SIZE))
+            .times(1)
+            .returning(|_| Ok(()));
+        file.expect_probe().returning(|| Ok(regular(SIZE, SIZE)));
+        file.expect_sync_all().returning(|| Ok(()));
+        hands_out(&mut dir, OpenOptions::create_new(), file);
+        dir.expect_sync().returning(|| Ok(()));
         assert!(
-            matches!(reserve(fs).ensure(), Ok(Ensured::Created { .. })),
+            matches!(reserve(dir).ensure(), Ok(Ensured::Created { .. })),
             "rule 2: errno {code} must fall back to writing"
         );
     }
+}
+
+/// Rule 2: trimming after the write path is housekeeping: a filesystem that refuses it
+/// (fusefat says EPERM to a same-length ftruncate) does not fail the reserve.
+#[test]
+fn rule2_refused_trim_after_writing_does_not_fail_the_reserve() {
+    let mut dir = roomy_dir();
+    dir.expect_probe()
+        .with(eq(NAME))
+        .times(2)
+        .returning(|_| Ok(None));
+    let mut file = MockFileHandle::new();
+    file.expect_allocate()
+        .returning(|_, _| Err(errno(libc::EOPNOTSUPP)));
+    file.expect_write_fill().returning(|_, _| Ok(()));
+    file.expect_set_len()
+        .with(eq(SIZE))
+        .times(1)
+        .returning(|_| Err(errno(libc::EPERM)));
+    file.expect_probe().returning(|| Ok(regular(SIZE, SIZE)));
+    file.expect_sync_all().returning(|| Ok(()));
+    hands_out(&mut dir, OpenOptions::create_new(), file);
+    dir.expect_sync().returning(|| Ok(()));
+    dir.expect_remove_file().never();
+    assert_eq!(
+        reserve(dir).ensure().unwrap(),
+        Ensured::Created {
+            allocated_bytes: SIZE
+        }
+    );
 }

@@ -4,13 +4,12 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use camino::{Utf8Path, Utf8PathBuf};
-use disk_reserve::{FileKind, HostFs, RealFs, pattern};
+use disk_reserve::{DirHandle, FileHandle, FileKind, HostFs, OpenOptions, RealFs, pattern};
 use tempfile::TempDir;
 
 const MIB: u64 = 1 << 20;
@@ -40,51 +39,59 @@ fn make_fifo(path: &Utf8Path) {
     assert!(status.success(), "mkfifo failed");
 }
 
-fn probe(fs: &RealFs, path: &Utf8Path) -> disk_reserve::Probe {
-    fs.probe(path).expect("probe").expect("something is there")
+/// `path`, opened as a directory by a fresh backend.
+fn open_dir(path: &Utf8Path) -> Box<dyn DirHandle> {
+    RealFs::new().open_dir(path).expect("open_dir")
 }
 
-/// The four operations that open an existing regular file, by name.
-type OpeningOp = (&'static str, fn(&RealFs, &Utf8Path) -> io::Result<()>);
-
-fn opening_ops() -> Vec<OpeningOp> {
-    vec![
-        ("allocate", |fs, p| fs.allocate(p, 0, MIB)),
-        ("write_fill", |fs, p| fs.write_fill(p, 0, 4096)),
-        ("set_len", |fs, p| fs.set_len(p, 4096)),
-        ("sync_file", |fs, p| fs.sync_file(p)),
-    ]
+fn probe(dir: &dyn DirHandle, name: &str) -> disk_reserve::Probe {
+    dir.probe(name).expect("probe").expect("something is there")
 }
 
-/// Runs `op` on another thread and fails the test if it has not returned in 10 s.
-fn without_hanging(
-    name: &str,
-    op: fn(&RealFs, &Utf8Path) -> io::Result<()>,
-    path: &Utf8Path,
-) -> io::Result<()> {
+/// A new empty file `name` in `dir`, opened for writing with `fs`'s pattern seed.
+fn create_with(fs: &RealFs, dir: &Utf8Path, name: &str) -> Box<dyn FileHandle> {
+    fs.open_dir(dir)
+        .unwrap()
+        .open_file(name, OpenOptions::create_new())
+        .unwrap()
+}
+
+fn create(dir: &Utf8Path, name: &str) -> Box<dyn FileHandle> {
+    create_with(&RealFs::new(), dir, name)
+}
+
+/// The two ways to open an existing file, by name.
+const OPEN_MODES: [(&str, OpenOptions); 2] = [
+    ("read", OpenOptions::read()),
+    ("write", OpenOptions::write()),
+];
+
+/// Opens `name` in `dir` on another thread and fails the test if that has not returned
+/// in 10 s.
+fn open_without_hanging(dir: &Utf8Path, name: &str, options: OpenOptions) -> io::Result<()> {
     let (tx, rx) = mpsc::channel();
-    let path = path.to_owned();
+    let (dir, owned) = (dir.to_owned(), name.to_owned());
     thread::spawn(move || {
-        let _ = tx.send(op(&RealFs::new(), &path));
+        let _ = tx.send(open_dir(&dir).open_file(&owned, options).map(drop));
     });
     rx.recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("{name} hung on a fifo"))
+        .unwrap_or_else(|_| panic!("opening {name} {options:?} hung"))
 }
 
 #[test]
-fn probe_of_missing_path_is_none() {
+fn probe_of_missing_name_is_none() {
     let (_tmp, dir) = temp_dir();
-    assert_eq!(RealFs::new().probe(&dir.join("missing")).unwrap(), None);
+    assert_eq!(open_dir(&dir).probe("missing").unwrap(), None);
 }
 
 #[test]
-fn probe_of_regular_file_reports_kind_and_len() {
+fn probe_of_regular_file_reports_kind_len_and_links() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    write_plain_file(&file, 12_345);
-    let p = probe(&RealFs::new(), &file);
+    write_plain_file(&dir.join("file"), 12_345);
+    let p = probe(&*open_dir(&dir), "file");
     assert_eq!(p.kind, FileKind::Regular);
     assert_eq!(p.len, 12_345);
+    assert_eq!(p.links, 1);
     assert!(
         p.allocated_bytes >= 12_345,
         "allocated {}",
@@ -95,7 +102,8 @@ fn probe_of_regular_file_reports_kind_and_len() {
 #[test]
 fn probe_of_directory_reports_directory() {
     let (_tmp, dir) = temp_dir();
-    assert_eq!(probe(&RealFs::new(), &dir).kind, FileKind::Directory);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    assert_eq!(probe(&*open_dir(&dir), "sub").kind, FileKind::Directory);
 }
 
 #[test]
@@ -103,35 +111,31 @@ fn probe_of_symlink_reports_symlink_without_following_it() {
     let (_tmp, dir) = temp_dir();
     let target = dir.join("target");
     write_plain_file(&target, 100);
-    let link = dir.join("link");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    let dangling = dir.join("dangling");
-    std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
-    let fs = RealFs::new();
-    assert_eq!(probe(&fs, &link).kind, FileKind::Symlink);
-    assert_eq!(probe(&fs, &dangling).kind, FileKind::Symlink);
+    std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+    std::os::unix::fs::symlink(dir.join("nowhere"), dir.join("dangling")).unwrap();
+    let handle = open_dir(&dir);
+    assert_eq!(probe(&*handle, "link").kind, FileKind::Symlink);
+    assert_eq!(probe(&*handle, "dangling").kind, FileKind::Symlink);
 }
 
 #[test]
 fn probe_of_fifo_reports_fifo() {
     let (_tmp, dir) = temp_dir();
-    let fifo = dir.join("fifo");
-    make_fifo(&fifo);
-    assert_eq!(probe(&RealFs::new(), &fifo).kind, FileKind::Fifo);
+    make_fifo(&dir.join("fifo"));
+    assert_eq!(probe(&*open_dir(&dir), "fifo").kind, FileKind::Fifo);
 }
 
 #[test]
 fn probe_of_socket_reports_socket() {
     let (_tmp, dir) = temp_dir();
-    let socket = dir.join("socket");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    assert_eq!(probe(&RealFs::new(), &socket).kind, FileKind::Socket);
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("socket")).unwrap();
+    assert_eq!(probe(&*open_dir(&dir), "socket").kind, FileKind::Socket);
 }
 
 #[test]
 fn probe_of_char_device_reports_char_device() {
     assert_eq!(
-        probe(&RealFs::new(), Utf8Path::new("/dev/null")).kind,
+        probe(&*open_dir(Utf8Path::new("/dev")), "null").kind,
         FileKind::CharDevice
     );
 }
@@ -139,74 +143,103 @@ fn probe_of_char_device_reports_char_device() {
 #[test]
 fn space_reports_free_at_most_total_and_nonzero_total() {
     let (_tmp, dir) = temp_dir();
-    let space = RealFs::new().space(&dir).unwrap();
+    let space = open_dir(&dir).space().unwrap();
     assert!(space.total_bytes > 0);
     assert!(space.free_bytes <= space.total_bytes);
+    assert!(space.block_bytes > 0);
 }
 
 #[test]
-fn space_of_missing_path_is_enoent() {
+fn open_dir_of_missing_path_is_enoent() {
     let (_tmp, dir) = temp_dir();
+    let fs = RealFs::new();
     assert_eq!(
-        errno_of(RealFs::new().space(&dir.join("missing"))),
+        errno_of(fs.open_dir(&dir.join("missing"))),
+        Some(libc::ENOENT)
+    );
+    assert_eq!(
+        errno_of(fs.open_dir(&dir.join("missing/deeper"))),
         Some(libc::ENOENT)
     );
 }
 
 #[test]
-fn create_file_makes_an_empty_private_regular_file() {
+fn open_dir_follows_a_symlinked_path() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("new");
-    RealFs::new().create_file(&file).unwrap();
-    let p = probe(&RealFs::new(), &file);
+    std::fs::create_dir(dir.join("real")).unwrap();
+    write_plain_file(&dir.join("real/file"), 3);
+    std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+    let handle = open_dir(&dir.join("link"));
+    assert_eq!(probe(&*handle, "file").len, 3);
+}
+
+#[test]
+fn open_file_create_new_makes_an_empty_private_regular_file() {
+    let (_tmp, dir) = temp_dir();
+    let file = create(&dir, "new");
+    let p = probe(&*open_dir(&dir), "new");
     assert_eq!(
-        (p.kind, p.len, p.allocated_bytes),
-        (FileKind::Regular, 0, 0)
+        (p.kind, p.len, p.allocated_bytes, p.links),
+        (FileKind::Regular, 0, 0, 1)
     );
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(file.probe().unwrap(), p);
+    let mode = std::fs::metadata(dir.join("new"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "group and others get nothing: {mode:o}");
 }
 
 #[test]
-fn create_file_on_existing_file_is_eexist() {
+fn open_file_create_new_on_existing_file_is_eexist() {
     let (_tmp, dir) = temp_dir();
     let file = dir.join("file");
     write_plain_file(&file, 10);
     assert_eq!(
-        errno_of(RealFs::new().create_file(&file)),
+        errno_of(open_dir(&dir).open_file("file", OpenOptions::create_new())),
         Some(libc::EEXIST)
     );
     assert_eq!(std::fs::read(&file).unwrap(), vec![0xAB; 10]);
 }
 
 #[test]
-fn create_file_on_dangling_symlink_is_eexist_and_creates_no_target() {
+fn open_file_create_new_on_dangling_symlink_is_eexist_and_creates_no_target() {
     let (_tmp, dir) = temp_dir();
-    let target = dir.join("target");
-    let link = dir.join("link");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+    let handle = open_dir(&dir);
     assert_eq!(
-        errno_of(RealFs::new().create_file(&link)),
+        errno_of(handle.open_file("link", OpenOptions::create_new())),
         Some(libc::EEXIST)
     );
-    assert_eq!(RealFs::new().probe(&target).unwrap(), None);
+    assert_eq!(handle.probe("target").unwrap(), None);
+}
+
+#[test]
+fn open_file_for_writing_keeps_the_contents() {
+    let (_tmp, dir) = temp_dir();
+    write_plain_file(&dir.join("file"), 5_000);
+    let file = open_dir(&dir)
+        .open_file("file", OpenOptions::write())
+        .unwrap();
+    assert_eq!(file.probe().unwrap().len, 5_000);
+    assert_eq!(std::fs::read(dir.join("file")).unwrap(), vec![0xAB; 5_000]);
 }
 
 #[test]
 fn allocate_8mib_really_allocates_blocks_sets_len_and_takes_free_space() {
     let (_tmp, dir) = temp_dir();
-    let fs = RealFs::new();
+    let handle = open_dir(&dir);
     let size = 8 * MIB;
     // The temp filesystem may be shared: other writers can move free space between the
     // two `statvfs` calls, so give the free-space drop three chances.
     let mut drops = Vec::new();
     for attempt in 0..3 {
-        let file = dir.join(format!("reserve-{attempt}"));
-        fs.create_file(&file).unwrap();
-        let before = fs.space(&dir).unwrap().free_bytes;
-        fs.allocate(&file, 0, size).unwrap();
-        let after = fs.space(&dir).unwrap().free_bytes;
-        let p = probe(&fs, &file);
+        let name = format!("reserve-{attempt}");
+        let file = handle.open_file(&name, OpenOptions::create_new()).unwrap();
+        let before = handle.space().unwrap().free_bytes;
+        file.allocate(0, size).unwrap();
+        let after = handle.space().unwrap().free_bytes;
+        let p = file.probe().unwrap();
         assert_eq!(p.len, size, "allocate sets the length");
         assert!(
             p.allocated_bytes >= size,
@@ -217,7 +250,7 @@ fn allocate_8mib_really_allocates_blocks_sets_len_and_takes_free_space() {
         if before.saturating_sub(after) >= size / 10 * 9 {
             return;
         }
-        fs.remove_file(&file).unwrap();
+        handle.remove_file(&name).unwrap();
     }
     panic!("free space did not drop by 90% of {size} bytes: drops {drops:?}");
 }
@@ -225,11 +258,9 @@ fn allocate_8mib_really_allocates_blocks_sets_len_and_takes_free_space() {
 #[test]
 fn allocate_past_the_end_extends_the_file() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::new();
-    fs.create_file(&file).unwrap();
-    fs.allocate(&file, 4 * MIB, 4 * MIB).unwrap();
-    let p = probe(&fs, &file);
+    let file = create(&dir, "file");
+    file.allocate(4 * MIB, 4 * MIB).unwrap();
+    let p = file.probe().unwrap();
     assert_eq!(p.len, 8 * MIB);
     assert!(p.allocated_bytes >= 4 * MIB);
     assert!(
@@ -241,27 +272,20 @@ fn allocate_past_the_end_extends_the_file() {
 #[test]
 fn allocate_with_offset_or_len_above_i64_max_is_efbig() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::new();
-    fs.create_file(&file).unwrap();
-    assert_eq!(
-        errno_of(fs.allocate(&file, 1 << 63, 4096)),
-        Some(libc::EFBIG)
-    );
-    assert_eq!(errno_of(fs.allocate(&file, 0, 1 << 63)), Some(libc::EFBIG));
-    assert_eq!(probe(&fs, &file).len, 0);
+    let file = create(&dir, "file");
+    assert_eq!(errno_of(file.allocate(1 << 63, 4096)), Some(libc::EFBIG));
+    assert_eq!(errno_of(file.allocate(0, 1 << 63)), Some(libc::EFBIG));
+    assert_eq!(file.probe().unwrap().len, 0);
 }
 
 #[test]
 fn write_fill_1mib_plus_7_writes_the_seeded_incompressible_pattern() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::with_seed(0x5eed);
     let len = MIB + 7;
-    fs.create_file(&file).unwrap();
-    fs.write_fill(&file, 0, len).unwrap();
+    let file = create_with(&RealFs::with_seed(0x5eed), &dir, "file");
+    file.write_fill(0, len).unwrap();
 
-    let data = std::fs::read(&file).unwrap();
+    let data = std::fs::read(dir.join("file")).unwrap();
     assert_eq!(data.len() as u64, len);
     let mut expected = vec![0u8; len as usize];
     pattern::fill(&mut expected, 0x5eed, 0);
@@ -271,15 +295,13 @@ fn write_fill_1mib_plus_7_writes_the_seeded_incompressible_pattern() {
     for block in data.chunks_exact(4096) {
         assert!(seen.insert(block), "rule 3: two 4 KiB blocks are equal");
     }
-    assert!(probe(&fs, &file).allocated_bytes >= len);
+    assert!(file.probe().unwrap().allocated_bytes >= len);
 }
 
 #[test]
 fn write_fill_in_pieces_at_unaligned_offsets_continues_the_pattern() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::with_seed(77);
-    fs.create_file(&file).unwrap();
+    let file = create_with(&RealFs::with_seed(77), &dir, "file");
     // Pieces that end mid-word and cross the 1 MiB chunk boundary at odd positions.
     let pieces = [
         (0, 3),
@@ -288,12 +310,12 @@ fn write_fill_in_pieces_at_unaligned_offsets_continues_the_pattern() {
         (MIB + 10_008, 4_093),
     ];
     for (offset, len) in pieces {
-        fs.write_fill(&file, offset, len).unwrap();
+        file.write_fill(offset, len).unwrap();
     }
     let total = MIB + 10_008 + 4_093;
     let mut expected = vec![0u8; total as usize];
     pattern::fill(&mut expected, 77, 0);
-    let data = std::fs::read(&file).unwrap();
+    let data = std::fs::read(dir.join("file")).unwrap();
     assert_eq!(data.len() as u64, total);
     assert!(
         data == expected,
@@ -304,11 +326,15 @@ fn write_fill_in_pieces_at_unaligned_offsets_continues_the_pattern() {
 #[test]
 fn write_fill_at_unaligned_offset_leaves_the_prefix_alone() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    write_plain_file(&file, 5_000);
-    let fs = RealFs::with_seed(3);
-    fs.write_fill(&file, 4_097, 2_000).unwrap();
-    let data = std::fs::read(&file).unwrap();
+    let path = dir.join("file");
+    write_plain_file(&path, 5_000);
+    let file = RealFs::with_seed(3)
+        .open_dir(&dir)
+        .unwrap()
+        .open_file("file", OpenOptions::write())
+        .unwrap();
+    file.write_fill(4_097, 2_000).unwrap();
+    let data = std::fs::read(&path).unwrap();
     assert_eq!(data.len(), 6_097);
     assert_eq!(data[..4_097], vec![0xAB; 4_097][..]);
     let mut expected = vec![0u8; 2_000];
@@ -319,51 +345,47 @@ fn write_fill_at_unaligned_offset_leaves_the_prefix_alone() {
 #[test]
 fn write_fill_of_zero_bytes_changes_nothing() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    write_plain_file(&file, 10);
-    RealFs::new().write_fill(&file, 100, 0).unwrap();
-    assert_eq!(std::fs::read(&file).unwrap(), vec![0xAB; 10]);
+    let path = dir.join("file");
+    write_plain_file(&path, 10);
+    let file = open_dir(&dir)
+        .open_file("file", OpenOptions::write())
+        .unwrap();
+    file.write_fill(100, 0).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), vec![0xAB; 10]);
 }
 
 #[test]
 fn write_fill_past_i64_max_is_efbig() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::new();
-    fs.create_file(&file).unwrap();
+    let file = create(&dir, "file");
     assert_eq!(
-        errno_of(fs.write_fill(&file, i64::MAX as u64, 1)),
+        errno_of(file.write_fill(i64::MAX as u64, 1)),
         Some(libc::EFBIG)
     );
-    assert_eq!(
-        errno_of(fs.write_fill(&file, u64::MAX, 1)),
-        Some(libc::EFBIG)
-    );
-    assert_eq!(probe(&fs, &file).len, 0);
+    assert_eq!(errno_of(file.write_fill(u64::MAX, 1)), Some(libc::EFBIG));
+    assert_eq!(file.probe().unwrap().len, 0);
 }
 
 #[test]
 fn new_backends_write_different_patterns() {
     let (_tmp, dir) = temp_dir();
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    for path in [&a, &b] {
-        let fs = RealFs::new();
-        fs.create_file(path).unwrap();
-        fs.write_fill(path, 0, 4096).unwrap();
+    for name in ["a", "b"] {
+        create(&dir, name).write_fill(0, 4096).unwrap();
     }
-    assert_ne!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_ne!(
+        std::fs::read(dir.join("a")).unwrap(),
+        std::fs::read(dir.join("b")).unwrap()
+    );
 }
 
 #[test]
 fn set_len_shrink_frees_blocks_past_the_new_len() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::new();
-    fs.create_file(&file).unwrap();
-    fs.write_fill(&file, 0, 8 * MIB).unwrap();
-    assert!(probe(&fs, &file).allocated_bytes >= 8 * MIB);
-    fs.set_len(&file, MIB).unwrap();
-    let p = probe(&fs, &file);
+    let file = create(&dir, "file");
+    file.write_fill(0, 8 * MIB).unwrap();
+    assert!(file.probe().unwrap().allocated_bytes >= 8 * MIB);
+    file.set_len(MIB).unwrap();
+    let p = file.probe().unwrap();
     assert_eq!(p.len, MIB);
     assert!(
         p.allocated_bytes < 2 * MIB,
@@ -375,11 +397,9 @@ fn set_len_shrink_frees_blocks_past_the_new_len() {
 #[test]
 fn set_len_grow_adds_a_hole_and_allocates_nothing() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::new();
-    fs.create_file(&file).unwrap();
-    fs.set_len(&file, 8 * MIB).unwrap();
-    let p = probe(&fs, &file);
+    let file = create(&dir, "file");
+    file.set_len(8 * MIB).unwrap();
+    let p = file.probe().unwrap();
     assert_eq!(p.len, 8 * MIB);
     assert!(p.allocated_bytes < MIB, "allocated: {}", p.allocated_bytes);
 }
@@ -387,213 +407,209 @@ fn set_len_grow_adds_a_hole_and_allocates_nothing() {
 #[test]
 fn set_len_above_i64_max_is_efbig() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    let fs = RealFs::new();
-    fs.create_file(&file).unwrap();
-    assert_eq!(errno_of(fs.set_len(&file, 1 << 63)), Some(libc::EFBIG));
+    let file = create(&dir, "file");
+    assert_eq!(errno_of(file.set_len(1 << 63)), Some(libc::EFBIG));
 }
 
 #[test]
-fn sync_file_and_sync_dir_succeed_on_a_file_and_its_directory() {
+fn read_only_handle_is_ebadf_for_writes_and_einval_for_set_len() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    write_plain_file(&file, 10);
-    let fs = RealFs::new();
-    fs.sync_file(&file).unwrap();
-    fs.sync_dir(&dir).unwrap();
+    write_plain_file(&dir.join("file"), 4096);
+    let file = open_dir(&dir)
+        .open_file("file", OpenOptions::read())
+        .unwrap();
+    assert_eq!(errno_of(file.allocate(0, MIB)), Some(libc::EBADF));
+    assert_eq!(errno_of(file.write_fill(0, 10)), Some(libc::EBADF));
+    assert_eq!(errno_of(file.set_len(0)), Some(libc::EINVAL));
+    file.sync_all().unwrap();
+    assert_eq!(std::fs::read(dir.join("file")).unwrap(), vec![0xAB; 4096]);
 }
 
 #[test]
-fn sync_dir_of_a_file_is_enotdir_and_of_missing_is_enoent() {
+fn sync_all_and_dir_sync_succeed_on_a_file_and_its_directory() {
+    let (_tmp, dir) = temp_dir();
+    write_plain_file(&dir.join("file"), 10);
+    let handle = open_dir(&dir);
+    for (_, options) in OPEN_MODES {
+        handle
+            .open_file("file", options)
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    }
+    handle.sync().unwrap();
+}
+
+#[test]
+fn open_dir_of_a_file_is_enotdir() {
     let (_tmp, dir) = temp_dir();
     let file = dir.join("file");
     write_plain_file(&file, 10);
+    std::os::unix::fs::symlink(&file, dir.join("link")).unwrap();
     let fs = RealFs::new();
-    assert_eq!(errno_of(fs.sync_dir(&file)), Some(libc::ENOTDIR));
+    assert_eq!(errno_of(fs.open_dir(&file)), Some(libc::ENOTDIR));
     assert_eq!(
-        errno_of(fs.sync_dir(&dir.join("missing"))),
-        Some(libc::ENOENT)
+        errno_of(fs.open_dir(&file.join("child"))),
+        Some(libc::ENOTDIR)
+    );
+    assert_eq!(
+        errno_of(fs.open_dir(&dir.join("link"))),
+        Some(libc::ENOTDIR)
+    );
+    assert_eq!(
+        errno_of(fs.open_dir(Utf8Path::new("/dev/null"))),
+        Some(libc::ENOTDIR)
     );
 }
 
 #[test]
-fn opening_ops_on_symlink_fail_eloop_and_leave_the_target_untouched() {
+fn opening_a_symlink_fails_eloop_and_leaves_the_target_untouched() {
     let (_tmp, dir) = temp_dir();
     let target = dir.join("target");
     write_plain_file(&target, 100);
-    let link = dir.join("link");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    for (name, op) in opening_ops() {
+    std::os::unix::fs::symlink(&target, dir.join("link")).unwrap();
+    let handle = open_dir(&dir);
+    for (mode, options) in OPEN_MODES {
         assert_eq!(
-            errno_of(op(&RealFs::new(), &link)),
+            errno_of(handle.open_file("link", options)),
             Some(libc::ELOOP),
-            "rule 7: {name} on a symlink"
+            "rule 7: opening a symlink for {mode}"
         );
-        let p = probe(&RealFs::new(), &target);
-        assert_eq!(p.len, 100, "rule 7: {name} changed the symlink's target");
-        assert_eq!(std::fs::read(&target).unwrap(), vec![0xAB; 100], "{name}");
-        assert_eq!(probe(&RealFs::new(), &link).kind, FileKind::Symlink);
+        assert_eq!(probe(&*handle, "target").len, 100, "{mode}");
+        assert_eq!(std::fs::read(&target).unwrap(), vec![0xAB; 100], "{mode}");
+        assert_eq!(probe(&*handle, "link").kind, FileKind::Symlink);
     }
 }
 
 #[test]
-fn opening_ops_on_fifo_fail_enxio_without_hanging() {
+fn opening_a_fifo_fails_enxio_without_hanging() {
     let (_tmp, dir) = temp_dir();
-    let fifo = dir.join("fifo");
-    make_fifo(&fifo);
-    for (name, op) in opening_ops() {
+    make_fifo(&dir.join("fifo"));
+    for (mode, options) in OPEN_MODES {
         assert_eq!(
-            errno_of(without_hanging(name, op, &fifo)),
+            errno_of(open_without_hanging(&dir, "fifo", options)),
             Some(libc::ENXIO),
-            "{name} on a fifo"
+            "opening a fifo for {mode}"
         );
     }
 }
 
 #[test]
-fn opening_ops_on_socket_fail_enxio() {
+fn opening_a_socket_fails_enxio() {
     let (_tmp, dir) = temp_dir();
-    let socket = dir.join("socket");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    for (name, op) in opening_ops() {
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("socket")).unwrap();
+    for (mode, options) in OPEN_MODES {
         assert_eq!(
-            errno_of(op(&RealFs::new(), &socket)),
+            errno_of(open_without_hanging(&dir, "socket", options)),
             Some(libc::ENXIO),
-            "{name} on a socket"
+            "opening a socket for {mode}"
         );
     }
 }
 
 #[test]
-fn opening_ops_on_directory_fail_eisdir() {
+fn opening_a_directory_fails_eisdir() {
     let (_tmp, dir) = temp_dir();
-    let sub = dir.join("sub");
-    std::fs::create_dir(&sub).unwrap();
-    for (name, op) in opening_ops() {
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let handle = open_dir(&dir);
+    for (mode, options) in OPEN_MODES {
         assert_eq!(
-            errno_of(op(&RealFs::new(), &sub)),
+            errno_of(handle.open_file("sub", options)),
             Some(libc::EISDIR),
-            "{name} on a directory"
+            "opening a directory for {mode}"
         );
     }
 }
 
 #[test]
-fn opening_ops_on_char_device_fail_einval() {
-    for (name, op) in opening_ops() {
+fn opening_a_char_device_fails_einval() {
+    let handle = open_dir(Utf8Path::new("/dev"));
+    for (mode, options) in OPEN_MODES {
         assert_eq!(
-            errno_of(op(&RealFs::new(), Utf8Path::new("/dev/null"))),
+            errno_of(handle.open_file("null", options)),
             Some(libc::EINVAL),
-            "{name} on /dev/null"
+            "opening /dev/null for {mode}"
         );
     }
 }
 
 #[test]
-fn opening_ops_on_missing_file_or_parent_are_enoent() {
+fn opening_a_missing_file_is_enoent() {
     let (_tmp, dir) = temp_dir();
-    for (name, op) in opening_ops() {
-        for path in [dir.join("missing"), dir.join("missing/file")] {
-            assert_eq!(
-                errno_of(op(&RealFs::new(), &path)),
-                Some(libc::ENOENT),
-                "{name} on {path}"
-            );
-        }
+    let handle = open_dir(&dir);
+    for (mode, options) in OPEN_MODES {
+        assert_eq!(
+            errno_of(handle.open_file("missing", options)),
+            Some(libc::ENOENT),
+            "{mode}"
+        );
     }
 }
 
 #[test]
-fn every_op_under_a_file_parent_is_enotdir() {
+fn names_that_are_not_one_component_are_einval() {
     let (_tmp, dir) = temp_dir();
-    let parent = dir.join("file");
-    write_plain_file(&parent, 10);
-    let path = parent.join("child");
-    let fs = RealFs::new();
-    for (name, op) in opening_ops() {
-        assert_eq!(errno_of(op(&fs, &path)), Some(libc::ENOTDIR), "{name}");
+    std::fs::create_dir(dir.join("a")).unwrap();
+    write_plain_file(&dir.join("a/b"), 10);
+    let handle = open_dir(&dir);
+    for name in ["", ".", "..", "a/b", "a/", "/a", "a\0b"] {
+        assert_eq!(errno_of(handle.probe(name)), Some(libc::EINVAL), "{name:?}");
+        assert_eq!(
+            errno_of(handle.open_file(name, OpenOptions::create_new())),
+            Some(libc::EINVAL),
+            "{name:?}"
+        );
+        assert_eq!(
+            errno_of(handle.remove_file(name)),
+            Some(libc::EINVAL),
+            "{name:?}"
+        );
     }
-    assert_eq!(errno_of(fs.probe(&path)), Some(libc::ENOTDIR), "probe");
-    assert_eq!(errno_of(fs.space(&path)), Some(libc::ENOTDIR), "space");
-    assert_eq!(
-        errno_of(fs.create_file(&path)),
-        Some(libc::ENOTDIR),
-        "create_file"
-    );
-    assert_eq!(
-        errno_of(fs.remove_file(&path)),
-        Some(libc::ENOTDIR),
-        "remove_file"
-    );
-    assert_eq!(
-        errno_of(fs.sync_dir(&path)),
-        Some(libc::ENOTDIR),
-        "sync_dir"
-    );
-    assert_eq!(
-        errno_of(fs.lock_dir(&path)),
-        Some(libc::ENOTDIR),
-        "lock_dir"
-    );
-}
-
-#[test]
-fn create_file_with_missing_parent_is_enoent() {
-    let (_tmp, dir) = temp_dir();
-    assert_eq!(
-        errno_of(RealFs::new().create_file(&dir.join("missing/file"))),
-        Some(libc::ENOENT)
-    );
+    let long = "n".repeat(256);
+    assert_eq!(errno_of(handle.probe(&long)), Some(libc::ENAMETOOLONG));
+    handle
+        .open_file(&"n".repeat(255), OpenOptions::create_new())
+        .unwrap();
+    assert_eq!(std::fs::read(dir.join("a/b")).unwrap(), vec![0xAB; 10]);
 }
 
 #[test]
 fn path_with_interior_nul_is_einval() {
-    let fs = RealFs::new();
-    let path = Utf8Path::new("a\0b");
-    assert_eq!(errno_of(fs.probe(path)), Some(libc::EINVAL), "probe");
     assert_eq!(
-        errno_of(fs.create_file(path)),
-        Some(libc::EINVAL),
-        "create_file"
+        errno_of(RealFs::new().open_dir(Utf8Path::new("/tmp\0x"))),
+        Some(libc::EINVAL)
     );
-    assert_eq!(
-        errno_of(fs.remove_file(path)),
-        Some(libc::EINVAL),
-        "remove_file"
-    );
-    for (name, op) in opening_ops() {
-        assert_eq!(errno_of(op(&fs, path)), Some(libc::EINVAL), "{name}");
-    }
 }
 
 #[test]
 fn remove_file_of_symlink_removes_the_link_not_the_target() {
     let (_tmp, dir) = temp_dir();
-    let target = dir.join("target");
-    write_plain_file(&target, 100);
-    let link = dir.join("link");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    let fs = RealFs::new();
-    fs.remove_file(&link).unwrap();
-    assert_eq!(fs.probe(&link).unwrap(), None, "the link is gone");
-    assert_eq!(probe(&fs, &target).len, 100, "the target is still there");
+    write_plain_file(&dir.join("target"), 100);
+    std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+    let handle = open_dir(&dir);
+    handle.remove_file("link").unwrap();
+    assert_eq!(handle.probe("link").unwrap(), None, "the link is gone");
+    assert_eq!(
+        probe(&*handle, "target").len,
+        100,
+        "the target is still there"
+    );
 }
 
 #[test]
 fn remove_file_of_regular_file_removes_it() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    write_plain_file(&file, 100);
-    let fs = RealFs::new();
-    fs.remove_file(&file).unwrap();
-    assert_eq!(fs.probe(&file).unwrap(), None);
+    write_plain_file(&dir.join("file"), 100);
+    let handle = open_dir(&dir);
+    handle.remove_file("file").unwrap();
+    assert_eq!(handle.probe("file").unwrap(), None);
 }
 
 #[test]
-fn remove_file_of_missing_path_is_enoent() {
+fn remove_file_of_missing_name_is_enoent() {
     let (_tmp, dir) = temp_dir();
     assert_eq!(
-        errno_of(RealFs::new().remove_file(&dir.join("missing"))),
+        errno_of(open_dir(&dir).remove_file("missing")),
         Some(libc::ENOENT)
     );
 }
@@ -602,82 +618,114 @@ fn remove_file_of_missing_path_is_enoent() {
 #[test]
 fn remove_file_of_directory_is_eisdir_and_keeps_it() {
     let (_tmp, dir) = temp_dir();
-    let sub = dir.join("sub");
-    std::fs::create_dir(&sub).unwrap();
-    let fs = RealFs::new();
-    assert_eq!(errno_of(fs.remove_file(&sub)), Some(libc::EISDIR));
-    assert_eq!(probe(&fs, &sub).kind, FileKind::Directory);
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let handle = open_dir(&dir);
+    assert_eq!(errno_of(handle.remove_file("sub")), Some(libc::EISDIR));
+    assert_eq!(probe(&*handle, "sub").kind, FileKind::Directory);
 }
 
 #[test]
-fn lock_dir_excludes_a_second_thread_until_dropped() {
+fn dir_handle_stays_with_its_directory_when_the_path_is_renamed() {
     let (_tmp, dir) = temp_dir();
-    let held = Arc::new(AtomicBool::new(false));
-    let locked = Arc::new(Barrier::new(2));
-
-    let holder = {
-        let (dir, held, locked) = (dir.clone(), held.clone(), locked.clone());
-        thread::spawn(move || {
-            let lock = RealFs::new().lock_dir(&dir).unwrap();
-            held.store(true, Ordering::SeqCst);
-            locked.wait();
-            thread::sleep(Duration::from_millis(50));
-            held.store(false, Ordering::SeqCst);
-            drop(lock);
-        })
-    };
-    let waiter = {
-        let (dir, held, locked) = (dir.clone(), held.clone(), locked.clone());
-        thread::spawn(move || {
-            locked.wait();
-            let _lock = RealFs::new().lock_dir(&dir).unwrap();
-            assert!(
-                !held.load(Ordering::SeqCst),
-                "rule 10: got the lock while another thread held it"
-            );
-        })
-    };
-    holder.join().unwrap();
-    waiter.join().unwrap();
-}
-
-#[test]
-fn lock_dir_can_be_taken_again_after_drop() {
-    let (_tmp, dir) = temp_dir();
-    let fs = RealFs::new();
-    drop(fs.lock_dir(&dir).unwrap());
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(RealFs::new().lock_dir(&dir).map(drop));
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("the dropped lock was not released")
+    std::fs::create_dir(dir.join("home")).unwrap();
+    let handle = open_dir(&dir.join("home"));
+    std::fs::rename(dir.join("home"), dir.join("moved")).unwrap();
+    std::fs::create_dir(dir.join("home")).unwrap(); // a new directory at the old path
+    handle
+        .open_file("f", OpenOptions::create_new())
+        .unwrap()
+        .write_fill(0, 10)
         .unwrap();
+    assert!(dir.join("moved/f").exists());
+    assert!(!dir.join("home/f").exists());
 }
 
 #[test]
-fn lock_dir_on_missing_dir_is_enoent() {
+fn try_lock_excludes_a_second_thread_until_dropped() {
     let (_tmp, dir) = temp_dir();
-    assert_eq!(
-        errno_of(RealFs::new().lock_dir(&dir.join("missing"))),
-        Some(libc::ENOENT)
+    let held = open_dir(&dir).try_lock().unwrap().expect("free at first");
+    let other = dir.clone();
+    let excluded = thread::spawn(move || open_dir(&other).try_lock().unwrap().is_none())
+        .join()
+        .unwrap();
+    assert!(
+        excluded,
+        "rule 10: got the lock while another thread held it"
+    );
+    drop(held);
+    let other = dir.clone();
+    let retaken = thread::spawn(move || open_dir(&other).try_lock().unwrap().is_some())
+        .join()
+        .unwrap();
+    assert!(retaken, "the dropped lock was not released");
+}
+
+#[test]
+fn try_lock_excludes_another_process_until_dropped() {
+    let (_tmp, dir) = temp_dir();
+    // `flock -n DIR true` takes `flock(LOCK_EX | LOCK_NB)` on the directory in another
+    // process: exit status 75 (`-E`) when it cannot.
+    let other_process_locks = || match std::process::Command::new("flock")
+        .args(["-n", "-E", "75", dir.as_str(), "true"])
+        .status()
+    {
+        Ok(status) => Some(status.code() == Some(0)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+        Err(err) => panic!("run flock: {err}"),
+    };
+    let Some(free) = other_process_locks() else {
+        eprintln!("skipped: no flock(1) on this system");
+        return;
+    };
+    assert!(free, "nobody holds the lock yet");
+    let held = open_dir(&dir).try_lock().unwrap().expect("free");
+    assert_eq!(other_process_locks(), Some(false), "held here");
+    drop(held);
+    assert_eq!(other_process_locks(), Some(true), "released on drop");
+    // And the other way round: a lock another process holds is `None` here. The shell
+    // says when it holds the lock, then holds it until its stdin closes.
+    let mut holder = std::process::Command::new("flock")
+        .args(["-n", dir.as_str(), "sh", "-c", "echo locked; cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = holder.stdout.take().unwrap();
+    io::BufRead::read_line(&mut io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line, "locked\n", "flock could not take the lock");
+    let handle = open_dir(&dir);
+    assert!(
+        handle.try_lock().unwrap().is_none(),
+        "held by another process"
+    );
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    assert!(
+        handle.try_lock().unwrap().is_some(),
+        "released with its holder"
     );
 }
 
 #[test]
-fn lock_dir_on_a_file_is_enotdir() {
+fn try_lock_can_be_taken_again_after_drop() {
     let (_tmp, dir) = temp_dir();
-    let file = dir.join("file");
-    write_plain_file(&file, 1);
-    assert_eq!(errno_of(RealFs::new().lock_dir(&file)), Some(libc::ENOTDIR));
+    let handle = open_dir(&dir);
+    drop(handle.try_lock().unwrap().unwrap());
+    drop(handle.try_lock().unwrap().expect("released on drop"));
 }
 
 #[test]
 fn real_fs_works_as_a_trait_object() {
     let (_tmp, dir) = temp_dir();
+    std::fs::create_dir(dir.join("sub")).unwrap();
     let fs: Box<dyn HostFs> = Box::new(RealFs::default());
     assert_eq!(
-        fs.probe(&dir).unwrap().map(|p| p.kind),
+        fs.open_dir(&dir)
+            .unwrap()
+            .probe("sub")
+            .unwrap()
+            .map(|p| p.kind),
         Some(FileKind::Directory)
     );
 }

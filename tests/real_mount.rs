@@ -39,8 +39,12 @@ use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use disk_reserve::{
-    Condition, Ensured, HostFs, Observed, RealFs, Released, Reserve, ReserveConfig, SimFs, pattern,
+    Condition, Ensured, HostFs, Observed, OpenOptions as DirOpen, RealFs, Released, Reserve,
+    ReserveConfig, SimFs, pattern,
 };
+
+/// The reserve's file name in every home of these tests.
+const RESERVE_NAME: &str = ".reserve";
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_disk-reserve");
@@ -185,7 +189,10 @@ fn utf8(path: &Path) -> &Utf8Path {
 
 /// Free and total bytes of the filesystem holding `path`, through the library.
 fn free_and_total(path: &Path) -> (u64, u64) {
-    let space = RealFs::new().space(utf8(path)).expect("statvfs");
+    let space = RealFs::new()
+        .open_dir(utf8(path))
+        .and_then(|dir| dir.space())
+        .expect("statvfs");
     (space.free_bytes, space.total_bytes)
 }
 
@@ -964,7 +971,7 @@ impl Differential {
 
     /// Back to an empty home and no external files, on both sides.
     fn reset(&mut self) {
-        if self.real.fs().probe(self.path()).unwrap().is_some() {
+        if self.real.probe().unwrap().is_some() {
             fs::remove_file(self.path()).unwrap();
         }
         for external in self.externals.drain(..) {
@@ -1034,7 +1041,7 @@ impl Differential {
                 (real, sim)
             }
             Op::Truncate(len) => {
-                let real = match self.real.fs().probe(self.path()).unwrap() {
+                let real = match self.real.probe().unwrap() {
                     None => Outcome::named("no-file"),
                     Some(_) => Outcome::io(
                         OpenOptions::new()
@@ -1043,19 +1050,24 @@ impl Differential {
                             .and_then(|file| file.set_len(len)),
                     ),
                 };
-                let sim = match self.sim_fs.probe(self.path()).unwrap() {
+                let sim = match self.sim_fs.lookup(self.path()).unwrap() {
                     None => Outcome::named("no-file"),
-                    Some(_) => Outcome::io(self.sim_fs.set_len(self.path(), len)),
+                    Some(_) => Outcome::io(
+                        self.sim_fs
+                            .open_dir(self.real.home())
+                            .and_then(|dir| dir.open_file(RESERVE_NAME, DirOpen::write()))
+                            .and_then(|file| file.set_len(len)),
+                    ),
                 };
                 (real, sim)
             }
             Op::PlantSparse(len) => {
                 let path = self.path().to_owned();
-                if self.real.fs().probe(&path).unwrap().is_some() {
+                if self.real.probe().unwrap().is_some() {
                     fs::remove_file(&path).unwrap();
                 }
                 let real = Outcome::io(File::create(&path).and_then(|file| file.set_len(len)));
-                if self.sim_fs.probe(&path).unwrap().is_some() {
+                if self.sim_fs.lookup(&path).unwrap().is_some() {
                     self.sim_fs.remove(&path).unwrap();
                 }
                 let sim = Outcome::io(self.sim_fs.write_sparse(&path, len));
@@ -1079,8 +1091,8 @@ impl Differential {
     /// Compares the reserve on both sides: the same condition and length, allocated
     /// bytes within the tolerance.
     fn compare_reserve(&mut self, context: &dyn Fn() -> String) {
-        let real = Observed::from_probe(self.real.fs().probe(self.path()).unwrap());
-        let sim = Observed::from_probe(self.sim_fs.probe(self.path()).unwrap());
+        let real = Observed::from_probe(self.real.probe().unwrap());
+        let sim = Observed::from_probe(self.sim_fs.lookup(self.path()).unwrap());
         let condition = |o: Observed| -> Condition { o.condition(DIFF_SIZE) };
         let len = |o: Observed| match o {
             Observed::Regular { len, .. } => Some(len),
@@ -1253,16 +1265,20 @@ fn differential() {
         free > DIFF_START_FREE + 64 * MIB,
         "the mount has room for the test: {free} bytes free"
     );
-    real.create_file(&ballast).unwrap();
+    let ballast_file = real
+        .open_dir(utf8(dir.path()))
+        .and_then(|dir| dir.open_file("ballast", DirOpen::create_new()))
+        .unwrap();
     let ballast_bytes = free - DIFF_START_FREE;
-    match real.allocate(&ballast, 0, ballast_bytes) {
+    match ballast_file.allocate(0, ballast_bytes) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-            real.write_fill(&ballast, 0, ballast_bytes).unwrap();
+            ballast_file.write_fill(0, ballast_bytes).unwrap();
         }
-        Err(e) => panic!("ballast: {e}"),
+        Err(e) => panic!("ballast {ballast}: {e}"),
     }
-    real.sync_file(&ballast).unwrap();
+    ballast_file.sync_all().unwrap();
+    drop(ballast_file);
 
     let mut differential = Differential::new(&mount.root, &home, &other);
     let mut outcomes = BTreeMap::new();

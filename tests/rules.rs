@@ -3,12 +3,11 @@
 //! behaviour is the point, on `RealFs` in a temporary directory.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use camino::{Utf8Path, Utf8PathBuf};
 use disk_reserve::{
-    AllocateMode, Condition, DirLock, Ensured, Error, FileKind, HostFs, Plan, Probe, RealFs,
-    Released, Reserve, ReserveConfig, SimFs, SimOp, SizeSpec, Space, Strategy, is_out_of_space,
+    AllocateMode, Condition, Ensured, Error, FileKind, HostFs, Plan, Probe, RealFs, Released,
+    Reserve, ReserveConfig, SimFs, SimOp, SizeSpec, Strategy, is_out_of_space,
 };
 
 const MIB: u64 = 1 << 20;
@@ -28,11 +27,30 @@ fn config() -> ReserveConfig {
     ReserveConfig::with_size_bytes(SIZE)
 }
 
-fn probe(fs: &impl HostFs, path: &str) -> Option<Probe> {
-    fs.probe(Utf8Path::new(path)).unwrap()
+/// The test's own eyes: what is at a path, without counting a call or firing a fault.
+trait Look {
+    fn look(&self, path: &str) -> Option<Probe>;
 }
 
-fn assert_complete(fs: &impl HostFs, path: &str, size: u64) {
+impl Look for SimFs {
+    fn look(&self, path: &str) -> Option<Probe> {
+        self.lookup(path).unwrap()
+    }
+}
+
+impl Look for RealFs {
+    fn look(&self, path: &str) -> Option<Probe> {
+        let path = Utf8Path::new(path);
+        let dir = self.open_dir(path.parent().unwrap()).unwrap();
+        dir.probe(path.file_name().unwrap()).unwrap()
+    }
+}
+
+fn probe(fs: &impl Look, path: &str) -> Option<Probe> {
+    fs.look(path)
+}
+
+fn assert_complete(fs: &impl Look, path: &str, size: u64) {
     let p = probe(fs, path).expect("reserve must exist");
     assert_eq!(p.kind, FileKind::Regular);
     assert_eq!(p.len, size, "length must equal the size");
@@ -311,71 +329,6 @@ fn rule4_complete_reserve_needs_no_statvfs() {
 
 // ---------------------------------------------------------------- rule 5
 
-/// A backend that "crashes" after a number of calls: the inner SimFs loses what was not
-/// synced and every later call fails, like a process that was killed.
-#[derive(Debug)]
-struct CrashAfter {
-    inner: SimFs,
-    calls_left: AtomicUsize,
-}
-
-impl CrashAfter {
-    fn tick(&self) -> io::Result<()> {
-        let left = self.calls_left.load(Ordering::SeqCst);
-        if left == 0 {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        if self.calls_left.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.inner.crash();
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        Ok(())
-    }
-}
-
-impl HostFs for CrashAfter {
-    fn space(&self, path: &Utf8Path) -> io::Result<Space> {
-        self.tick()?;
-        self.inner.space(path)
-    }
-    fn probe(&self, path: &Utf8Path) -> io::Result<Option<Probe>> {
-        self.tick()?;
-        self.inner.probe(path)
-    }
-    fn create_file(&self, path: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.inner.create_file(path)
-    }
-    fn allocate(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        self.tick()?;
-        self.inner.allocate(path, offset, len)
-    }
-    fn write_fill(&self, path: &Utf8Path, offset: u64, len: u64) -> io::Result<()> {
-        self.tick()?;
-        self.inner.write_fill(path, offset, len)
-    }
-    fn set_len(&self, path: &Utf8Path, len: u64) -> io::Result<()> {
-        self.tick()?;
-        self.inner.set_len(path, len)
-    }
-    fn sync_file(&self, path: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.inner.sync_file(path)
-    }
-    fn sync_dir(&self, dir: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&self, path: &Utf8Path) -> io::Result<()> {
-        self.tick()?;
-        self.inner.remove_file(path)
-    }
-    fn lock_dir(&self, dir: &Utf8Path) -> io::Result<DirLock> {
-        self.tick()?;
-        self.inner.lock_dir(dir)
-    }
-}
-
 /// The starting states the failure tests run from.
 fn starting_states() -> Vec<(&'static str, SimFs)> {
     let absent = sim(64 * MIB);
@@ -401,7 +354,10 @@ const STRATEGIES: [Strategy; 3] = [Strategy::Auto, Strategy::Fallocate, Strategy
 fn rule5_failure_at_every_step_leaves_the_disk_as_found() {
     // Every operation but unlink: ensure only unlinks to roll back, and a rollback that
     // itself fails cannot restore anything (it is logged and the first error returned).
-    let ops = SimOp::ALL.into_iter().filter(|op| *op != SimOp::RemoveFile);
+    let ops = SimOp::ALL
+        .iter()
+        .copied()
+        .filter(|op| *op != SimOp::RemoveFile);
     let mut failures_seen = 0;
     for strategy in STRATEGIES {
         for (name, _) in starting_states() {
@@ -457,9 +413,10 @@ fn rule5_write_running_out_of_space_is_rolled_back() {
     let fs = sim(64 * MIB);
     fs.write_file(Utf8Path::new(PATH), SIZE / 4).unwrap();
     let before = probe(&fs, PATH);
-    // Enough free to pass the headroom check (calls 1-4: probe, lock, probe, statvfs),
-    // then another writer eats all but 1 MiB just before the write (call 5).
-    fs.schedule_space_changes([0, 0, 0, 0, 62 * MIB as i64]);
+    // Enough free to pass the headroom check (calls 1-5: open the home, probe, lock,
+    // probe, statvfs; 6-7: open the file and fstat it), then another writer eats all but
+    // 1 MiB just before the write (call 8).
+    fs.schedule_space_changes([0, 0, 0, 0, 0, 0, 0, 62 * MIB as i64]);
     let result = reserve_on(
         &fs,
         config()
@@ -493,13 +450,11 @@ fn rule6_crash_at_every_step_heals_on_next_ensure() {
                     .find(|(n, _)| *n == name)
                     .unwrap()
                     .1;
-                let crashing = CrashAfter {
-                    inner: fs.clone(),
-                    calls_left: AtomicUsize::new(crash_at),
-                };
+                fs.crash_after(crash_at);
                 let cfg = config().strategy(strategy);
-                let _ = Reserve::new(&crashing, HOME, cfg.clone()).unwrap().ensure();
-                if crashing.calls_left.load(Ordering::SeqCst) > 0 {
+                let _ = reserve_on(&fs, cfg.clone()).ensure();
+                if fs.crashes() == 0 {
+                    fs.crash_after(0);
                     fs.crash(); // ensure finished first; crash afterwards anyway
                 }
                 let outcome = reserve_on(&fs, cfg).ensure().unwrap_or_else(|e| {
@@ -729,7 +684,7 @@ fn rule8_release_at_zero_free() {
     let reserve = reserve_on(&fs, config());
     reserve.ensure().unwrap();
     fs.set_free(0).unwrap();
-    let (space, creates) = (fs.calls(SimOp::Space), fs.calls(SimOp::CreateFile));
+    let (space, creates) = (fs.calls(SimOp::Space), fs.calls(SimOp::OpenFile));
     assert_eq!(
         reserve.release().unwrap(),
         Released::Released { freed_bytes: SIZE }
@@ -744,7 +699,7 @@ fn rule8_release_at_zero_free() {
         space,
         "rule 8: release read statvfs"
     );
-    assert_eq!(fs.calls(SimOp::CreateFile), creates);
+    assert_eq!(fs.calls(SimOp::OpenFile), creates);
     assert_eq!(reserve.release().unwrap(), Released::Absent);
 }
 
@@ -795,7 +750,7 @@ fn rule9_oversized_reserve_is_shrunk() {
 // ---------------------------------------------------------------- rule 10
 
 /// Rule 10: any number of threads on one home; afterwards absent or exactly complete.
-fn hammer(fs: impl HostFs + Clone + 'static, home: Utf8PathBuf, size: u64) {
+fn hammer(fs: impl HostFs + Look + Clone + 'static, home: Utf8PathBuf, size: u64) {
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let fs = fs.clone();
@@ -834,7 +789,7 @@ fn hammer(fs: impl HostFs + Clone + 'static, home: Utf8PathBuf, size: u64) {
         t.join().expect("a thread panicked");
     }
     let path = home.join(".reserve");
-    match fs.probe(&path).unwrap() {
+    match probe(&fs, path.as_str()) {
         None => {}
         Some(p) => {
             assert_eq!(p.kind, FileKind::Regular);
@@ -908,7 +863,7 @@ fn rule11_each_bad_input_has_its_own_error() {
     );
     // Permission denied.
     let fs = sim(64 * MIB);
-    fs.fail_next(SimOp::CreateFile, libc::EACCES);
+    fs.fail_next(SimOp::OpenFile, libc::EACCES);
     let err = reserve_on(&fs, config()).ensure().unwrap_err();
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
     assert!(

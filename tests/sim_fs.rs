@@ -3,12 +3,13 @@
 use std::fmt::Debug;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use camino::Utf8Path;
 use disk_reserve::sim_fs::SimSnapshot;
-use disk_reserve::{AllocateMode, FileKind, HostFs, SimFs, SimOp};
+use disk_reserve::{
+    AllocateMode, DirHandle, FileHandle, FileKind, HostFs, OpenOptions, SimFs, SimOp,
+};
 
 const MIB: u64 = 1 << 20;
 const BS: u64 = 4096;
@@ -25,31 +26,52 @@ fn errno<T: Debug>(result: io::Result<T>) -> i32 {
         .expect("the error keeps a raw errno")
 }
 
+/// What is at `path` now, seen without counting a call.
+fn lookup(fs: &SimFs, path: &str) -> disk_reserve::Probe {
+    fs.lookup(path).unwrap().expect("path exists")
+}
+
 fn allocated(fs: &SimFs, path: &str) -> u64 {
-    fs.probe(p(path))
-        .unwrap()
-        .expect("path exists")
-        .allocated_bytes
+    lookup(fs, path).allocated_bytes
 }
 
 fn len(fs: &SimFs, path: &str) -> u64 {
-    fs.probe(p(path)).unwrap().expect("path exists").len
+    lookup(fs, path).len
 }
 
 fn home() -> SimFs {
     SimFs::with_home(MIB, "/home")
 }
 
+fn dir(fs: &SimFs, path: &str) -> Box<dyn DirHandle> {
+    fs.open_dir(p(path)).unwrap()
+}
+
+/// A new empty file `name` in `/home`, opened for writing.
+fn create(fs: &SimFs, name: &str) -> Box<dyn FileHandle> {
+    dir(fs, "/home")
+        .open_file(name, OpenOptions::create_new())
+        .unwrap()
+}
+
+/// The existing file `name` in `/home`, opened for writing.
+fn open(fs: &SimFs, name: &str) -> Box<dyn FileHandle> {
+    dir(fs, "/home")
+        .open_file(name, OpenOptions::write())
+        .unwrap()
+}
+
 #[test]
 fn new_fs_has_root_and_all_capacity_free() {
     let fs = SimFs::new(MIB);
-    assert_eq!(fs.probe(p("/")).unwrap().unwrap().kind, FileKind::Directory);
+    assert_eq!(lookup(&fs, "/").kind, FileKind::Directory);
     assert_eq!(fs.free_bytes(), MIB);
     assert_eq!(fs.used_bytes(), 0);
     assert_eq!(fs.capacity(), MIB);
     assert_eq!(fs.block_size(), BS);
-    let space = fs.space(p("/")).unwrap();
+    let space = dir(&fs, "/").space().unwrap();
     assert_eq!((space.free_bytes, space.total_bytes), (MIB, MIB));
+    assert_eq!(space.block_bytes, BS);
 }
 
 #[test]
@@ -58,7 +80,7 @@ fn set_free_zero_leaves_exactly_zero_free_and_rounds_down_to_blocks() {
     fs.write_file("/home/data", 100 * 1024).unwrap();
     fs.set_free(0).unwrap();
     assert_eq!(fs.free_bytes(), 0);
-    assert_eq!(fs.space(p("/home")).unwrap().free_bytes, 0);
+    assert_eq!(dir(&fs, "/home").space().unwrap().free_bytes, 0);
     fs.set_free(3 * BS + 100).unwrap();
     assert_eq!(fs.free_bytes(), 3 * BS);
     assert_eq!(fs.snapshot().other_writers_bytes, MIB - 100 * 1024 - 3 * BS);
@@ -80,26 +102,26 @@ fn set_free_more_than_files_leave_is_enospc() {
 #[test]
 fn allocate_past_free_space_is_enospc() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_free(8 * BS).unwrap();
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 9 * BS)), libc::ENOSPC);
-    fs.allocate(p("/home/f"), 0, 8 * BS).unwrap();
+    assert_eq!(errno(f.allocate(0, 9 * BS)), libc::ENOSPC);
+    f.allocate(0, 8 * BS).unwrap();
     assert_eq!(fs.free_bytes(), 0);
-    assert_eq!(errno(fs.allocate(p("/home/f"), 8 * BS, 1)), libc::ENOSPC);
+    assert_eq!(errno(f.allocate(8 * BS, 1)), libc::ENOSPC);
 }
 
 #[test]
 fn allocate_is_all_or_nothing_on_enospc() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
-    fs.allocate(p("/home/f"), 0, 2 * BS).unwrap();
+    let f = create(&fs, "f");
+    f.allocate(0, 2 * BS).unwrap();
     fs.set_free(4 * BS).unwrap();
     let before = fs.snapshot();
     // Blocks 0 and 1 are there; 2..8 would need six more, only four are free.
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 8 * BS)), libc::ENOSPC);
+    assert_eq!(errno(f.allocate(0, 8 * BS)), libc::ENOSPC);
     assert_eq!(fs.snapshot(), before, "nothing allocated, length unchanged");
     // Already-allocated blocks are not counted again.
-    fs.allocate(p("/home/f"), 0, 6 * BS).unwrap();
+    f.allocate(0, 6 * BS).unwrap();
     assert_eq!(allocated(&fs, "/home/f"), 6 * BS);
     assert_eq!(fs.free_bytes(), 0);
 }
@@ -107,30 +129,28 @@ fn allocate_is_all_or_nothing_on_enospc() {
 #[test]
 fn allocate_extends_length_and_allocates_whole_blocks() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
-    fs.allocate(p("/home/f"), 100, 5000).unwrap();
+    let f = create(&fs, "f");
+    f.allocate(100, 5000).unwrap();
     assert_eq!(len(&fs, "/home/f"), 5100);
     assert_eq!(allocated(&fs, "/home/f"), 2 * BS);
-    fs.allocate(p("/home/f"), 0, 10).unwrap();
+    f.allocate(0, 10).unwrap();
     assert_eq!(len(&fs, "/home/f"), 5100, "allocate never shrinks");
+    assert_eq!(f.probe().unwrap(), lookup(&fs, "/home/f"));
 }
 
 #[test]
 fn allocate_zero_length_is_einval() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 0)), libc::EINVAL);
+    let f = create(&fs, "f");
+    assert_eq!(errno(f.allocate(0, 0)), libc::EINVAL);
 }
 
 #[test]
 fn allocate_past_largest_file_is_efbig() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
-    assert_eq!(
-        errno(fs.allocate(p("/home/f"), i64::MAX as u64, 1)),
-        libc::EFBIG
-    );
-    assert_eq!(errno(fs.allocate(p("/home/f"), u64::MAX, 1)), libc::EINVAL);
+    let f = create(&fs, "f");
+    assert_eq!(errno(f.allocate(i64::MAX as u64, 1)), libc::EFBIG);
+    assert_eq!(errno(f.allocate(u64::MAX, 1)), libc::EINVAL);
 }
 
 #[test]
@@ -139,58 +159,58 @@ fn allocate_past_quota_is_edquot_and_other_writers_do_not_count() {
     fs.write_file("/home/old", 4 * BS).unwrap();
     fs.eat(MIB / 2); // other writers: not charged to the quota
     fs.set_quota(Some(10 * BS));
-    fs.create_file(p("/home/f")).unwrap();
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 7 * BS)), libc::EDQUOT);
+    let f = create(&fs, "f");
+    assert_eq!(errno(f.allocate(0, 7 * BS)), libc::EDQUOT);
     assert_eq!(allocated(&fs, "/home/f"), 0);
-    fs.allocate(p("/home/f"), 0, 6 * BS).unwrap();
+    f.allocate(0, 6 * BS).unwrap();
     assert_eq!(
-        fs.space(p("/home")).unwrap().free_bytes,
+        dir(&fs, "/home").space().unwrap().free_bytes,
         MIB / 2 - 10 * BS,
         "statvfs does not show the quota"
     );
     fs.set_quota(None);
-    fs.allocate(p("/home/f"), 0, 7 * BS).unwrap();
+    f.allocate(0, 7 * BS).unwrap();
 }
 
 #[test]
 fn enospc_wins_over_edquot_when_both_run_out() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_quota(Some(4 * BS));
     fs.set_free(4 * BS).unwrap();
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 5 * BS)), libc::ENOSPC);
+    assert_eq!(errno(f.allocate(0, 5 * BS)), libc::ENOSPC);
 }
 
 #[test]
 fn unsupported_allocate_mode_returns_eopnotsupp() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_allocate(AllocateMode::Unsupported {
         errno: libc::EOPNOTSUPP,
     });
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, BS)), libc::EOPNOTSUPP);
-    assert_eq!(fs.probe(p("/home/f")).unwrap().unwrap().len, 0);
-    fs.write_fill(p("/home/f"), 0, BS).unwrap();
+    assert_eq!(errno(f.allocate(0, BS)), libc::EOPNOTSUPP);
+    assert_eq!(f.probe().unwrap().len, 0);
+    f.write_fill(0, BS).unwrap();
     assert_eq!(allocated(&fs, "/home/f"), BS, "write still allocates");
 }
 
 #[test]
 fn unsupported_allocate_mode_returns_enosys() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_allocate(AllocateMode::Unsupported {
         errno: libc::ENOSYS,
     });
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, BS)), libc::ENOSYS);
+    assert_eq!(errno(f.allocate(0, BS)), libc::ENOSYS);
 }
 
 #[test]
 fn no_blocks_mode_extends_length_and_allocates_nothing() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_free(0).unwrap();
     fs.set_allocate(AllocateMode::NoBlocks);
-    fs.allocate(p("/home/f"), 0, 64 * BS).unwrap();
+    f.allocate(0, 64 * BS).unwrap();
     assert_eq!(len(&fs, "/home/f"), 64 * BS);
     assert_eq!(allocated(&fs, "/home/f"), 0);
 }
@@ -199,84 +219,162 @@ fn no_blocks_mode_extends_length_and_allocates_nothing() {
 fn read_only_fs_fails_mutations_with_erofs() {
     let fs = home();
     fs.write_file("/home/f", BS).unwrap();
+    let home_dir = dir(&fs, "/home");
+    let writable = open(&fs, "f"); // opened before the filesystem went read-only
     fs.set_read_only(true);
     let before = fs.snapshot();
-    assert_eq!(errno(fs.create_file(p("/home/new"))), libc::EROFS);
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 2 * BS)), libc::EROFS);
-    assert_eq!(errno(fs.write_fill(p("/home/f"), 0, BS)), libc::EROFS);
-    assert_eq!(errno(fs.set_len(p("/home/f"), 0)), libc::EROFS);
-    assert_eq!(errno(fs.remove_file(p("/home/f"))), libc::EROFS);
+    assert_eq!(
+        errno(home_dir.open_file("new", OpenOptions::create_new())),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(home_dir.open_file("f", OpenOptions::write())),
+        libc::EROFS
+    );
+    assert_eq!(errno(writable.allocate(0, 2 * BS)), libc::EROFS);
+    assert_eq!(errno(writable.write_fill(0, BS)), libc::EROFS);
+    assert_eq!(errno(writable.set_len(0)), libc::EROFS);
+    assert_eq!(errno(home_dir.remove_file("f")), libc::EROFS);
+    assert_eq!(errno(home_dir.rename("f", "g")), libc::EROFS);
+    assert_eq!(errno(home_dir.link("f", "g")), libc::EROFS);
     assert_eq!(fs.snapshot(), before);
     // Reading and syncing and locking still work.
-    fs.probe(p("/home/f")).unwrap().unwrap();
-    fs.space(p("/home")).unwrap();
-    fs.sync_file(p("/home/f")).unwrap();
-    fs.sync_dir(p("/home")).unwrap();
-    drop(fs.lock_dir(p("/home")).unwrap());
+    home_dir.probe("f").unwrap().unwrap();
+    home_dir.space().unwrap();
+    let readable = home_dir.open_file("f", OpenOptions::read()).unwrap();
+    readable.probe().unwrap();
+    readable.sync_all().unwrap();
+    writable.sync_all().unwrap();
+    home_dir.sync().unwrap();
+    drop(home_dir.try_lock().unwrap().unwrap());
     fs.set_read_only(false);
-    fs.remove_file(p("/home/f")).unwrap();
+    home_dir.remove_file("f").unwrap();
 }
 
 #[test]
 fn read_only_fs_reports_errors_in_the_kernels_order() {
     let fs = home();
     fs.write_file("/home/f", 0).unwrap();
+    fs.mkdir_all("/home/d").unwrap();
+    let home_dir = dir(&fs, "/home");
     fs.set_read_only(true);
-    // Opening a missing file fails at lookup, before the write check.
-    assert_eq!(errno(fs.allocate(p("/home/missing"), 0, BS)), libc::ENOENT);
-    // O_CREAT|O_EXCL on an existing name: EEXIST; on a missing parent: ENOENT.
-    assert_eq!(errno(fs.create_file(p("/home/f"))), libc::EEXIST);
-    assert_eq!(errno(fs.create_file(p("/nope/f"))), libc::ENOENT);
-    // unlink takes write access before looking the name up.
-    assert_eq!(errno(fs.remove_file(p("/home/missing"))), libc::EROFS);
+    // Opening a missing file fails at lookup, before the write check…
+    assert_eq!(
+        errno(home_dir.open_file("missing", OpenOptions::write())),
+        libc::ENOENT
+    );
+    // …creating one fails the write check.
+    assert_eq!(
+        errno(home_dir.open_file("missing", OpenOptions::create_new())),
+        libc::EROFS
+    );
+    // O_CREAT|O_EXCL on an existing name: EEXIST; under a missing directory: ENOENT.
+    assert_eq!(
+        errno(home_dir.open_file("f", OpenOptions::create_new())),
+        libc::EEXIST
+    );
+    assert_eq!(errno(fs.open_dir(p("/nope"))), libc::ENOENT);
+    // unlink and rename take write access before looking the name up.
+    assert_eq!(errno(home_dir.remove_file("missing")), libc::EROFS);
+    assert_eq!(errno(home_dir.remove_file("d")), libc::EROFS);
+    assert_eq!(errno(home_dir.rename("missing", "x")), libc::EROFS);
+    // link looks up both names first, then checks write access, then refuses a directory.
+    assert_eq!(errno(home_dir.link("missing", "x")), libc::ENOENT);
+    assert_eq!(errno(home_dir.link("f", "d")), libc::EEXIST);
+    assert_eq!(errno(home_dir.link("d", "x")), libc::EROFS);
     // A directory opened for writing: EISDIR, not EROFS.
-    assert_eq!(errno(fs.write_fill(p("/home"), 0, 1)), libc::EISDIR);
+    assert_eq!(
+        errno(home_dir.open_file("d", OpenOptions::write())),
+        libc::EISDIR
+    );
+    // A bad name is EINVAL before anything else.
+    assert_eq!(errno(home_dir.remove_file("a/b")), libc::EINVAL);
 }
 
 #[test]
 fn relative_path_is_einval() {
     let fs = home();
-    assert_eq!(errno(fs.probe(p("home"))), libc::EINVAL);
-    assert_eq!(errno(fs.create_file(p("home/f"))), libc::EINVAL);
+    assert_eq!(errno(fs.open_dir(p("home"))), libc::EINVAL);
+    assert_eq!(errno(fs.open_dir(p("home/f"))), libc::EINVAL);
+    assert_eq!(errno(fs.lookup("home")), libc::EINVAL);
     assert_eq!(errno(fs.mkdir_all("rel")), libc::EINVAL);
 }
 
 #[test]
-fn missing_file_or_parent_is_enoent() {
+fn names_that_are_not_one_component_are_einval() {
     let fs = home();
-    assert_eq!(fs.probe(p("/home/missing")).unwrap(), None);
-    assert_eq!(fs.probe(p("/missing/deeper")).unwrap(), None);
-    assert_eq!(errno(fs.create_file(p("/missing/f"))), libc::ENOENT);
-    assert_eq!(errno(fs.allocate(p("/home/missing"), 0, 1)), libc::ENOENT);
-    assert_eq!(errno(fs.write_fill(p("/home/missing"), 0, 1)), libc::ENOENT);
-    assert_eq!(errno(fs.set_len(p("/home/missing"), 0)), libc::ENOENT);
-    assert_eq!(errno(fs.sync_file(p("/home/missing"))), libc::ENOENT);
-    assert_eq!(errno(fs.sync_dir(p("/home/missing"))), libc::ENOENT);
-    assert_eq!(errno(fs.remove_file(p("/home/missing"))), libc::ENOENT);
-    assert_eq!(errno(fs.space(p("/home/missing"))), libc::ENOENT);
-    assert_eq!(errno(fs.lock_dir(p("/home/missing"))), libc::ENOENT);
+    fs.mkdir_all("/home/a").unwrap();
+    fs.write_file("/home/a/b", BS).unwrap();
+    let home_dir = dir(&fs, "/home");
+    for name in ["", ".", "..", "a/b", "a/", "/a", "a\0b"] {
+        assert_eq!(errno(home_dir.probe(name)), libc::EINVAL, "{name:?}");
+        assert_eq!(
+            errno(home_dir.open_file(name, OpenOptions::create_new())),
+            libc::EINVAL,
+            "{name:?}"
+        );
+        assert_eq!(errno(home_dir.remove_file(name)), libc::EINVAL, "{name:?}");
+    }
+    let long = "n".repeat(256);
+    assert_eq!(errno(home_dir.probe(&long)), libc::ENAMETOOLONG);
+    assert_eq!(
+        errno(home_dir.open_file(&long, OpenOptions::create_new())),
+        libc::ENAMETOOLONG
+    );
+    home_dir
+        .open_file(&"n".repeat(255), OpenOptions::create_new())
+        .unwrap();
+    assert_eq!(allocated(&fs, "/home/a/b"), BS, "nothing reached a/b");
+}
+
+#[test]
+fn missing_names_are_enoent() {
+    let fs = home();
+    let home_dir = dir(&fs, "/home");
+    assert_eq!(home_dir.probe("missing").unwrap(), None);
+    assert_eq!(fs.lookup("/missing/deeper").unwrap(), None);
+    assert_eq!(errno(fs.open_dir(p("/missing"))), libc::ENOENT);
+    assert_eq!(errno(fs.open_dir(p("/missing/deeper"))), libc::ENOENT);
+    assert_eq!(errno(fs.open_dir(p(""))), libc::ENOENT);
+    for options in [OpenOptions::read(), OpenOptions::write()] {
+        assert_eq!(
+            errno(home_dir.open_file("missing", options)),
+            libc::ENOENT,
+            "{options:?}"
+        );
+    }
+    assert_eq!(errno(home_dir.remove_file("missing")), libc::ENOENT);
+    assert_eq!(errno(home_dir.rename("missing", "x")), libc::ENOENT);
+    assert_eq!(errno(home_dir.link("missing", "x")), libc::ENOENT);
 }
 
 #[test]
 fn file_as_parent_component_is_enotdir() {
     let fs = home();
     fs.write_file("/home/f", 0).unwrap();
-    assert_eq!(errno(fs.probe(p("/home/f/x"))), libc::ENOTDIR);
-    assert_eq!(errno(fs.create_file(p("/home/f/x"))), libc::ENOTDIR);
-    assert_eq!(errno(fs.remove_file(p("/home/f/x"))), libc::ENOTDIR);
-    assert_eq!(errno(fs.probe(p("/home/f/"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.open_dir(p("/home/f"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.open_dir(p("/home/f/x"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.open_dir(p("/home/f/"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.lookup("/home/f/x")), libc::ENOTDIR);
+    assert_eq!(errno(fs.lookup("/home/f/")), libc::ENOTDIR);
     assert_eq!(errno(fs.mkdir_all("/home/f/x")), libc::ENOTDIR);
 }
 
 #[test]
-fn sync_dir_and_lock_dir_of_non_directory_are_enotdir() {
+fn open_dir_of_a_non_directory_is_enotdir_and_a_symlink_to_one_is_followed() {
     let fs = home();
     fs.write_file("/home/f", 0).unwrap();
+    fs.symlink("/home/file-link", "f").unwrap();
     fs.symlink("/home/link", "/home").unwrap();
-    assert_eq!(errno(fs.sync_dir(p("/home/f"))), libc::ENOTDIR);
-    assert_eq!(errno(fs.lock_dir(p("/home/f"))), libc::ENOTDIR);
-    // O_DIRECTORY|O_NOFOLLOW on a symlink to a directory.
-    assert_eq!(errno(fs.sync_dir(p("/home/link"))), libc::ENOTDIR);
+    fs.mkfifo("/home/fifo").unwrap();
+    assert_eq!(errno(fs.open_dir(p("/home/f"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.open_dir(p("/home/file-link"))), libc::ENOTDIR);
+    assert_eq!(errno(fs.open_dir(p("/home/fifo"))), libc::ENOTDIR);
+    // The caller's path is resolved whole, symlinks included: the home may be one.
+    let through_link = dir(&fs, "/home/link");
+    assert_eq!(through_link.probe("f").unwrap().unwrap().len, 0);
+    through_link.sync().unwrap();
+    drop(through_link.try_lock().unwrap().unwrap());
 }
 
 #[test]
@@ -287,21 +385,18 @@ fn intermediate_symlinks_are_followed() {
     fs.symlink("/home/abs", "/data").unwrap();
     fs.symlink("/home/rel", "../data/deep").unwrap();
     fs.symlink("/home/chain", "rel").unwrap();
-    assert_eq!(allocated(&fs, "/home/abs/deep/f"), BS);
-    assert_eq!(allocated(&fs, "/home/rel/f"), BS);
+    let allocated_in = |path: &str| dir(&fs, path).probe("f").unwrap().unwrap().allocated_bytes;
+    assert_eq!(allocated_in("/home/abs/deep"), BS);
+    assert_eq!(allocated_in("/home/rel"), BS);
+    assert_eq!(allocated_in("/home/chain"), BS);
+    assert_eq!(allocated_in("/home/chain/../deep"), BS, "`..` is physical");
     assert_eq!(allocated(&fs, "/home/chain/f"), BS);
-    assert_eq!(
-        allocated(&fs, "/home/chain/../deep/f"),
-        BS,
-        "`..` is physical"
-    );
-    fs.create_file(p("/home/chain/new")).unwrap();
-    assert_eq!(
-        fs.probe(p("/data/deep/new")).unwrap().unwrap().kind,
-        FileKind::Regular
-    );
-    // space() follows the last component too.
-    fs.space(p("/home/abs")).unwrap();
+    dir(&fs, "/home/chain")
+        .open_file("new", OpenOptions::create_new())
+        .unwrap();
+    assert_eq!(lookup(&fs, "/data/deep/new").kind, FileKind::Regular);
+    // open_dir follows the last component too.
+    dir(&fs, "/home/abs").space().unwrap();
 }
 
 #[test]
@@ -309,20 +404,26 @@ fn probe_does_not_follow_the_last_symlink() {
     let fs = home();
     fs.write_file("/home/f", BS).unwrap();
     fs.symlink("/home/link", "f").unwrap();
-    let probe = fs.probe(p("/home/link")).unwrap().unwrap();
+    let probe = dir(&fs, "/home").probe("link").unwrap().unwrap();
     assert_eq!(probe.kind, FileKind::Symlink);
     assert_eq!((probe.len, probe.allocated_bytes), (1, 0));
+    assert_eq!(fs.lookup("/home/link").unwrap(), Some(probe));
 }
 
 #[test]
-fn opening_a_last_component_symlink_is_eloop() {
+fn opening_a_symlink_is_eloop() {
     let fs = home();
     fs.write_file("/home/f", 0).unwrap();
     fs.symlink("/home/link", "f").unwrap();
-    assert_eq!(errno(fs.allocate(p("/home/link"), 0, 1)), libc::ELOOP);
-    assert_eq!(errno(fs.write_fill(p("/home/link"), 0, 1)), libc::ELOOP);
-    assert_eq!(errno(fs.set_len(p("/home/link"), 0)), libc::ELOOP);
-    assert_eq!(errno(fs.sync_file(p("/home/link"))), libc::ELOOP);
+    let home_dir = dir(&fs, "/home");
+    for options in [OpenOptions::read(), OpenOptions::write()] {
+        assert_eq!(
+            errno(home_dir.open_file("link", options)),
+            libc::ELOOP,
+            "{options:?}"
+        );
+    }
+    assert_eq!(len(&fs, "/home/f"), 0);
 }
 
 #[test]
@@ -330,8 +431,9 @@ fn symlink_cycle_is_eloop() {
     let fs = home();
     fs.symlink("/home/a", "b").unwrap();
     fs.symlink("/home/b", "a").unwrap();
-    assert_eq!(errno(fs.probe(p("/home/a/x"))), libc::ELOOP);
-    assert_eq!(errno(fs.space(p("/home/a"))), libc::ELOOP);
+    assert_eq!(errno(fs.lookup("/home/a/x")), libc::ELOOP);
+    assert_eq!(errno(fs.open_dir(p("/home/a"))), libc::ELOOP);
+    assert_eq!(errno(fs.open_dir(p("/home/a/x"))), libc::ELOOP);
 }
 
 #[test]
@@ -343,21 +445,25 @@ fn forty_symlink_hops_resolve_and_forty_one_are_eloop() {
         fs.symlink(format!("/home/l{i}"), format!("l{}", i - 1))
             .unwrap();
     }
-    fs.space(p("/home/l39")).unwrap();
-    assert_eq!(errno(fs.space(p("/home/l40"))), libc::ELOOP);
+    dir(&fs, "/home/l39").space().unwrap();
+    assert_eq!(errno(fs.open_dir(p("/home/l40"))), libc::ELOOP);
 }
 
 #[test]
 fn opening_a_directory_is_eisdir_and_unlinking_one_too() {
     let fs = home();
-    assert_eq!(errno(fs.allocate(p("/home"), 0, 1)), libc::EISDIR);
-    assert_eq!(errno(fs.write_fill(p("/home"), 0, 1)), libc::EISDIR);
-    assert_eq!(errno(fs.set_len(p("/home"), 0)), libc::EISDIR);
-    assert_eq!(errno(fs.sync_file(p("/home"))), libc::EISDIR);
-    assert_eq!(errno(fs.remove_file(p("/home"))), libc::EISDIR);
-    assert_eq!(errno(fs.remove_file(p("/"))), libc::EISDIR);
-    assert_eq!(errno(fs.remove_file(p("/home/.."))), libc::EISDIR);
-    assert_eq!(errno(fs.create_file(p("/home/new/"))), libc::EISDIR);
+    fs.mkdir_all("/home/d").unwrap();
+    let home_dir = dir(&fs, "/home");
+    for options in [OpenOptions::read(), OpenOptions::write()] {
+        assert_eq!(
+            errno(home_dir.open_file("d", options)),
+            libc::EISDIR,
+            "{options:?}"
+        );
+    }
+    assert_eq!(errno(home_dir.remove_file("d")), libc::EISDIR);
+    assert_eq!(errno(dir(&fs, "/").remove_file("home")), libc::EISDIR);
+    assert_eq!(lookup(&fs, "/home/d").kind, FileKind::Directory);
 }
 
 #[test]
@@ -365,17 +471,25 @@ fn opening_a_fifo_or_socket_is_enxio() {
     let fs = home();
     fs.mkfifo("/home/fifo").unwrap();
     fs.mksocket("/home/sock").unwrap();
-    for path in ["/home/fifo", "/home/sock"] {
-        assert_eq!(errno(fs.allocate(p(path), 0, 1)), libc::ENXIO);
-        assert_eq!(errno(fs.write_fill(p(path), 0, 1)), libc::ENXIO);
-        assert_eq!(errno(fs.set_len(p(path), 0)), libc::ENXIO);
-        assert_eq!(errno(fs.sync_file(p(path))), libc::ENXIO);
+    let home_dir = dir(&fs, "/home");
+    for name in ["fifo", "sock"] {
+        for options in [OpenOptions::read(), OpenOptions::write()] {
+            assert_eq!(
+                errno(home_dir.open_file(name, options)),
+                libc::ENXIO,
+                "{name} {options:?}"
+            );
+        }
     }
     assert_eq!(
-        fs.probe(p("/home/fifo")).unwrap().unwrap().kind,
+        home_dir.probe("fifo").unwrap().unwrap().kind,
         FileKind::Fifo
     );
-    fs.remove_file(p("/home/fifo")).unwrap();
+    assert_eq!(
+        home_dir.probe("sock").unwrap().unwrap().kind,
+        FileKind::Socket
+    );
+    home_dir.remove_file("fifo").unwrap();
 }
 
 #[test]
@@ -383,8 +497,15 @@ fn opening_a_device_is_einval() {
     let fs = home();
     fs.mknod("/home/null", FileKind::CharDevice).unwrap();
     fs.mknod("/home/sda", FileKind::BlockDevice).unwrap();
-    assert_eq!(errno(fs.write_fill(p("/home/null"), 0, 1)), libc::EINVAL);
-    assert_eq!(errno(fs.allocate(p("/home/sda"), 0, 1)), libc::EINVAL);
+    let home_dir = dir(&fs, "/home");
+    assert_eq!(
+        errno(home_dir.open_file("null", OpenOptions::write())),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(home_dir.open_file("sda", OpenOptions::read())),
+        libc::EINVAL
+    );
     assert_eq!(
         errno(fs.mknod("/home/d", FileKind::Directory)),
         libc::EINVAL
@@ -396,24 +517,34 @@ fn create_file_over_anything_is_eexist() {
     let fs = home();
     fs.write_file("/home/f", 0).unwrap();
     fs.symlink("/home/dangling", "/nowhere").unwrap();
-    assert_eq!(errno(fs.create_file(p("/home/f"))), libc::EEXIST);
-    assert_eq!(errno(fs.create_file(p("/home/dangling"))), libc::EEXIST);
-    assert_eq!(errno(fs.create_file(p("/home"))), libc::EEXIST);
-    assert_eq!(errno(fs.create_file(p("/"))), libc::EEXIST);
+    fs.mkdir_all("/home/d").unwrap();
+    let home_dir = dir(&fs, "/home");
+    for name in ["f", "dangling", "d"] {
+        assert_eq!(
+            errno(home_dir.open_file(name, OpenOptions::create_new())),
+            libc::EEXIST,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        errno(dir(&fs, "/").open_file("home", OpenOptions::create_new())),
+        libc::EEXIST
+    );
     assert_eq!(errno(fs.write_file("/home/f", 1)), libc::EEXIST);
-    assert_eq!(fs.probe(p("/nowhere")).unwrap(), None, "link not followed");
+    assert_eq!(fs.lookup("/nowhere").unwrap(), None, "link not followed");
 }
 
 #[test]
 fn create_file_works_at_zero_free() {
     let fs = home();
     fs.set_free(0).unwrap();
-    fs.create_file(p("/home/f")).unwrap();
-    let probe = fs.probe(p("/home/f")).unwrap().unwrap();
+    let f = create(&fs, "f");
+    let probe = f.probe().unwrap();
     assert_eq!(
-        (probe.kind, probe.len, probe.allocated_bytes),
-        (FileKind::Regular, 0, 0)
+        (probe.kind, probe.len, probe.allocated_bytes, probe.links),
+        (FileKind::Regular, 0, 0, 1)
     );
+    assert_eq!(lookup(&fs, "/home/f"), probe);
 }
 
 #[test]
@@ -421,8 +552,8 @@ fn unlink_works_at_zero_free_and_frees_the_blocks() {
     let fs = home();
     fs.write_file("/home/.reserve", 64 * BS).unwrap();
     fs.set_free(0).unwrap();
-    fs.remove_file(p("/home/.reserve")).unwrap();
-    assert_eq!(fs.probe(p("/home/.reserve")).unwrap(), None);
+    dir(&fs, "/home").remove_file(".reserve").unwrap();
+    assert_eq!(fs.lookup("/home/.reserve").unwrap(), None);
     assert_eq!(fs.free_bytes(), 64 * BS);
 }
 
@@ -431,17 +562,35 @@ fn unlink_of_a_symlink_removes_the_link_only() {
     let fs = home();
     fs.write_file("/home/f", BS).unwrap();
     fs.symlink("/home/link", "f").unwrap();
-    fs.remove_file(p("/home/link")).unwrap();
-    assert_eq!(fs.probe(p("/home/link")).unwrap(), None);
+    dir(&fs, "/home").remove_file("link").unwrap();
+    assert_eq!(fs.lookup("/home/link").unwrap(), None);
     assert_eq!(allocated(&fs, "/home/f"), BS);
+}
+
+#[test]
+fn unlinked_file_keeps_its_blocks_until_its_last_handle_is_dropped() {
+    let fs = home();
+    fs.write_file("/home/f", 8 * BS).unwrap();
+    let (first, second) = (open(&fs, "f"), open(&fs, "f"));
+    dir(&fs, "/home").remove_file("f").unwrap();
+    assert_eq!(fs.lookup("/home/f").unwrap(), None);
+    assert_eq!(fs.free_bytes(), MIB - 8 * BS, "still held by the handles");
+    first.allocate(0, 16 * BS).unwrap();
+    assert_eq!(second.probe().unwrap().allocated_bytes, 16 * BS);
+    assert_eq!(second.probe().unwrap().links, 0);
+    drop(first);
+    assert_eq!(fs.free_bytes(), MIB - 16 * BS);
+    drop(second);
+    assert_eq!(fs.free_bytes(), MIB);
+    assert_eq!(fs.snapshot().entries.len(), 2, "only / and /home are left");
 }
 
 #[test]
 fn write_fill_writes_what_fits_then_fails_with_enospc() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_free(3 * BS).unwrap();
-    assert_eq!(errno(fs.write_fill(p("/home/f"), 0, 10 * BS)), libc::ENOSPC);
+    assert_eq!(errno(f.write_fill(0, 10 * BS)), libc::ENOSPC);
     assert_eq!(allocated(&fs, "/home/f"), 3 * BS);
     assert_eq!(
         len(&fs, "/home/f"),
@@ -450,18 +599,18 @@ fn write_fill_writes_what_fits_then_fails_with_enospc() {
     );
     assert_eq!(fs.free_bytes(), 0);
     // Nothing fits: no byte is written and the length stays.
-    assert_eq!(errno(fs.write_fill(p("/home/f"), 5 * BS, BS)), libc::ENOSPC);
+    assert_eq!(errno(f.write_fill(5 * BS, BS)), libc::ENOSPC);
     assert_eq!(len(&fs, "/home/f"), 3 * BS);
     // Rewriting allocated blocks needs no space.
-    fs.write_fill(p("/home/f"), 100, 2 * BS).unwrap();
+    f.write_fill(100, 2 * BS).unwrap();
 }
 
 #[test]
 fn write_fill_writes_what_fits_then_fails_with_edquot() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_quota(Some(2 * BS));
-    assert_eq!(errno(fs.write_fill(p("/home/f"), 0, 4 * BS)), libc::EDQUOT);
+    assert_eq!(errno(f.write_fill(0, 4 * BS)), libc::EDQUOT);
     assert_eq!(allocated(&fs, "/home/f"), 2 * BS);
     assert_eq!(len(&fs, "/home/f"), 2 * BS);
 }
@@ -469,9 +618,9 @@ fn write_fill_writes_what_fits_then_fails_with_edquot() {
 #[test]
 fn write_fill_of_zero_bytes_is_a_no_op() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.set_free(0).unwrap();
-    fs.write_fill(p("/home/f"), 10 * BS, 0).unwrap();
+    f.write_fill(10 * BS, 0).unwrap();
     assert_eq!(len(&fs, "/home/f"), 0);
 }
 
@@ -479,11 +628,12 @@ fn write_fill_of_zero_bytes_is_a_no_op() {
 fn set_len_shrinking_frees_blocks_past_the_new_length() {
     let fs = home();
     fs.write_file("/home/f", 10 * BS).unwrap();
-    fs.set_len(p("/home/f"), 4 * BS + 1).unwrap();
+    let f = open(&fs, "f");
+    f.set_len(4 * BS + 1).unwrap();
     assert_eq!(len(&fs, "/home/f"), 4 * BS + 1);
     assert_eq!(allocated(&fs, "/home/f"), 5 * BS, "the partial block stays");
     assert_eq!(fs.free_bytes(), MIB - 5 * BS);
-    fs.set_len(p("/home/f"), 0).unwrap();
+    f.set_len(0).unwrap();
     assert_eq!(allocated(&fs, "/home/f"), 0);
 }
 
@@ -491,77 +641,165 @@ fn set_len_shrinking_frees_blocks_past_the_new_length() {
 fn set_len_growing_allocates_nothing() {
     let fs = home();
     fs.write_file("/home/f", BS).unwrap();
+    let f = open(&fs, "f");
     fs.set_free(0).unwrap();
-    fs.set_len(p("/home/f"), 1 << 40).unwrap();
+    f.set_len(1 << 40).unwrap();
     assert_eq!(len(&fs, "/home/f"), 1 << 40);
     assert_eq!(allocated(&fs, "/home/f"), BS);
 }
 
 #[test]
+fn write_less_handle_is_ebadf_for_writes_and_einval_for_set_len() {
+    let fs = home();
+    fs.write_file("/home/f", BS).unwrap();
+    let f = dir(&fs, "/home")
+        .open_file("f", OpenOptions::read())
+        .unwrap();
+    let before = fs.snapshot();
+    assert_eq!(errno(f.allocate(0, 2 * BS)), libc::EBADF);
+    assert_eq!(errno(f.write_fill(0, BS)), libc::EBADF);
+    assert_eq!(errno(f.set_len(0)), libc::EINVAL);
+    f.sync_all().unwrap();
+    assert_eq!(fs.snapshot(), before);
+}
+
+#[test]
+fn rename_and_link_in_a_directory() {
+    let fs = home();
+    fs.write_file("/home/a", 2 * BS).unwrap();
+    fs.write_file("/home/b", 5 * BS).unwrap();
+    let home_dir = dir(&fs, "/home");
+    home_dir.rename("a", "b").unwrap();
+    assert_eq!(fs.lookup("/home/a").unwrap(), None);
+    assert_eq!(allocated(&fs, "/home/b"), 2 * BS);
+    assert_eq!(fs.free_bytes(), MIB - 2 * BS, "the replaced file is freed");
+    home_dir.link("b", "c").unwrap();
+    assert_eq!(lookup(&fs, "/home/b").links, 2);
+    assert_eq!(errno(home_dir.link("b", "c")), libc::EEXIST);
+    home_dir.remove_file("b").unwrap();
+    assert_eq!(lookup(&fs, "/home/c").links, 1);
+    assert_eq!(allocated(&fs, "/home/c"), 2 * BS);
+    assert_eq!(fs.free_bytes(), MIB - 2 * BS);
+}
+
+#[test]
+fn crash_forgets_an_unsynced_rename_and_link() {
+    let fs = home();
+    fs.write_file("/home/a", BS).unwrap();
+    let home_dir = dir(&fs, "/home");
+    home_dir.rename("a", "b").unwrap();
+    home_dir.link("b", "c").unwrap();
+    fs.crash();
+    assert_eq!(allocated(&fs, "/home/a"), BS);
+    assert_eq!(fs.lookup("/home/b").unwrap(), None);
+    assert_eq!(fs.lookup("/home/c").unwrap(), None);
+    assert_eq!(lookup(&fs, "/home/a").links, 1);
+}
+
+#[test]
 fn fail_nth_fails_exactly_the_nth_call_and_leaves_no_effect() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let f = create(&fs, "f");
     fs.fail_nth(SimOp::Allocate, 3, libc::EIO);
-    fs.allocate(p("/home/f"), 0, BS).unwrap();
-    fs.allocate(p("/home/f"), 0, 2 * BS).unwrap();
+    f.allocate(0, BS).unwrap();
+    f.allocate(0, 2 * BS).unwrap();
     let before = fs.snapshot();
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 8 * BS)), libc::EIO);
+    assert_eq!(errno(f.allocate(0, 8 * BS)), libc::EIO);
     assert_eq!(fs.snapshot(), before, "the failed call changed nothing");
-    fs.allocate(p("/home/f"), 0, 8 * BS).unwrap();
+    f.allocate(0, 8 * BS).unwrap();
     assert_eq!(allocated(&fs, "/home/f"), 8 * BS);
 }
 
 #[test]
 fn fail_nth_plans_stack_and_count_only_their_op() {
     let fs = home();
-    fs.fail_next(SimOp::CreateFile, libc::ENOSPC);
-    fs.fail_nth(SimOp::CreateFile, 2, libc::EACCES);
+    let home_dir = dir(&fs, "/home");
+    fs.fail_next(SimOp::OpenFile, libc::ENOSPC);
+    fs.fail_nth(SimOp::OpenFile, 2, libc::EACCES);
     fs.fail_nth(SimOp::RemoveFile, 1, libc::EBUSY);
-    fs.probe(p("/home")).unwrap(); // other ops do not count
-    assert_eq!(errno(fs.create_file(p("/home/a"))), libc::ENOSPC);
-    assert_eq!(errno(fs.create_file(p("/home/a"))), libc::EACCES);
-    fs.create_file(p("/home/a")).unwrap();
-    assert_eq!(errno(fs.remove_file(p("/home/a"))), libc::EBUSY);
-    fs.remove_file(p("/home/a")).unwrap();
+    home_dir.probe("a").unwrap(); // other ops do not count
+    assert_eq!(
+        errno(home_dir.open_file("a", OpenOptions::create_new())),
+        libc::ENOSPC
+    );
+    assert_eq!(
+        errno(home_dir.open_file("a", OpenOptions::create_new())),
+        libc::EACCES
+    );
+    assert_eq!(
+        fs.lookup("/home/a").unwrap(),
+        None,
+        "failed calls create nothing"
+    );
+    drop(home_dir.open_file("a", OpenOptions::create_new()).unwrap());
+    assert_eq!(errno(home_dir.remove_file("a")), libc::EBUSY);
+    home_dir.remove_file("a").unwrap();
 }
 
 #[test]
-fn fail_next_injects_into_lock_dir_and_probe() {
+fn fail_next_injects_into_try_lock_probe_and_open_dir() {
     let fs = home();
-    fs.fail_next(SimOp::LockDir, libc::EINTR);
+    fs.fail_next(SimOp::OpenDir, libc::EACCES);
+    assert_eq!(errno(fs.open_dir(p("/home"))), libc::EACCES);
+    let home_dir = dir(&fs, "/home");
+    fs.fail_next(SimOp::LockDir, libc::ENOLCK);
     fs.fail_next(SimOp::Probe, libc::EIO);
-    assert_eq!(errno(fs.lock_dir(p("/home"))), libc::EINTR);
-    assert_eq!(errno(fs.probe(p("/home"))), libc::EIO);
-    drop(fs.lock_dir(p("/home")).unwrap());
+    assert_eq!(errno(home_dir.try_lock()), libc::ENOLCK);
+    assert_eq!(errno(home_dir.probe("x")), libc::EIO);
+    drop(home_dir.try_lock().unwrap().unwrap());
 }
 
 #[test]
 fn setup_methods_are_not_fault_injected_or_counted() {
     let fs = home();
-    fs.fail_next(SimOp::CreateFile, libc::EIO);
+    fs.fail_next(SimOp::OpenFile, libc::EIO);
+    fs.fail_next(SimOp::Probe, libc::EIO);
     fs.write_file("/home/f", BS).unwrap();
-    assert_eq!(fs.calls(SimOp::CreateFile), 0);
-    assert_eq!(errno(fs.create_file(p("/home/g"))), libc::EIO);
+    fs.lookup("/home/f").unwrap().unwrap();
+    assert_eq!(fs.calls(SimOp::OpenFile), 0);
+    assert_eq!(fs.calls(SimOp::Probe), 0);
+    let home_dir = dir(&fs, "/home");
+    assert_eq!(
+        errno(home_dir.open_file("g", OpenOptions::create_new())),
+        libc::EIO
+    );
+    assert_eq!(errno(home_dir.probe("f")), libc::EIO);
 }
 
 #[test]
 fn schedule_space_changes_applies_one_delta_before_each_call() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
+    let home_dir = dir(&fs, "/home");
+    let f = create(&fs, "f");
     fs.schedule_space_changes([0, MIB as i64 - 4 * BS as i64, -(2 * BS as i64), i64::MAX]);
     // Call 1: nothing changes before it.
-    assert_eq!(fs.space(p("/home")).unwrap().free_bytes, MIB);
+    assert_eq!(home_dir.space().unwrap().free_bytes, MIB);
     // Call 2: someone ate all but four blocks.
-    assert_eq!(errno(fs.allocate(p("/home/f"), 0, 5 * BS)), libc::ENOSPC);
+    assert_eq!(errno(f.allocate(0, 5 * BS)), libc::ENOSPC);
     // Call 3: they freed two blocks.
-    fs.allocate(p("/home/f"), 0, 6 * BS).unwrap();
+    f.allocate(0, 6 * BS).unwrap();
     // Call 4: they ate everything that was left (clamped at free).
-    assert_eq!(fs.space(p("/home")).unwrap().free_bytes, 0);
+    assert_eq!(home_dir.space().unwrap().free_bytes, 0);
     assert_eq!(fs.snapshot().other_writers_bytes, MIB - 6 * BS);
     // The queue is empty: nothing changes any more.
-    assert_eq!(fs.space(p("/home")).unwrap().free_bytes, 0);
-    fs.remove_file(p("/home/f")).unwrap();
+    assert_eq!(home_dir.space().unwrap().free_bytes, 0);
+    drop(f);
+    home_dir.remove_file("f").unwrap();
     assert_eq!(fs.free_bytes(), 6 * BS);
+}
+
+#[test]
+fn take_max_free_reported_returns_the_largest_space_answer_once() {
+    let fs = home();
+    let home_dir = dir(&fs, "/home");
+    assert_eq!(fs.take_max_free_reported(), None);
+    home_dir.space().unwrap();
+    fs.set_free(BS).unwrap();
+    home_dir.space().unwrap();
+    assert_eq!(fs.take_max_free_reported(), Some(MIB));
+    assert_eq!(fs.take_max_free_reported(), None);
+    home_dir.space().unwrap();
+    assert_eq!(fs.take_max_free_reported(), Some(BS));
 }
 
 #[test]
@@ -585,22 +823,23 @@ fn eat_and_free_external_clamp() {
 #[test]
 fn crash_drops_a_created_but_unsynced_file() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
-    fs.allocate(p("/home/f"), 0, BS).unwrap();
-    fs.sync_file(p("/home/f")).unwrap(); // the file, not its directory entry
+    let f = create(&fs, "f");
+    f.allocate(0, BS).unwrap();
+    f.sync_all().unwrap(); // the file, not its directory entry
     fs.crash();
-    assert_eq!(fs.probe(p("/home/f")).unwrap(), None);
+    assert_eq!(fs.lookup("/home/f").unwrap(), None);
     assert_eq!(fs.free_bytes(), MIB, "its blocks are free again");
+    assert_eq!(fs.crashes(), 1);
 }
 
 #[test]
 fn crash_keeps_an_entry_synced_without_its_data_as_empty() {
     let fs = home();
-    fs.create_file(p("/home/f")).unwrap();
-    fs.allocate(p("/home/f"), 0, BS).unwrap();
-    fs.sync_dir(p("/home")).unwrap();
+    let f = create(&fs, "f");
+    f.allocate(0, BS).unwrap();
+    dir(&fs, "/home").sync().unwrap();
     fs.crash();
-    let probe = fs.probe(p("/home/f")).unwrap().unwrap();
+    let probe = lookup(&fs, "/home/f");
     assert_eq!((probe.len, probe.allocated_bytes), (0, 0));
 }
 
@@ -608,12 +847,13 @@ fn crash_keeps_an_entry_synced_without_its_data_as_empty() {
 fn crash_drops_unsynced_growth() {
     let fs = home();
     fs.write_file("/home/f", 2 * BS).unwrap();
-    fs.allocate(p("/home/f"), 0, 8 * BS).unwrap();
+    open(&fs, "f").allocate(0, 8 * BS).unwrap();
     fs.crash();
     assert_eq!(len(&fs, "/home/f"), 2 * BS);
     assert_eq!(allocated(&fs, "/home/f"), 2 * BS);
-    fs.allocate(p("/home/f"), 0, 8 * BS).unwrap();
-    fs.sync_file(p("/home/f")).unwrap();
+    let f = open(&fs, "f");
+    f.allocate(0, 8 * BS).unwrap();
+    f.sync_all().unwrap();
     fs.crash();
     assert_eq!(allocated(&fs, "/home/f"), 8 * BS);
 }
@@ -622,97 +862,133 @@ fn crash_drops_unsynced_growth() {
 fn crash_resurrects_an_unsynced_unlink_with_its_durable_content() {
     let fs = home();
     fs.write_file("/home/.reserve", 16 * BS).unwrap();
-    fs.remove_file(p("/home/.reserve")).unwrap();
+    dir(&fs, "/home").remove_file(".reserve").unwrap();
     assert_eq!(fs.free_bytes(), MIB);
     fs.crash();
     assert_eq!(allocated(&fs, "/home/.reserve"), 16 * BS);
     assert_eq!(fs.free_bytes(), MIB - 16 * BS);
     // A synced unlink stays done.
-    fs.remove_file(p("/home/.reserve")).unwrap();
-    fs.sync_dir(p("/home")).unwrap();
+    let home_dir = dir(&fs, "/home");
+    home_dir.remove_file(".reserve").unwrap();
+    home_dir.sync().unwrap();
     fs.crash();
-    assert_eq!(fs.probe(p("/home/.reserve")).unwrap(), None);
+    assert_eq!(fs.lookup("/home/.reserve").unwrap(), None);
+}
+
+#[test]
+fn handles_from_before_a_crash_fail_with_eio() {
+    let fs = home();
+    let home_dir = dir(&fs, "/home");
+    let f = create(&fs, "f");
+    home_dir.sync().unwrap();
+    fs.crash();
+    assert_eq!(errno(home_dir.probe("f")), libc::EIO);
+    assert_eq!(errno(home_dir.space()), libc::EIO);
+    assert_eq!(errno(home_dir.try_lock()), libc::EIO);
+    assert_eq!(errno(f.probe()), libc::EIO);
+    assert_eq!(errno(f.allocate(0, BS)), libc::EIO);
+    assert_eq!(errno(f.sync_all()), libc::EIO);
+    drop(f); // releases nothing of the new generation
+    let fresh = open(&fs, "f");
+    fresh.allocate(0, BS).unwrap();
+    assert_eq!(allocated(&fs, "/home/f"), BS);
+}
+
+#[test]
+fn crash_after_cuts_power_on_the_nth_call() {
+    let fs = home();
+    let home_dir = dir(&fs, "/home");
+    let kept = create(&fs, "kept");
+    home_dir.sync().unwrap();
+    fs.crash_after(4);
+    kept.allocate(0, BS).unwrap(); // call 1
+    drop(create(&fs, "lost")); // calls 2 (open_dir) and 3 (open_file)
+    assert_eq!(fs.crashes(), 0);
+    assert_eq!(errno(kept.sync_all()), libc::EIO, "call 4: the power cut");
+    assert_eq!(fs.crashes(), 1);
+    assert_eq!(fs.lookup("/home/lost").unwrap(), None, "never synced");
+    assert_eq!(allocated(&fs, "/home/kept"), 0, "its growth never synced");
+    // The plan is used up.
+    dir(&fs, "/home").sync().unwrap();
+    assert_eq!(fs.crashes(), 1);
 }
 
 #[test]
 fn crash_drops_locks_and_stale_guards_release_nothing() {
     let fs = home();
-    let stale = fs.lock_dir(p("/home")).unwrap();
+    let stale = dir(&fs, "/home").try_lock().unwrap().unwrap();
     fs.crash();
-    let current = fs.lock_dir(p("/home")).unwrap(); // would block if the lock survived
+    let home_dir = dir(&fs, "/home");
+    let current = home_dir.try_lock().unwrap().expect("the crash dropped it");
     drop(stale);
-    // The current holder still excludes others.
-    let acquired = Arc::new(AtomicBool::new(false));
-    let released = Arc::new(AtomicBool::new(false));
-    let waiter = {
-        let (fs, acquired, released) = (fs.clone(), acquired.clone(), released.clone());
-        thread::spawn(move || {
-            let _lock = fs.lock_dir(p("/home")).unwrap();
-            assert!(released.load(Ordering::SeqCst), "lock taken while held");
-            acquired.store(true, Ordering::SeqCst);
-        })
-    };
-    while fs.calls(SimOp::LockDir) < 3 {
-        thread::yield_now();
-    }
-    assert!(!acquired.load(Ordering::SeqCst));
-    released.store(true, Ordering::SeqCst);
+    // The current holder still excludes others, here and on another thread.
+    assert!(
+        home_dir.try_lock().unwrap().is_none(),
+        "lock taken while held"
+    );
+    let other = fs.clone();
+    let from_thread = thread::spawn(move || dir(&other, "/home").try_lock().unwrap().is_none());
+    assert!(from_thread.join().unwrap(), "lock taken while held");
     drop(current);
-    waiter.join().unwrap();
-    assert!(acquired.load(Ordering::SeqCst));
+    drop(home_dir.try_lock().unwrap().expect("released on drop"));
 }
 
 #[test]
-fn lock_dir_excludes_another_thread_until_dropped() {
+fn try_lock_excludes_another_thread_until_dropped() {
     let fs = home();
-    let held = fs.lock_dir(p("/home")).unwrap();
-    let acquired = Arc::new(AtomicBool::new(false));
-    let released = Arc::new(AtomicBool::new(false));
+    fs.symlink("/alias", "/home").unwrap();
+    let held = dir(&fs, "/home").try_lock().unwrap().unwrap();
     let other = {
-        let (fs, acquired, released) = (fs.clone(), acquired.clone(), released.clone());
+        let fs = fs.clone();
         thread::spawn(move || {
-            let _lock = fs.lock_dir(p("/home")).unwrap();
-            assert!(released.load(Ordering::SeqCst), "lock taken while held");
-            acquired.store(true, Ordering::SeqCst);
+            let home_dir = dir(&fs, "/home");
+            assert!(home_dir.try_lock().unwrap().is_none(), "taken while held");
+            assert!(dir(&fs, "/alias").try_lock().unwrap().is_none(), "same dir");
+            home_dir
         })
     };
-    // The other thread has entered lock_dir: it counted its call under the state mutex
-    // and only lets go of the mutex to wait for the lock.
-    while fs.calls(SimOp::LockDir) < 2 {
-        thread::yield_now();
-    }
-    assert!(!acquired.load(Ordering::SeqCst));
+    let other_handle = other.join().unwrap();
     // Another directory is not affected.
     fs.mkdir_all("/other").unwrap();
-    drop(fs.lock_dir(p("/other")).unwrap());
-    released.store(true, Ordering::SeqCst);
+    drop(dir(&fs, "/other").try_lock().unwrap().unwrap());
     drop(held);
-    other.join().unwrap();
-    assert!(acquired.load(Ordering::SeqCst));
+    let again = Arc::new(other_handle);
+    let retaken = {
+        let again = Arc::clone(&again);
+        thread::spawn(move || again.try_lock().unwrap().is_some())
+    };
+    assert!(retaken.join().unwrap(), "released on drop");
+    assert_eq!(fs.calls(SimOp::LockDir), 5);
 }
 
 #[test]
 fn calls_counts_every_call_per_op_failed_ones_included() {
     let fs = home();
-    for op in SimOp::ALL {
+    for &op in SimOp::ALL {
         assert_eq!(fs.calls(op), 0);
     }
-    fs.space(p("/home")).unwrap();
-    fs.probe(p("/home")).unwrap();
-    fs.probe(p("/home/x")).unwrap();
-    fs.create_file(p("/home/f")).unwrap();
-    fs.create_file(p("/home/f")).unwrap_err();
-    fs.allocate(p("/home/f"), 0, 1).unwrap();
-    fs.write_fill(p("/home/f"), 0, 1).unwrap();
-    fs.set_len(p("/home/f"), 0).unwrap();
-    fs.sync_file(p("/home/f")).unwrap();
-    fs.sync_dir(p("/home")).unwrap();
-    fs.remove_file(p("/home/f")).unwrap();
-    drop(fs.lock_dir(p("/home")).unwrap());
+    let home_dir = dir(&fs, "/home");
+    home_dir.space().unwrap();
+    home_dir.probe("x").unwrap();
+    home_dir.probe("").unwrap_err();
+    let f = home_dir.open_file("f", OpenOptions::create_new()).unwrap();
+    home_dir
+        .open_file("f", OpenOptions::create_new())
+        .unwrap_err();
+    f.probe().unwrap();
+    f.allocate(0, 1).unwrap();
+    f.write_fill(0, 1).unwrap();
+    f.set_len(0).unwrap();
+    f.sync_all().unwrap();
+    home_dir.sync().unwrap();
+    home_dir.rename("f", "g").unwrap();
+    home_dir.link("g", "h").unwrap();
+    home_dir.remove_file("g").unwrap();
+    drop(home_dir.try_lock().unwrap());
     let counts: Vec<u64> = SimOp::ALL.iter().map(|&op| fs.calls(op)).collect();
-    assert_eq!(counts, [1, 2, 2, 1, 1, 1, 1, 1, 1, 1]);
+    assert_eq!(counts, [1, 1, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
     // Clones share the counters.
-    assert_eq!(fs.clone().calls(SimOp::Probe), 2);
+    assert_eq!(fs.clone().calls(SimOp::Probe), 3);
 }
 
 #[test]
@@ -724,8 +1000,7 @@ fn snapshot_equality_shows_only_the_changed_path() {
     fs.symlink("/home/link", "cache").unwrap();
     let before = fs.snapshot();
 
-    fs.create_file(p("/home/.reserve")).unwrap();
-    fs.allocate(p("/home/.reserve"), 0, 16 * BS).unwrap();
+    create(&fs, ".reserve").allocate(0, 16 * BS).unwrap();
     let after = fs.snapshot();
     assert_ne!(after, before);
     assert_eq!(after.clone().without("/home/.reserve"), before);
@@ -760,7 +1035,7 @@ fn setup_remove_handles_every_kind_and_refuses_non_empty_directories() {
     assert_eq!(fs.free_bytes(), MIB);
     // Setup removal is durable at once.
     fs.crash();
-    assert_eq!(fs.probe(p("/home/d")).unwrap(), None);
+    assert_eq!(fs.lookup("/home/d").unwrap(), None);
 }
 
 #[test]
@@ -768,9 +1043,31 @@ fn setup_write_file_that_does_not_fit_is_enospc_and_creates_nothing() {
     let fs = home();
     fs.set_free(BS).unwrap();
     assert_eq!(errno(fs.write_file("/home/f", BS + 1)), libc::ENOSPC);
-    assert_eq!(fs.probe(p("/home/f")).unwrap(), None);
+    assert_eq!(fs.lookup("/home/f").unwrap(), None);
     assert_eq!(errno(fs.write_file("/missing/f", 2 * BS)), libc::ENOENT);
     fs.write_file("/home/f", BS).unwrap();
+}
+
+#[test]
+fn setup_hard_link_and_rename_are_durable_and_keep_handles_working() {
+    let fs = home();
+    fs.mkdir_all("/home/sub").unwrap();
+    fs.write_file("/home/sub/f", 2 * BS).unwrap();
+    let sub = dir(&fs, "/home/sub");
+    fs.hard_link("/home/sub/f", "/home/g").unwrap();
+    assert_eq!(lookup(&fs, "/home/g").links, 2);
+    assert_eq!(errno(fs.hard_link("/home/sub", "/home/x")), libc::EPERM);
+    assert_eq!(errno(fs.hard_link("/home/g", "/home/sub/f")), libc::EEXIST);
+    fs.rename("/home/sub", "/moved").unwrap();
+    assert_eq!(errno(fs.rename("/moved", "/moved/deeper")), libc::EINVAL);
+    assert_eq!(errno(fs.rename("/missing", "/x")), libc::ENOENT);
+    // The handle follows its directory.
+    sub.open_file("new", OpenOptions::create_new()).unwrap();
+    assert_eq!(lookup(&fs, "/moved/new").kind, FileKind::Regular);
+    fs.crash();
+    assert_eq!(lookup(&fs, "/moved/f").links, 2);
+    assert_eq!(fs.lookup("/home/sub").unwrap(), None);
+    assert_eq!(fs.lookup("/moved/new").unwrap(), None, "never synced");
 }
 
 #[test]
@@ -791,13 +1088,26 @@ fn debug_prints_space_and_entry_count_not_the_tree() {
     assert!(text.contains("free_bytes: 1044480"), "{text}");
     assert!(text.contains("entries: 3"), "{text}");
     assert!(!text.contains("secret-name"), "{text}");
+    let handle = format!("{:?}", dir(&fs, "/home"));
+    assert!(!handle.contains("home"), "{handle}");
 }
 
 #[test]
 fn sim_fs_works_as_a_trait_object() {
     let fs = home();
     let dynamic: &dyn HostFs = &fs;
-    dynamic.create_file(p("/home/f")).unwrap();
+    dynamic
+        .open_dir(p("/home"))
+        .unwrap()
+        .open_file("f", OpenOptions::create_new())
+        .unwrap();
     let shared: Arc<dyn HostFs> = Arc::new(fs.clone());
-    assert!(shared.probe(p("/home/f")).unwrap().is_some());
+    assert!(
+        shared
+            .open_dir(p("/home"))
+            .unwrap()
+            .probe("f")
+            .unwrap()
+            .is_some()
+    );
 }

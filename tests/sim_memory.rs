@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
-use disk_reserve::{HostFs, SimFs};
+use disk_reserve::{HostFs, OpenOptions, SimFs};
 
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
@@ -20,11 +20,14 @@ static ALLOCATOR: Counting = Counting;
 fn heap_growth(capacity: u64, file_len: u64) -> (SimFs, usize) {
     let before = LIVE_BYTES.load(Ordering::SeqCst);
     let fs = SimFs::with_home(capacity, "/srv/app");
-    fs.create_file("/srv/app/.reserve".into()).unwrap();
-    fs.allocate("/srv/app/.reserve".into(), 0, file_len)
+    let home = fs.open_dir("/srv/app".into()).unwrap();
+    let file = home
+        .open_file(".reserve", OpenOptions::create_new())
         .unwrap();
-    fs.sync_file("/srv/app/.reserve".into()).unwrap();
-    fs.sync_dir("/srv/app".into()).unwrap();
+    file.allocate(0, file_len).unwrap();
+    file.sync_all().unwrap();
+    home.sync().unwrap();
+    drop((file, home));
     let after = LIVE_BYTES.load(Ordering::SeqCst);
     (fs, after.saturating_sub(before))
 }

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use disk_reserve::{Error, FileKind, HostFs, Operation, RealFs, Released, Reserve, ReserveConfig};
+use disk_reserve::{FileKind, RealFs, Released, Reserve, ReserveConfig};
 
 use super::args::{Cli, Command, EnsureArgs, HeadroomArg, ReleaseArgs, SizeArg, StatusArgs};
 use super::exit::Exit;
@@ -83,16 +83,12 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
 fn release(args: ReleaseArgs) -> Result<Report, Failure> {
     let reserve = open(&args.common.home, ReserveConfig::default())?;
     // Only for the report: the length of what is about to be removed.
-    let len_before = match reserve.fs().probe(reserve.path()) {
+    let len_before = match reserve.probe() {
         Ok(Some(probe)) if probe.kind == FileKind::Regular => probe.len,
         _ => 0,
     };
     let released = reserve.release().map_err(|e| Failure::of(e, &reserve))?;
-    let space = reserve
-        .fs()
-        .space(reserve.home())
-        .map_err(|e| Error::io(Operation::ReadSpace, reserve.home(), e))
-        .map_err(|e| Failure::of(e, &reserve))?;
+    let space = reserve.space_now().map_err(|e| Failure::of(e, &reserve))?;
     Ok(Report {
         path: reserve.path().to_owned(),
         size_bytes: match released {

@@ -15,11 +15,15 @@ pub(crate) enum Entry {
     Absent,
     /// A regular file of `len` bytes whose first `blocks` blocks are allocated.
     File { len: u64, blocks: u64 },
+    /// A regular file with another name outside the home (a hard link of the bystander):
+    /// its blocks are counted outside, never the reserve's.
+    Linked { len: u64, blocks: u64 },
     /// Something else (planted by the scenario).
     Other(FileKind),
 }
 
 impl Entry {
+    /// Blocks held by the reserve path alone.
     fn blocks(self) -> u64 {
         match self {
             Entry::File { blocks, .. } => blocks,
@@ -240,7 +244,8 @@ impl Model {
         }
         let allocated_bytes = target.max(kept) * self.block_bytes;
         let outcome = match now {
-            Entry::Absent => Ensured::Created { allocated_bytes },
+            // Rule 7: a linked file is replaced by a fresh reserve, never written.
+            Entry::Absent | Entry::Linked { .. } => Ensured::Created { allocated_bytes },
             _ => Ensured::ToppedUp {
                 from_allocated_bytes: held,
                 allocated_bytes,
@@ -258,11 +263,15 @@ impl Model {
         match self.entry {
             Entry::Absent => (Ok(Released::Absent), Entry::Absent),
             Entry::Other(kind) => (Err(Refusal::NotRegular(kind)), self.entry),
-            Entry::File { .. } if self.read_only => (Err(Refusal::ReadOnly), self.entry),
+            Entry::File { .. } | Entry::Linked { .. } if self.read_only => {
+                (Err(Refusal::ReadOnly), self.entry)
+            }
             Entry::File { blocks, .. } => {
                 let freed_bytes = blocks * self.block_bytes;
                 (Ok(Released::Released { freed_bytes }), Entry::Absent)
             }
+            // Rule 7: only the name goes; the blocks stay with the other name.
+            Entry::Linked { .. } => (Ok(Released::Released { freed_bytes: 0 }), Entry::Absent),
         }
     }
 }
