@@ -523,7 +523,15 @@ fn sizes_accept_units_and_shares_of_the_filesystem() {
     let home = home();
     for (text, bytes) in [
         ("1048576", MIB),
+        ("512B", 512),
+        ("64M", 64 * MIB),
         ("64MiB", 64 * MIB),
+        ("64k", 64 * KIB),
+        ("64K", 64 * KIB),
+        ("1G", 1 << 30),
+        ("1.5M", 3 * MIB / 2),
+        (" 64M ", 64 * MIB),
+        ("64 MiB", 64 * MIB),
         ("4KiB", 4 * KIB),
         ("1GiB", 1 << 30),
         ("2TiB", 2 << 40),
@@ -773,7 +781,9 @@ fn malformed_size_is_a_usage_error_naming_the_text() {
         ("ensure", "--headroom"),
         ("status", "--size"),
     ] {
-        for bad in ["12XB", "abc", "-5", "1.2.3MiB", "x%", "-1%", "101%", ""] {
+        for bad in [
+            "12XB", "abc", "-5", "1.2.3MiB", "x%", "-1%", "101%", "", " ", "64Mi", "1P",
+        ] {
             // `--size=-5`: the form that keeps a leading `-` from reading as a flag.
             let arg = format!("{flag}={bad}");
             let out = sub(subcommand, home.path(), &[&arg, "--json"]);
@@ -788,6 +798,90 @@ fn malformed_size_is_a_usage_error_naming_the_text() {
         }
     }
     assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn size_units_are_those_of_fallocate() {
+    // `64M` is 64 MiB, as `fallocate -l 64M` and `truncate -s 64M` read it.
+    let home = home();
+    let out = sub(
+        "status",
+        home.path(),
+        &["--size", "64M", "--headroom", "64k", "--json"],
+    );
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["size_bytes"], 67_108_864);
+    assert_eq!(value["headroom_bytes"], 65_536);
+}
+
+#[test]
+fn negative_size_as_its_own_argument_gets_our_message() {
+    let home = home();
+    for (subcommand, flag) in [
+        ("ensure", "--size"),
+        ("ensure", "--headroom"),
+        ("status", "--size"),
+        ("status", "--headroom"),
+    ] {
+        for bad in ["-1", "-1M", "-5%"] {
+            let out = sub(subcommand, home.path(), &[flag, bad, "--json"]);
+            assert_exit(&out, 2);
+            assert!(stdout(&out).is_empty(), "{flag} {bad}");
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("`{bad}`: a size cannot be negative")),
+                "{flag} {bad}: {err}"
+            );
+            assert!(err.contains(flag), "{err}");
+            assert!(!err.contains("unexpected argument"), "{err}");
+        }
+    }
+    // An option where the SIZE should be is named as such.
+    let out = sub("ensure", home.path(), &["--size", "--json"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("`--json` looks like an option, not a size"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn too_large_size_is_a_usage_error_not_a_wrap() {
+    let home = home();
+    for flag in ["--size", "--headroom"] {
+        for bad in ["99999999999T", "18446744073709551616", "16777216TiB"] {
+            let out = sub("ensure", home.path(), &[flag, bad]);
+            assert_exit(&out, 2);
+            assert!(stdout(&out).is_empty());
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("`{bad}` is too large")),
+                "{flag} {bad}: {err}"
+            );
+        }
+    }
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn help_explains_the_size_units() {
+    let out = run(["ensure", "--help"]);
+    assert_exit(&out, 0);
+    let help = stdout(&out);
+    for needle in ["64M = 64MiB = 67108864", "KB MB GB TB", "--headroom"] {
+        assert!(
+            help.contains(needle),
+            "ensure --help mentions {needle}: {help}"
+        );
+    }
+    let out = run(["--help"]);
+    let help = stdout(&out);
+    for needle in ["fallocate -l", "64k is 64K = 65536", "Spaces around it"] {
+        assert!(help.contains(needle), "--help mentions {needle}: {help}");
+    }
 }
 
 #[test]
