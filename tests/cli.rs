@@ -5,10 +5,11 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use camino::Utf8Path;
 use disk_reserve::{HumanBytes, out_of_space_hint};
@@ -925,7 +926,7 @@ fn help_has_an_example_per_subcommand_and_version_prints() {
     let out = run(["--help"]);
     assert_exit(&out, 0);
     let help = stdout(&out);
-    for needle in ["75", "--json", "outcome", "\"error\"", "RUST_LOG"] {
+    for needle in ["75", "74", "--json", "outcome", "\"error\"", "RUST_LOG"] {
         assert!(
             help.contains(needle),
             "top-level help mentions {needle}: {help}"
@@ -937,6 +938,103 @@ fn help_has_an_example_per_subcommand_and_version_prints() {
         stdout(&out).trim_end(),
         format!("disk-reserve {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// stdout fails: exit 74
+
+/// Runs `disk-reserve SUB --home HOME EXTRA…` with stdout going to `stdout`.
+fn sub_to(stdout: Stdio, subcommand: &str, home: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg(subcommand)
+        .arg("--home")
+        .arg(home)
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run disk-reserve")
+}
+
+fn dev_full() -> Option<Stdio> {
+    OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .ok()
+        .map(Stdio::from)
+}
+
+/// The write end of a pipe whose read end is already closed: any write gets `EPIPE`.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is two writable ints, as pipe2(2) wants.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 just opened both descriptors and nothing else owns them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
+}
+
+#[test]
+fn stdout_failing_exits_74_with_one_line_on_stderr() {
+    let home = home();
+    let Some(_) = dev_full() else {
+        println!("skipped: no /dev/full");
+        return;
+    };
+    for extra in [&["--json"][..], &[]] {
+        let out = sub_to(dev_full().unwrap(), "status", home.path(), extra);
+        assert_exit(&out, 74);
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(
+            err.starts_with("error: the report could not be written to stdout: "),
+            "{err:?}"
+        );
+        assert!(err.contains("No space left on device"), "says why: {err:?}");
+    }
+    // The work is done all the same: ensure laid the reserve down.
+    let out = sub_to(
+        dev_full().unwrap(),
+        "ensure",
+        home.path(),
+        &["--size", "1M"],
+    );
+    assert_exit(&out, 74);
+    assert_eq!(allocated(&reserve_of(&home)), MIB);
+    // An error stays an error (exit 1) when its JSON object cannot be written either.
+    let missing = home.path().join("missing");
+    let out = sub_to(dev_full().unwrap(), "status", &missing, &["--json"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.starts_with("error: "), "{err:?}");
+    assert!(
+        err.contains("error: the report could not be written to stdout: "),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn closed_pipe_on_stdout_exits_74_quietly() {
+    let home = home();
+    for (subcommand, extra) in [
+        ("status", &["--json"][..]),
+        ("status", &[]),
+        ("ensure", &["--size", "1M"]),
+        ("release", &[]),
+    ] {
+        let out = sub_to(closed_pipe(), subcommand, home.path(), extra);
+        assert_exit(&out, 74);
+        assert_eq!(
+            stderr(&out),
+            "",
+            "{subcommand} {extra:?}: a closed pipe is quiet"
+        );
+    }
+    assert!(!reserve_of(&home).exists(), "ensure then release both ran");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ impl Progress {
     /// Ends a line that an error interrupted, so the next message starts on its own line.
     pub fn finish(&self) {
         if self.drawn.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed) {
-            eprintln!();
+            let _ = writeln!(io::stderr().lock());
         }
     }
 }
