@@ -753,6 +753,43 @@ fn non_utf8_home_is_a_clear_error_not_a_panic() {
 }
 
 #[test]
+fn control_characters_in_paths_are_escaped_in_human_output() {
+    let parent = home();
+    let home = parent.path().join("line\nbreak\tand\u{1b}[31mred");
+    fs::create_dir(&home).unwrap();
+    let shown = parent
+        .path()
+        .join(r"line\nbreak\tand\u{1b}[31mred")
+        .join(".reserve");
+    let shown = shown.to_str().unwrap();
+    for (subcommand, extra, word) in [
+        ("ensure", &["--size", "1M"][..], "created"),
+        ("status", &["--size", "1M"], "present"),
+        ("release", &[], "released"),
+    ] {
+        let out = sub(subcommand, &home, extra);
+        assert_exit(&out, 0);
+        let text = stdout(&out);
+        assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+        assert!(
+            text.starts_with(&format!("{word} {shown}: ")),
+            "{shown:?}: {text:?}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+    }
+    // JSON keeps the real path; serde_json escapes it.
+    let out = sub("status", &home, &["--json"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["path"], home.join(".reserve").to_str().unwrap());
+    // An error naming such a path stays one line on stderr.
+    let out = sub("status", &home.join("missing\nhome"), &[]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains(r"missing\nhome"), "{err:?}");
+}
+
+#[test]
 fn json_error_is_one_object_and_the_error_is_on_stderr_too() {
     let home = home();
     let missing = home.path().join("nope");

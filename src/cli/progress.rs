@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use disk_reserve::HumanBytes;
 
+use super::report::escape_controls;
+
 /// The progress line of one allocation.
 #[derive(Debug)]
 pub struct Progress {
@@ -19,7 +21,7 @@ impl Progress {
     /// set (nothing extra is printed then).
     pub fn for_terminal(path: &str, json: bool) -> Option<Progress> {
         (!json && io::stderr().is_terminal()).then(|| Progress {
-            path: path.to_owned(),
+            path: escape_controls(path).into_owned(),
             drawn: AtomicBool::new(false),
             ended: AtomicBool::new(false),
         })

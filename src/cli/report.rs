@@ -1,5 +1,6 @@
 //! What a successful run reports: one human line, or one JSON object, and its exit status.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use camino::Utf8PathBuf;
@@ -121,10 +122,10 @@ impl Report {
     }
 }
 
-/// The one human line.
+/// The one human line; control characters in the path are escaped so it stays one line.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = &self.path;
+        let path = escape_controls(self.path.as_str());
         let allocated = HumanBytes(self.allocated_bytes);
         let free = HumanBytes(self.free_bytes);
         match &self.what {
@@ -192,6 +193,26 @@ impl fmt::Display for Report {
     }
 }
 
+/// `text` with its control characters escaped as Rust writes them (`\n`, `\t`,
+/// `\u{1b}`), and the Unicode line and paragraph separators too, so a path cannot split a
+/// line of human output or move the cursor; everything else, UTF-8 included, is kept as
+/// is. (JSON output needs none of this: serde_json escapes.)
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let needs_escape = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.contains(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
 /// The status word: `present absent partial sparse oversized`, `not a regular file`.
 fn condition_word(condition: Condition) -> &'static str {
     match condition {
@@ -238,5 +259,28 @@ fn kind_word(observed: Observed) -> &'static str {
         Observed::Absent => "absent",
         Observed::Regular { .. } => "regular file",
         Observed::Other(kind) => kind.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        for (text, want) in [
+            ("/srv/app/.reserve", "/srv/app/.reserve"),
+            ("/srv/a\nb/.reserve", "/srv/a\\nb/.reserve"),
+            (
+                "a\rb\tc\u{1b}[2Jd\u{7f}e\0",
+                "a\\rb\\tc\\u{1b}[2Jd\\u{7f}e\\0",
+            ),
+            ("x\u{2028}y\u{85}z", "x\\u{2028}y\\u{85}z"),
+            ("/srv/données/日本/.reserve", "/srv/données/日本/.reserve"),
+            ("back\\slash 'quote\" space", "back\\slash 'quote\" space"),
+        ] {
+            assert_eq!(escape_controls(text), want, "{text:?}");
+        }
+        assert!(matches!(escape_controls("/plain"), Cow::Borrowed(_)));
     }
 }
