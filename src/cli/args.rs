@@ -68,7 +68,7 @@ pub enum Command {
     #[command(after_help = "\
 Example (at a service's start-up; 75 means \"not now\", not a failure):
   disk-reserve ensure --home /srv/app --size 1GiB
-  created /srv/app/.reserve: 1.0 GiB allocated, 37.2 GiB free")]
+  created /srv/app/.reserve: 1 GiB allocated, 37.2 GiB free")]
     Ensure(EnsureArgs),
 
     /// Delete the reserve, giving its blocks back. Needs no free space: run it on a full
@@ -76,7 +76,7 @@ Example (at a service's start-up; 75 means \"not now\", not a failure):
     #[command(after_help = "\
 Example (on a full disk, then clean up and run ensure again):
   disk-reserve release --home /srv/app
-  released /srv/app/.reserve: freed 1.0 GiB, 1.0 GiB free")]
+  released /srv/app/.reserve: freed 1 GiB, 1.3 GiB free")]
     Release(ReleaseArgs),
 
     /// Show the reserve (present, absent, partial, sparse, not a regular file), the free
@@ -84,7 +84,7 @@ Example (on a full disk, then clean up and run ensure again):
     #[command(after_help = "\
 Example:
   disk-reserve status --home /srv/app --size 1GiB
-  present /srv/app/.reserve: 1.0 GiB of 1.0 GiB allocated; 37.2 GiB free of 50.0 GiB, headroom 1.0 GiB; ensure would do nothing")]
+  present /srv/app/.reserve: 1 GiB of 1 GiB allocated; 37.2 GiB free of 50 GiB, headroom 1 GiB; ensure would do nothing")]
     Status(StatusArgs),
 }
 

@@ -4,9 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use disk_reserve::HumanBytes;
-
-use super::report::escape_controls;
+use super::report::{escape_controls, natural};
 
 /// The progress line of one allocation.
 #[derive(Debug)]
@@ -27,7 +25,7 @@ impl Progress {
         })
     }
 
-    /// Redraws the line: `allocating PATH: 512.0 MiB of 1.0 GiB (50%)`.
+    /// Redraws the line: `allocating PATH: 512 MiB of 1 GiB (50%)`.
     pub fn update(&self, done: u64, total: u64) {
         let percent = if total == 0 {
             100
@@ -40,8 +38,8 @@ impl Progress {
             stderr,
             "\rallocating {}: {} of {} ({percent}%)\x1b[K",
             self.path,
-            HumanBytes(done),
-            HumanBytes(total)
+            natural(done),
+            natural(total)
         );
         self.drawn.store(true, Ordering::Relaxed);
         if done >= total {

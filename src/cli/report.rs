@@ -126,8 +126,8 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let path = escape_controls(self.path.as_str());
-        let allocated = HumanBytes(self.allocated_bytes);
-        let free = HumanBytes(self.free_bytes);
+        let allocated = natural(self.allocated_bytes);
+        let free = natural(self.free_bytes);
         match &self.what {
             What::Ensured(Ensured::Present { .. }) => {
                 write!(f, "present {path}: {allocated} allocated, {free} free")
@@ -141,24 +141,24 @@ impl fmt::Display for Report {
             }) => write!(
                 f,
                 "topped up {path}: {allocated} allocated (was {}), {free} free",
-                HumanBytes(*from_allocated_bytes)
+                natural(*from_allocated_bytes)
             ),
             What::Ensured(Ensured::Shrunk { from_len, .. }) => write!(
                 f,
                 "shrunk {path}: {allocated} allocated (was {} long), {free} free",
-                HumanBytes(*from_len)
+                natural(*from_len)
             ),
             What::Ensured(Ensured::Deferred { needed_bytes, .. }) => write!(
                 f,
                 "deferred {path}: {free} free, {} needed ({} missing + {} headroom); nothing changed, run ensure again once space is freed",
-                HumanBytes(*needed_bytes),
-                HumanBytes(needed_bytes.saturating_sub(self.headroom_bytes)),
-                HumanBytes(self.headroom_bytes),
+                natural(*needed_bytes),
+                natural(needed_bytes.saturating_sub(self.headroom_bytes)),
+                natural(self.headroom_bytes),
             ),
             What::Released(Released::Released { freed_bytes }) => write!(
                 f,
                 "released {path}: freed {}, {free} free",
-                HumanBytes(*freed_bytes)
+                natural(*freed_bytes)
             ),
             What::Released(Released::Absent) => {
                 write!(f, "absent {path}: no reserve to release, {free} free")
@@ -172,25 +172,27 @@ impl fmt::Display for Report {
                 if let Observed::Other(kind) = observed {
                     write!(f, "a {kind}, never touched")?;
                 } else {
-                    write!(
-                        f,
-                        "{allocated} of {} allocated",
-                        HumanBytes(self.size_bytes)
-                    )?;
+                    write!(f, "{allocated} of {} allocated", natural(self.size_bytes))?;
                     if matches!(condition, Condition::Sparse | Condition::Oversized) {
-                        write!(f, ", {} long", HumanBytes(len_bytes(*observed)))?;
+                        write!(f, ", {} long", natural(len_bytes(*observed)))?;
                     }
                 }
                 write!(
                     f,
                     "; {free} free of {}, headroom {}; ensure would {}",
-                    HumanBytes(self.total_bytes),
-                    HumanBytes(self.headroom_bytes),
+                    natural(self.total_bytes),
+                    natural(self.headroom_bytes),
                     plan_phrase(*plan)
                 )
             }
         }
     }
+}
+
+/// A size as people read it: `1 byte`, `512 bytes`, `64 MiB`, `1.8 GiB` (see
+/// [`HumanBytes`]' alternate form).
+pub fn natural(bytes: u64) -> String {
+    format!("{:#}", HumanBytes(bytes))
 }
 
 /// `text` with its control characters escaped as Rust writes them (`\n`, `\t`,
@@ -240,8 +242,8 @@ fn plan_phrase(plan: Plan) -> String {
             needed_bytes,
         } => format!(
             "defer ({} free, {} needed)",
-            HumanBytes(free_bytes),
-            HumanBytes(needed_bytes)
+            natural(free_bytes),
+            natural(needed_bytes)
         ),
         Plan::NeedSpace => "check the free space first".to_owned(),
     }
