@@ -48,7 +48,7 @@ impl SizeSpec {
 impl fmt::Display for SizeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            SizeSpec::Bytes(bytes) => write!(f, "{}", HumanBytes(bytes)),
+            SizeSpec::Bytes(bytes) => write!(f, "{:#}", HumanBytes(bytes)),
             SizeSpec::PartsPerMillion(ppm) => write!(f, "{}%", f64::from(ppm) / 10_000.0),
         }
     }
@@ -56,18 +56,67 @@ impl fmt::Display for SizeSpec {
 
 /// Shows a byte count in binary units with one decimal: `64.0 MiB`, `1.8 GiB`, `512 B`.
 ///
+/// The alternate form `{:#}` reads naturally, for sentences meant for people: below
+/// 1 KiB a count of bytes (`1 byte`, `512 bytes`), a whole number of units without a
+/// decimal (`64 MiB`), anything else with one decimal, rounded (`1.8 GiB`; `1.0 GiB` is
+/// a little over or under 1 GiB, never exactly it). It parses back as a SIZE.
+///
 /// ```
 /// use disk_reserve::HumanBytes;
 /// assert_eq!(HumanBytes(64 << 20).to_string(), "64.0 MiB");
 /// assert_eq!(HumanBytes(1_932_735_283).to_string(), "1.8 GiB");
 /// assert_eq!(HumanBytes(512).to_string(), "512 B");
+///
+/// assert_eq!(format!("{:#}", HumanBytes(64 << 20)), "64 MiB");
+/// assert_eq!(format!("{:#}", HumanBytes(1_932_735_283)), "1.8 GiB");
+/// assert_eq!(format!("{:#}", HumanBytes((1 << 30) + 1)), "1.0 GiB");
+/// assert_eq!(format!("{:#}", HumanBytes(1536)), "1.5 KiB");
+/// assert_eq!(format!("{:#}", HumanBytes(512)), "512 bytes");
+/// assert_eq!(format!("{:#}", HumanBytes(1)), "1 byte");
+/// assert_eq!(format!("{:#}", HumanBytes(0)), "0 bytes");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanBytes(pub u64);
 
+/// Binary units from KiB up; `u64::MAX` is just under 16 EiB.
+const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+
+impl HumanBytes {
+    /// The `{:#}` form: `1 byte`, `512 bytes`, `64 MiB`, `1.8 GiB`.
+    fn fmt_natural(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = u128::from(self.0);
+        match self.0 {
+            1 => return f.write_str("1 byte"),
+            0..1024 => return write!(f, "{bytes} bytes"),
+            _ => {}
+        }
+        // The largest unit the count reaches, one step up when rounding to tenths
+        // reaches 1024 of it (1023.96 KiB shows as 1.0 MiB, not 1024.0 KiB).
+        let mut unit = 0;
+        let mut scale: u128 = 1024;
+        while bytes >= scale * 1024 && unit + 1 < UNITS.len() {
+            scale *= 1024;
+            unit += 1;
+        }
+        let tenths = |scale: u128| (bytes * 10 + scale / 2) / scale;
+        if tenths(scale) >= 10 * 1024 && unit + 1 < UNITS.len() {
+            scale *= 1024;
+            unit += 1;
+        }
+        if bytes % scale == 0 {
+            write!(f, "{} {}", bytes / scale, UNITS[unit])
+        } else {
+            let tenths = tenths(scale);
+            write!(f, "{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
+        }
+    }
+}
+
 impl fmt::Display for HumanBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        if f.alternate() {
+            return self.fmt_natural(f);
+        }
         if self.0 < 1024 {
             return write!(f, "{} B", self.0);
         }
@@ -78,5 +127,52 @@ impl fmt::Display for HumanBytes {
             unit += 1;
         }
         write!(f, "{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn natural(bytes: u64) -> String {
+        format!("{:#}", HumanBytes(bytes))
+    }
+
+    #[test]
+    fn natural_form_reads_like_a_person_wrote_it() {
+        const KIB: u64 = 1 << 10;
+        const MIB: u64 = 1 << 20;
+        const GIB: u64 = 1 << 30;
+        for (bytes, want) in [
+            (0, "0 bytes"),
+            (1, "1 byte"),
+            (2, "2 bytes"),
+            (1023, "1023 bytes"),
+            (KIB, "1 KiB"),
+            (KIB + 1, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (4 * KIB, "4 KiB"),
+            (MIB - 1, "1.0 MiB"),
+            (MIB - 52, "1023.9 KiB"),
+            (MIB, "1 MiB"),
+            (64 * MIB, "64 MiB"),
+            (960 * MIB, "960 MiB"),
+            (1_932_735_283, "1.8 GiB"),
+            (GIB, "1 GiB"),
+            (GIB + 1, "1.0 GiB"),
+            (50 * GIB, "50 GiB"),
+            (1 << 40, "1 TiB"),
+            (1 << 60, "1 EiB"),
+            (u64::MAX, "16.0 EiB"),
+        ] {
+            assert_eq!(natural(bytes), want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn size_spec_shows_naturally() {
+        assert_eq!(SizeSpec::Bytes(64 << 20).to_string(), "64 MiB");
+        assert_eq!(SizeSpec::Bytes(1).to_string(), "1 byte");
+        assert_eq!(SizeSpec::PartsPerMillion(5_000).to_string(), "0.5%");
     }
 }

@@ -5,10 +5,11 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use camino::Utf8Path;
 use disk_reserve::{HumanBytes, out_of_space_hint};
@@ -112,6 +113,11 @@ fn allocated(path: &Path) -> u64 {
     fs::symlink_metadata(path).unwrap().blocks() * 512
 }
 
+/// A size as the human line shows it: `1 MiB`, `1.0 MiB` when not exactly 1 MiB.
+fn natural(bytes: u64) -> String {
+    format!("{:#}", HumanBytes(bytes))
+}
+
 /// A dense file of `len` bytes of data (not a hole).
 fn write_dense(path: &Path, len: u64) {
     let mut file = File::create(path).unwrap();
@@ -141,7 +147,11 @@ fn ensure_creates_then_is_present_with_one_human_line() {
     assert_exit(&out, 0);
     let line = stdout(&out);
     assert_eq!(line.lines().count(), 1, "{line}");
-    let want = format!("created {}: 1.0 MiB allocated, ", reserve.display());
+    let want = format!(
+        "created {}: {} allocated, ",
+        reserve.display(),
+        natural(allocated(&reserve))
+    );
     assert!(line.starts_with(&want), "{line:?} starts with {want:?}");
     assert!(line.trim_end().ends_with(" free"), "{line}");
     assert!(
@@ -155,8 +165,9 @@ fn ensure_creates_then_is_present_with_one_human_line() {
     let out = sub("ensure", home.path(), &["--size", "1MiB"]);
     assert_exit(&out, 0);
     assert!(stdout(&out).starts_with(&format!(
-        "present {}: 1.0 MiB allocated, ",
-        reserve.display()
+        "present {}: {} allocated, ",
+        reserve.display(),
+        natural(allocated(&reserve))
     )));
 }
 
@@ -266,13 +277,15 @@ fn ensure_tops_up_a_partial_reserve_in_human_words() {
     let home = home();
     let reserve = reserve_of(&home);
     write_dense(&reserve, MIB);
+    let was = natural(allocated(&reserve));
     let out = sub("ensure", home.path(), &["--size", "4MiB"]);
     assert_exit(&out, 0);
     let line = stdout(&out);
     assert!(
         line.starts_with(&format!(
-            "topped up {}: 4.0 MiB allocated (was 1.0 MiB), ",
-            reserve.display()
+            "topped up {}: {} allocated (was {was}), ",
+            reserve.display(),
+            natural(allocated(&reserve))
         )),
         "{line}"
     );
@@ -300,8 +313,9 @@ fn ensure_shrinks_a_larger_reserve() {
     assert_exit(&out, 0);
     assert!(
         stdout(&out).starts_with(&format!(
-            "shrunk {}: 4.0 MiB allocated (was 8.0 MiB long), ",
-            reserve.display()
+            "shrunk {}: {} allocated (was 8 MiB long), ",
+            reserve.display(),
+            natural(allocated(&reserve))
         )),
         "{}",
         stdout(&out)
@@ -369,10 +383,10 @@ fn release_reports_freed_bytes_then_absent() {
     let out = sub("release", home.path(), &[]);
     assert_exit(&out, 0);
     let line = stdout(&out);
-    assert!(
-        line.starts_with(&format!("released {}: freed 2.0 MiB, ", reserve.display())),
-        "{line}"
-    );
+    // `freed` is the free-space gain measured around the unlink: about 2 MiB.
+    let freed =
+        ["2 MiB", "2.0 MiB"].map(|size| format!("released {}: freed {size}, ", reserve.display()));
+    assert!(freed.iter().any(|want| line.starts_with(want)), "{line}");
     assert!(!reserve.exists());
 
     let out = sub("release", home.path(), &[]);
@@ -423,7 +437,7 @@ fn status_names_each_condition_and_what_ensure_would_do() {
     let line = stdout(&status(&[]));
     assert!(
         line.starts_with(&format!(
-            "absent {}: 0 B of 4.0 MiB allocated; ",
+            "absent {}: 0 bytes of 4 MiB allocated; ",
             reserve.display()
         )),
         "{line}"
@@ -439,8 +453,9 @@ fn status_names_each_condition_and_what_ensure_would_do() {
     let line = stdout(&status(&[]));
     assert!(
         line.starts_with(&format!(
-            "partial {}: 1.0 MiB of 4.0 MiB allocated; ",
-            reserve.display()
+            "partial {}: {} of 4 MiB allocated; ",
+            reserve.display(),
+            natural(allocated(&reserve))
         )),
         "{line}"
     );
@@ -456,8 +471,9 @@ fn status_names_each_condition_and_what_ensure_would_do() {
     let line = stdout(&status(&[]));
     assert!(
         line.starts_with(&format!(
-            "present {}: 4.0 MiB of 4.0 MiB allocated; ",
-            reserve.display()
+            "present {}: {} of 4 MiB allocated; ",
+            reserve.display(),
+            natural(allocated(&reserve))
         )),
         "{line}"
     );
@@ -523,7 +539,15 @@ fn sizes_accept_units_and_shares_of_the_filesystem() {
     let home = home();
     for (text, bytes) in [
         ("1048576", MIB),
+        ("512B", 512),
+        ("64M", 64 * MIB),
         ("64MiB", 64 * MIB),
+        ("64k", 64 * KIB),
+        ("64K", 64 * KIB),
+        ("1G", 1 << 30),
+        ("1.5M", 3 * MIB / 2),
+        (" 64M ", 64 * MIB),
+        ("64 MiB", 64 * MIB),
         ("4KiB", 4 * KIB),
         ("1GiB", 1 << 30),
         ("2TiB", 2 << 40),
@@ -744,6 +768,43 @@ fn non_utf8_home_is_a_clear_error_not_a_panic() {
 }
 
 #[test]
+fn control_characters_in_paths_are_escaped_in_human_output() {
+    let parent = home();
+    let home = parent.path().join("line\nbreak\tand\u{1b}[31mred");
+    fs::create_dir(&home).unwrap();
+    let shown = parent
+        .path()
+        .join(r"line\nbreak\tand\u{1b}[31mred")
+        .join(".reserve");
+    let shown = shown.to_str().unwrap();
+    for (subcommand, extra, word) in [
+        ("ensure", &["--size", "1M"][..], "created"),
+        ("status", &["--size", "1M"], "present"),
+        ("release", &[], "released"),
+    ] {
+        let out = sub(subcommand, &home, extra);
+        assert_exit(&out, 0);
+        let text = stdout(&out);
+        assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+        assert!(
+            text.starts_with(&format!("{word} {shown}: ")),
+            "{shown:?}: {text:?}"
+        );
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+    }
+    // JSON keeps the real path; serde_json escapes it.
+    let out = sub("status", &home, &["--json"]);
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["path"], home.join(".reserve").to_str().unwrap());
+    // An error naming such a path stays one line on stderr.
+    let out = sub("status", &home.join("missing\nhome"), &[]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains(r"missing\nhome"), "{err:?}");
+}
+
+#[test]
 fn json_error_is_one_object_and_the_error_is_on_stderr_too() {
     let home = home();
     let missing = home.path().join("nope");
@@ -773,7 +834,9 @@ fn malformed_size_is_a_usage_error_naming_the_text() {
         ("ensure", "--headroom"),
         ("status", "--size"),
     ] {
-        for bad in ["12XB", "abc", "-5", "1.2.3MiB", "x%", "-1%", "101%", ""] {
+        for bad in [
+            "12XB", "abc", "-5", "1.2.3MiB", "x%", "-1%", "101%", "", " ", "64Mi", "1P",
+        ] {
             // `--size=-5`: the form that keeps a leading `-` from reading as a flag.
             let arg = format!("{flag}={bad}");
             let out = sub(subcommand, home.path(), &[&arg, "--json"]);
@@ -788,6 +851,90 @@ fn malformed_size_is_a_usage_error_naming_the_text() {
         }
     }
     assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn size_units_are_those_of_fallocate() {
+    // `64M` is 64 MiB, as `fallocate -l 64M` and `truncate -s 64M` read it.
+    let home = home();
+    let out = sub(
+        "status",
+        home.path(),
+        &["--size", "64M", "--headroom", "64k", "--json"],
+    );
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["size_bytes"], 67_108_864);
+    assert_eq!(value["headroom_bytes"], 65_536);
+}
+
+#[test]
+fn negative_size_as_its_own_argument_gets_our_message() {
+    let home = home();
+    for (subcommand, flag) in [
+        ("ensure", "--size"),
+        ("ensure", "--headroom"),
+        ("status", "--size"),
+        ("status", "--headroom"),
+    ] {
+        for bad in ["-1", "-1M", "-5%"] {
+            let out = sub(subcommand, home.path(), &[flag, bad, "--json"]);
+            assert_exit(&out, 2);
+            assert!(stdout(&out).is_empty(), "{flag} {bad}");
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("`{bad}`: a size cannot be negative")),
+                "{flag} {bad}: {err}"
+            );
+            assert!(err.contains(flag), "{err}");
+            assert!(!err.contains("unexpected argument"), "{err}");
+        }
+    }
+    // An option where the SIZE should be is named as such.
+    let out = sub("ensure", home.path(), &["--size", "--json"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("`--json` looks like an option, not a size"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn too_large_size_is_a_usage_error_not_a_wrap() {
+    let home = home();
+    for flag in ["--size", "--headroom"] {
+        for bad in ["99999999999T", "18446744073709551616", "16777216TiB"] {
+            let out = sub("ensure", home.path(), &[flag, bad]);
+            assert_exit(&out, 2);
+            assert!(stdout(&out).is_empty());
+            let err = stderr(&out);
+            assert!(
+                err.contains(&format!("`{bad}` is too large")),
+                "{flag} {bad}: {err}"
+            );
+        }
+    }
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn help_explains_the_size_units() {
+    let out = run(["ensure", "--help"]);
+    assert_exit(&out, 0);
+    let help = stdout(&out);
+    for needle in ["64M = 64MiB = 67108864", "KB MB GB TB", "--headroom"] {
+        assert!(
+            help.contains(needle),
+            "ensure --help mentions {needle}: {help}"
+        );
+    }
+    let out = run(["--help"]);
+    let help = stdout(&out);
+    for needle in ["fallocate -l", "64k is 64K = 65536", "Spaces around it"] {
+        assert!(help.contains(needle), "--help mentions {needle}: {help}");
+    }
 }
 
 #[test]
@@ -831,7 +978,7 @@ fn help_has_an_example_per_subcommand_and_version_prints() {
     let out = run(["--help"]);
     assert_exit(&out, 0);
     let help = stdout(&out);
-    for needle in ["75", "--json", "outcome", "\"error\"", "RUST_LOG"] {
+    for needle in ["75", "74", "--json", "outcome", "\"error\"", "RUST_LOG"] {
         assert!(
             help.contains(needle),
             "top-level help mentions {needle}: {help}"
@@ -843,6 +990,103 @@ fn help_has_an_example_per_subcommand_and_version_prints() {
         stdout(&out).trim_end(),
         format!("disk-reserve {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// stdout fails: exit 74
+
+/// Runs `disk-reserve SUB --home HOME EXTRA…` with stdout going to `stdout`.
+fn sub_to(stdout: Stdio, subcommand: &str, home: &Path, extra: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg(subcommand)
+        .arg("--home")
+        .arg(home)
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run disk-reserve")
+}
+
+fn dev_full() -> Option<Stdio> {
+    OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .ok()
+        .map(Stdio::from)
+}
+
+/// The write end of a pipe whose read end is already closed: any write gets `EPIPE`.
+fn closed_pipe() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is two writable ints, as pipe2(2) wants.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 just opened both descriptors and nothing else owns them.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
+}
+
+#[test]
+fn stdout_failing_exits_74_with_one_line_on_stderr() {
+    let home = home();
+    let Some(_) = dev_full() else {
+        println!("skipped: no /dev/full");
+        return;
+    };
+    for extra in [&["--json"][..], &[]] {
+        let out = sub_to(dev_full().unwrap(), "status", home.path(), extra);
+        assert_exit(&out, 74);
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(
+            err.starts_with("error: the report could not be written to stdout: "),
+            "{err:?}"
+        );
+        assert!(err.contains("No space left on device"), "says why: {err:?}");
+    }
+    // The work is done all the same: ensure laid the reserve down.
+    let out = sub_to(
+        dev_full().unwrap(),
+        "ensure",
+        home.path(),
+        &["--size", "1M"],
+    );
+    assert_exit(&out, 74);
+    assert_eq!(allocated(&reserve_of(&home)), MIB);
+    // An error stays an error (exit 1) when its JSON object cannot be written either.
+    let missing = home.path().join("missing");
+    let out = sub_to(dev_full().unwrap(), "status", &missing, &["--json"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(err.starts_with("error: "), "{err:?}");
+    assert!(
+        err.contains("error: the report could not be written to stdout: "),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn closed_pipe_on_stdout_exits_74_quietly() {
+    let home = home();
+    for (subcommand, extra) in [
+        ("status", &["--json"][..]),
+        ("status", &[]),
+        ("ensure", &["--size", "1M"]),
+        ("release", &[]),
+    ] {
+        let out = sub_to(closed_pipe(), subcommand, home.path(), extra);
+        assert_exit(&out, 74);
+        assert_eq!(
+            stderr(&out),
+            "",
+            "{subcommand} {extra:?}: a closed pipe is quiet"
+        );
+    }
+    assert!(!reserve_of(&home).exists(), "ensure then release both ran");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -903,7 +1147,7 @@ fn progress_shows_on_a_terminal_but_not_with_json() {
         return;
     };
     assert!(text.contains("\rallocating "), "{text:?}");
-    assert!(text.contains("24.0 MiB of 24.0 MiB (100%)"), "{text:?}");
+    assert!(text.contains("24 MiB of 24 MiB (100%)"), "{text:?}");
     assert!(text.contains("created "), "{text:?}");
 
     fs::remove_file(reserve_of(&home)).unwrap();
@@ -1063,8 +1307,9 @@ fn full_disk_runbook_end_to_end() {
     let out = sub("status", home, &["--size", "1MiB"]);
     assert_exit(&out, 0);
     assert!(stdout(&out).starts_with(&format!(
-        "present {}: 1.0 MiB of 1.0 MiB allocated; ",
-        reserve.display()
+        "present {}: {} of 1 MiB allocated; ",
+        reserve.display(),
+        natural(allocated(&reserve))
     )));
 
     let out = sub("release", home, &["--json"]);

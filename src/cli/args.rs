@@ -17,9 +17,14 @@ Exit status:
       nothing was changed (EX_TEMPFAIL: try again later)
   1   an error, printed on stderr with the path and the cause
   2   bad usage (unknown option, malformed SIZE)
+  74  the work was done but its report could not be written: stdout failed (one line on
+      stderr says why) or was a closed pipe (quiet)
 
-SIZE is plain bytes (67108864), a size with a unit (64MiB, 1GiB, 500MB: KiB MiB GiB TiB
-are powers of 1024, KB MB GB TB powers of 1000) or a share of the filesystem (1%, 0.5%).
+SIZE is plain bytes (67108864, 512B), a size with a unit as in fallocate -l and
+truncate -s (64M, 64MiB, 1G, 500MB: K M G T and KiB MiB GiB TiB are powers of 1024,
+KB MB GB TB powers of 1000; case does not matter, so 64k is 64K = 65536; 1.5G is allowed,
+rounded down to whole bytes) or a share of the filesystem (1%, 0.5%). Spaces around it
+are ignored; a negative, malformed or too large (over 2^64-1 bytes) SIZE is bad usage.
 
 --json prints exactly one JSON object on stdout, sizes as integers in bytes:
   outcome         present created topped_up shrunk deferred released absent status, or error
@@ -45,8 +50,8 @@ Logs go to stderr; RUST_LOG sets the level (default: warn).";
     version,
     about = ABOUT,
     long_about = None,
-    after_help = "Exit status: 0 done, 75 ensure deferred (not now), 1 error, 2 bad usage. \
-                  --help tells more, with the JSON fields.",
+    after_help = "Exit status: 0 done, 75 ensure deferred (not now), 1 error, 2 bad usage, \
+                  74 done but stdout failed. --help tells more, with the JSON fields.",
     after_long_help = LONG_ABOUT_TAIL
 )]
 pub struct Cli {
@@ -63,7 +68,7 @@ pub enum Command {
     #[command(after_help = "\
 Example (at a service's start-up; 75 means \"not now\", not a failure):
   disk-reserve ensure --home /srv/app --size 1GiB
-  created /srv/app/.reserve: 1.0 GiB allocated, 37.2 GiB free")]
+  created /srv/app/.reserve: 1 GiB allocated, 37.2 GiB free")]
     Ensure(EnsureArgs),
 
     /// Delete the reserve, giving its blocks back. Needs no free space: run it on a full
@@ -71,7 +76,7 @@ Example (at a service's start-up; 75 means \"not now\", not a failure):
     #[command(after_help = "\
 Example (on a full disk, then clean up and run ensure again):
   disk-reserve release --home /srv/app
-  released /srv/app/.reserve: freed 1.0 GiB, 1.0 GiB free")]
+  released /srv/app/.reserve: freed 1 GiB, 1.3 GiB free")]
     Release(ReleaseArgs),
 
     /// Show the reserve (present, absent, partial, sparse, not a regular file), the free
@@ -79,7 +84,7 @@ Example (on a full disk, then clean up and run ensure again):
     #[command(after_help = "\
 Example:
   disk-reserve status --home /srv/app --size 1GiB
-  present /srv/app/.reserve: 1.0 GiB of 1.0 GiB allocated; 37.2 GiB free of 50.0 GiB, headroom 1.0 GiB; ensure would do nothing")]
+  present /srv/app/.reserve: 1 GiB of 1 GiB allocated; 37.2 GiB free of 50 GiB, headroom 1 GiB; ensure would do nothing")]
     Status(StatusArgs),
 }
 
@@ -99,8 +104,12 @@ pub struct Common {
 /// The reserve's size.
 #[derive(Debug, Args)]
 pub struct SizeArg {
-    /// Reserve size: bytes, a unit (64MiB, 1GiB, 500MB) or a share of the filesystem (1%).
-    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse,
+    /// Reserve size: bytes, a unit as in fallocate -l (64M = 64MiB = 67108864; K M G T and
+    /// KiB MiB GiB TiB are powers of 1024, KB MB GB TB of 1000) or a share of the
+    /// filesystem (1%).
+    // `allow_hyphen_values`: `--size -1` reaches our parser and its message, not clap's
+    // "unexpected argument".
+    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse, allow_hyphen_values = true,
           default_value_t = SizeSpec::Bytes(DEFAULT_SIZE_BYTES))]
     pub size: SizeSpec,
 }
@@ -108,8 +117,9 @@ pub struct SizeArg {
 /// Free space ensure always leaves.
 #[derive(Debug, Args)]
 pub struct HeadroomArg {
-    /// Free space ensure never goes below [default: the size].
-    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse)]
+    /// Free space ensure never goes below, a SIZE like --size (64M, 1GiB, 500MB, 1%)
+    /// [default: the size].
+    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse, allow_hyphen_values = true)]
     pub headroom: Option<SizeSpec>,
 }
 

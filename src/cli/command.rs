@@ -21,29 +21,56 @@ pub fn run(cli: Cli) -> Exit {
     };
     match result {
         Ok(report) => {
-            let line = if json {
+            let text = if json {
                 report.to_json().to_string()
             } else {
                 report.to_string()
             };
-            print_stdout(&line);
-            report.exit()
+            match print_stdout(&text) {
+                Ok(()) => report.exit(),
+                Err(error) => {
+                    // The work is done (or deferred) but nobody was told: not a success.
+                    unreported(&error);
+                    Exit::Unreported
+                }
+            }
         }
         Err(failure) => {
             for line in failure.lines() {
-                eprintln!("{line}");
+                print_stderr(&line);
             }
             if json {
-                print_stdout(&failure.to_json().to_string());
+                // Exit 1 either way; stderr already holds the error.
+                if let Err(error) = print_stdout(&failure.to_json().to_string()) {
+                    unreported(&error);
+                }
             }
             Exit::Failed
         }
     }
 }
 
-/// Prints one line on stdout; a closed pipe is not worth a panic.
-fn print_stdout(line: &str) {
-    let _ = writeln!(io::stdout().lock(), "{line}");
+/// Writes one line on stdout and flushes it, so a failure shows here and not at exit.
+/// Rust ignores SIGPIPE, so a closed pipe is an `EPIPE` error here, never a panic.
+fn print_stdout(line: &str) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()
+}
+
+/// Writes one line on stderr; if stderr fails too there is no one left to tell.
+fn print_stderr(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
+/// Says on stderr that the report could not be written, unless stdout was a closed pipe:
+/// the reader left on purpose (`| head -c0`), which is quiet.
+fn unreported(error: &io::Error) {
+    if error.kind() != io::ErrorKind::BrokenPipe {
+        print_stderr(&format!(
+            "error: the report could not be written to stdout: {error}"
+        ));
+    }
 }
 
 fn open(home: &Path, config: ReserveConfig) -> Result<Reserve<RealFs>, Failure> {

@@ -11,6 +11,9 @@ pub enum Exit {
     Deferred,
     /// `1`: an error, reported on stderr.
     Failed,
+    /// `74` (`EX_IOERR`): the work was done but its report could not be written (stdout
+    /// failed; a closed pipe is quiet).
+    Unreported,
 }
 
 impl Exit {
@@ -20,6 +23,7 @@ impl Exit {
             Exit::Done => 0,
             Exit::Deferred => 75,
             Exit::Failed => 1,
+            Exit::Unreported => 74,
         }
     }
 }

@@ -5,6 +5,8 @@ use camino::Utf8PathBuf;
 use disk_reserve::{Error, HostFs, Reserve, is_out_of_space};
 use serde_json::{Value, json};
 
+use super::report::escape_controls;
+
 /// A failed run (exit 1).
 #[derive(Debug)]
 pub struct Failure {
@@ -34,11 +36,15 @@ impl Failure {
         }
     }
 
-    /// The lines for stderr: `error: …` and, when out of space, the hint.
+    /// The lines for stderr: `error: …` and, when out of space, the hint; control
+    /// characters (a newline in a path) escaped, so each stays one line.
     pub fn lines(&self) -> Vec<String> {
         let mut lines = vec![format!("error: {}", self.error)];
         lines.extend(self.hint.clone());
         lines
+            .into_iter()
+            .map(|line| escape_controls(&line).into_owned())
+            .collect()
     }
 
     /// The `--json` error object.

@@ -4,7 +4,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use disk_reserve::HumanBytes;
+use super::report::{escape_controls, natural};
 
 /// The progress line of one allocation.
 #[derive(Debug)]
@@ -19,13 +19,13 @@ impl Progress {
     /// set (nothing extra is printed then).
     pub fn for_terminal(path: &str, json: bool) -> Option<Progress> {
         (!json && io::stderr().is_terminal()).then(|| Progress {
-            path: path.to_owned(),
+            path: escape_controls(path).into_owned(),
             drawn: AtomicBool::new(false),
             ended: AtomicBool::new(false),
         })
     }
 
-    /// Redraws the line: `allocating PATH: 512.0 MiB of 1.0 GiB (50%)`.
+    /// Redraws the line: `allocating PATH: 512 MiB of 1 GiB (50%)`.
     pub fn update(&self, done: u64, total: u64) {
         let percent = if total == 0 {
             100
@@ -38,8 +38,8 @@ impl Progress {
             stderr,
             "\rallocating {}: {} of {} ({percent}%)\x1b[K",
             self.path,
-            HumanBytes(done),
-            HumanBytes(total)
+            natural(done),
+            natural(total)
         );
         self.drawn.store(true, Ordering::Relaxed);
         if done >= total {
@@ -52,7 +52,7 @@ impl Progress {
     /// Ends a line that an error interrupted, so the next message starts on its own line.
     pub fn finish(&self) {
         if self.drawn.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed) {
-            eprintln!();
+            let _ = writeln!(io::stderr().lock());
         }
     }
 }

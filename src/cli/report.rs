@@ -1,5 +1,6 @@
 //! What a successful run reports: one human line, or one JSON object, and its exit status.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use camino::Utf8PathBuf;
@@ -121,12 +122,12 @@ impl Report {
     }
 }
 
-/// The one human line.
+/// The one human line; control characters in the path are escaped so it stays one line.
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = &self.path;
-        let allocated = HumanBytes(self.allocated_bytes);
-        let free = HumanBytes(self.free_bytes);
+        let path = escape_controls(self.path.as_str());
+        let allocated = natural(self.allocated_bytes);
+        let free = natural(self.free_bytes);
         match &self.what {
             What::Ensured(Ensured::Present { .. }) => {
                 write!(f, "present {path}: {allocated} allocated, {free} free")
@@ -140,24 +141,24 @@ impl fmt::Display for Report {
             }) => write!(
                 f,
                 "topped up {path}: {allocated} allocated (was {}), {free} free",
-                HumanBytes(*from_allocated_bytes)
+                natural(*from_allocated_bytes)
             ),
             What::Ensured(Ensured::Shrunk { from_len, .. }) => write!(
                 f,
                 "shrunk {path}: {allocated} allocated (was {} long), {free} free",
-                HumanBytes(*from_len)
+                natural(*from_len)
             ),
             What::Ensured(Ensured::Deferred { needed_bytes, .. }) => write!(
                 f,
                 "deferred {path}: {free} free, {} needed ({} missing + {} headroom); nothing changed, run ensure again once space is freed",
-                HumanBytes(*needed_bytes),
-                HumanBytes(needed_bytes.saturating_sub(self.headroom_bytes)),
-                HumanBytes(self.headroom_bytes),
+                natural(*needed_bytes),
+                natural(needed_bytes.saturating_sub(self.headroom_bytes)),
+                natural(self.headroom_bytes),
             ),
             What::Released(Released::Released { freed_bytes }) => write!(
                 f,
                 "released {path}: freed {}, {free} free",
-                HumanBytes(*freed_bytes)
+                natural(*freed_bytes)
             ),
             What::Released(Released::Absent) => {
                 write!(f, "absent {path}: no reserve to release, {free} free")
@@ -176,25 +177,47 @@ impl fmt::Display for Report {
                         "a file with {links} names, never written; releasing frees nothing"
                     )?;
                 } else {
-                    write!(
-                        f,
-                        "{allocated} of {} allocated",
-                        HumanBytes(self.size_bytes)
-                    )?;
+                    write!(f, "{allocated} of {} allocated", natural(self.size_bytes))?;
                     if matches!(condition, Condition::Sparse | Condition::Oversized) {
-                        write!(f, ", {} long", HumanBytes(len_bytes(*observed)))?;
+                        write!(f, ", {} long", natural(len_bytes(*observed)))?;
                     }
                 }
                 write!(
                     f,
                     "; {free} free of {}, headroom {}; ensure would {}",
-                    HumanBytes(self.total_bytes),
-                    HumanBytes(self.headroom_bytes),
+                    natural(self.total_bytes),
+                    natural(self.headroom_bytes),
                     plan_phrase(*plan)
                 )
             }
         }
     }
+}
+
+/// A size as people read it: `1 byte`, `512 bytes`, `64 MiB`, `1.8 GiB` (see
+/// [`HumanBytes`]' alternate form).
+pub fn natural(bytes: u64) -> String {
+    format!("{:#}", HumanBytes(bytes))
+}
+
+/// `text` with its control characters escaped as Rust writes them (`\n`, `\t`,
+/// `\u{1b}`), and the Unicode line and paragraph separators too, so a path cannot split a
+/// line of human output or move the cursor; everything else, UTF-8 included, is kept as
+/// is. (JSON output needs none of this: serde_json escapes.)
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    let needs_escape = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.contains(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// The status word: `present absent partial sparse oversized`, `not a regular file`.
@@ -225,8 +248,8 @@ fn plan_phrase(plan: Plan) -> String {
             needed_bytes,
         } => format!(
             "defer ({} free, {} needed)",
-            HumanBytes(free_bytes),
-            HumanBytes(needed_bytes)
+            natural(free_bytes),
+            natural(needed_bytes)
         ),
         Plan::NeedSpace => "check the free space first".to_owned(),
     }
@@ -245,5 +268,28 @@ fn kind_word(observed: Observed) -> &'static str {
         Observed::Regular { .. } => "regular file",
         Observed::HardLinked { .. } => "hard-linked regular file",
         Observed::Other(kind) => kind.as_str(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        for (text, want) in [
+            ("/srv/app/.reserve", "/srv/app/.reserve"),
+            ("/srv/a\nb/.reserve", "/srv/a\\nb/.reserve"),
+            (
+                "a\rb\tc\u{1b}[2Jd\u{7f}e\0",
+                "a\\rb\\tc\\u{1b}[2Jd\\u{7f}e\\0",
+            ),
+            ("x\u{2028}y\u{85}z", "x\\u{2028}y\\u{85}z"),
+            ("/srv/données/日本/.reserve", "/srv/données/日本/.reserve"),
+            ("back\\slash 'quote\" space", "back\\slash 'quote\" space"),
+        ] {
+            assert_eq!(escape_controls(text), want, "{text:?}");
+        }
+        assert!(matches!(escape_controls("/plain"), Cow::Borrowed(_)));
     }
 }
