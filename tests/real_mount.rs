@@ -1282,3 +1282,133 @@ fn differential() {
         first_line(&differential.worst_free_gap.1),
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// g. Hard links (rule 7)
+
+/// Length of the "database" that the hard-link test links to the reserve path.
+const DB_BYTES: u64 = 8 * MIB;
+
+/// The database's known content: a pattern no reserve writes (its own seed).
+fn db_content() -> Vec<u8> {
+    let mut buf = vec![0u8; DB_BYTES as usize];
+    pattern::fill(&mut buf, 0xdb_0d_b0, 0);
+    buf
+}
+
+fn inode(path: &Path) -> u64 {
+    fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()))
+        .ino()
+}
+
+/// The database is the same file, with its one name left and every byte as written.
+#[track_caller]
+fn assert_db_intact(db: &Path, ino: u64, content: &[u8], after: &str) {
+    let meta = fs::symlink_metadata(db).unwrap_or_else(|e| {
+        panic!(
+            "rule 7: after {after}, the database {} is gone: {e}",
+            db.display()
+        )
+    });
+    assert_eq!(
+        meta.ino(),
+        ino,
+        "rule 7: after {after}, the database is the same inode"
+    );
+    assert_eq!(
+        meta.nlink(),
+        1,
+        "rule 7: after {after}, the reserve path no longer names the database"
+    );
+    let now = fs::read(db).unwrap();
+    assert!(
+        now.len() == content.len() && now == content,
+        "rule 7: after {after}, the database's bytes are unchanged: {} bytes now, {} written{}",
+        now.len(),
+        content.len(),
+        now.iter()
+            .zip(content)
+            .position(|(a, b)| a != b)
+            .map_or(String::new(), |at| format!(
+                ", first difference at byte {at}"
+            ))
+    );
+}
+
+/// g. Rule 7 on a real filesystem: a database file `db` with known content is hard-linked
+/// as the reserve. `ensure` with a size smaller than it (a shrink, were it the reserve's
+/// own file), larger with `--strategy write` (an overwrite) and larger with the default
+/// strategy each leave every byte of `db` as it was and lay down a fresh, complete reserve
+/// (another inode) in the name's place. `release` of a hard-linked reserve removes the
+/// name, leaves `db` intact and reports `freed_bytes` 0.
+#[test]
+fn hard_link() {
+    let Some(mount) = test_mount("hard_link", Needs::Writable) else {
+        return;
+    };
+    let home = Home::new(&mount, "hard_link");
+    let h = home.path();
+    let db = h.join("db");
+    let reserve = h.join(".reserve");
+    let content = db_content();
+    fs::write(&db, &content).unwrap();
+    File::open(&db).unwrap().sync_all().unwrap();
+    let db_ino = inode(&db);
+
+    let cases: [(&str, &[&str], u64); 3] = [
+        (
+            "ensure --size 4MiB (smaller than the linked file)",
+            &["--size", "4MiB"],
+            4 * MIB,
+        ),
+        (
+            "ensure --size 16MiB --strategy write (larger, writing data)",
+            &["--size", "16MiB", "--strategy", "write"],
+            16 * MIB,
+        ),
+        (
+            "ensure --size 16MiB (larger, default strategy)",
+            &["--size", "16MiB"],
+            16 * MIB,
+        ),
+    ];
+    for (case, args, size) in cases {
+        if reserve.exists() {
+            fs::remove_file(&reserve).unwrap();
+        }
+        fs::hard_link(&db, &reserve).unwrap();
+        let out = run("ensure", h, &[args, &["--json"]].concat());
+        assert_exit(&out, 0);
+        assert_eq!(
+            json(&out)["outcome"],
+            "created",
+            "{case}: a fresh reserve replaces the name: {}",
+            stdout(&out)
+        );
+        assert_db_intact(&db, db_ino, &content, case);
+        assert_ne!(
+            inode(&reserve),
+            db_ino,
+            "rule 7: after {case}, the reserve is a file of its own"
+        );
+        assert_complete(&reserve, size);
+    }
+
+    fs::remove_file(&reserve).unwrap();
+    fs::hard_link(&db, &reserve).unwrap();
+    let out = run("release", h, &["--json"]);
+    assert_exit(&out, 0);
+    let released = json(&out);
+    assert_eq!(released["outcome"], "released", "{released}");
+    assert!(!reserve.exists(), "release removes the name");
+    assert_db_intact(&db, db_ino, &content, "release");
+    assert_eq!(
+        released["freed_bytes"], 0,
+        "rules 7 and 8: removing one name of a file with others frees nothing: {released}"
+    );
+    println!(
+        "hard_link fs={}: a hard-linked reserve path was replaced by a fresh reserve (smaller, larger with write, larger default) and released (freed 0); the database kept every byte",
+        mount.fs
+    );
+}
