@@ -23,6 +23,9 @@
 //! - `DISK_RESERVE_TEST_SEED`: the seed of the random tests (default: fresh; printed, so
 //!   a failure can be replayed).
 //!
+//! `moving_home` pauses the command between two chunks of its write path with the CLI's
+//! test-only `DISK_RESERVE_TEST_PAUSE` (see `src/cli/command.rs`).
+//!
 //! A test that cannot run prints a line starting with `DISK_RESERVE_SKIP` and passes; the
 //! script reports it as "skip". `blocks_are_real` prints one `FREE_DROP` line per
 //! strategy, which the script collects into its second table.
@@ -1409,6 +1412,239 @@ fn hard_link() {
     );
     println!(
         "hard_link fs={}: a hard-linked reserve path was replaced by a fresh reserve (smaller, larger with write, larger default) and released (freed 0); the database kept every byte",
+        mount.fs
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// h. A moving home (rule 13)
+
+/// The moving-home test's reserve: three write chunks, so the call can be paused after
+/// the first with two still to come.
+const MOVING_SIZE: u64 = 3 * disk_reserve::WRITE_CHUNK_BYTES;
+/// The complete reserve already in the directory the home is re-pointed to.
+const OTHER_SIZE: u64 = 16 * MIB;
+
+/// An `ensure` started with `DISK_RESERVE_TEST_PAUSE` set: it stops after each chunk of
+/// the write path until a line arrives on its stdin, or for good once stdin is closed.
+struct Paused {
+    child: std::process::Child,
+    stderr: io::BufReader<std::process::ChildStderr>,
+    /// Everything read from its stderr so far.
+    said: String,
+}
+
+impl Paused {
+    fn ensure(home: &Path, args: &[&str]) -> Paused {
+        let mut child = Command::new(BIN)
+            .arg("ensure")
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("DISK_RESERVE_TEST_PAUSE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn disk-reserve");
+        let stderr = io::BufReader::new(child.stderr.take().unwrap());
+        Paused {
+            child,
+            stderr,
+            said: String::new(),
+        }
+    }
+
+    /// Reads stderr up to the next pause line; returns the bytes done so far.
+    fn wait_for_pause(&mut self) -> u64 {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            let n = self.stderr.read_line(&mut line).expect("read its stderr");
+            assert!(
+                n > 0,
+                "disk-reserve ended its stderr without pausing (is DISK_RESERVE_TEST_PAUSE wired in?):\n{}",
+                self.said
+            );
+            self.said.push_str(&line);
+            if let Some(rest) = line.strip_prefix("disk-reserve: test pause after ") {
+                let done = rest.split(' ').next().unwrap();
+                return done.parse().expect("bytes done in the pause line");
+            }
+        }
+    }
+
+    /// Closes stdin (no more pauses) and waits for the command to end.
+    fn finish(mut self) -> Output {
+        use std::io::Read;
+        drop(self.child.stdin.take());
+        self.stderr.read_to_string(&mut self.said).unwrap();
+        let mut out = self
+            .child
+            .wait_with_output()
+            .expect("wait for disk-reserve");
+        out.stderr = self.said.into_bytes();
+        out
+    }
+}
+
+/// `(inode, length, allocated bytes)` of the file at `path`, `None` when absent.
+fn identity(path: &Path) -> Option<(u64, u64, u64)> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Some((meta.ino(), meta.len(), meta.blocks() * 512)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => panic!("lstat {}: {e}", path.display()),
+    }
+}
+
+/// Failed checks, collected so that one run of the test shows every one of them.
+#[derive(Default)]
+struct Violations(Vec<String>);
+
+impl Violations {
+    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(what());
+        }
+    }
+
+    /// Rules 5 and 13: the directory the call resolved holds what its exit says — a
+    /// complete reserve after success, nothing after a failure — and nothing else.
+    fn check_outcome_in(&mut self, dir: &Path, what: &str, out: &Output) {
+        let reserve = dir.join(".reserve");
+        let found = len_and_allocated(&reserve);
+        let exit = out.status.code();
+        if out.status.success() {
+            self.check(
+                matches!(found, Some((len, allocated)) if len == MOVING_SIZE && allocated >= MOVING_SIZE),
+                || format!("rule 13: {what} holds the complete reserve of {MOVING_SIZE} bytes: found (length, allocated) {found:?} (exit {exit:?})"),
+            );
+        } else {
+            self.check(found.is_none(), || {
+                format!(
+                    "rule 5: the call failed, so {what} holds no partial reserve: found (length, allocated) {found:?} (exit {exit:?})"
+                )
+            });
+        }
+        let strays: Vec<String> = fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|name| name != ".reserve")
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.check(strays.is_empty(), || {
+            format!("{what} holds nothing but the reserve: {strays:?}")
+        });
+        self.check(code(out) == 0, || {
+            format!(
+                "rule 13: the call succeeds (exit 0): exit {exit:?}\n--- stdout\n{}--- stderr\n{}",
+                stdout(out),
+                stderr(out)
+            )
+        });
+        if code(out) == 0 {
+            let report = json(out);
+            self.check(
+                report["outcome"] == "created"
+                    && report["allocated_bytes"].as_u64() >= Some(MOVING_SIZE),
+                || {
+                    format!(
+                        "rule 13: the report describes what happened in {what} (created, {MOVING_SIZE} bytes allocated): {report}"
+                    )
+                },
+            );
+        }
+    }
+}
+
+/// h. Rule 13 with a home that moves while `ensure --strategy write` is between two
+/// chunks (the CLI's test pause, `DISK_RESERVE_TEST_PAUSE`, holds it there; no sleeps).
+///
+/// Re-pointed: `--home current` where `current -> releases/v1`; after the first chunk
+/// `current` is atomically re-pointed to `releases/v2`, which already holds a complete
+/// reserve of another size. Every operation of the call must stay in v1: v1 ends with a
+/// complete reserve (or, had the call failed, none at all), v2's reserve keeps its inode,
+/// length and allocation, the call exits 0 and its report says `created` with v1's bytes.
+///
+/// Renamed: the home itself is renamed after the first chunk. The renamed directory ends
+/// with the complete reserve, nothing appears at the old path, and the call exits 0.
+///
+/// All violations are collected and reported together.
+#[test]
+fn moving_home() {
+    let Some(mount) = test_mount("moving_home", Needs::Writable) else {
+        return;
+    };
+    let size_arg = format!("{MOVING_SIZE}");
+    let args: &[&str] = &["--size", &size_arg, "--strategy", "write", "--json"];
+    let mut violations = Violations::default();
+
+    {
+        let dir = Home::new(&mount, "moving_home-repointed");
+        let releases = dir.path().join("releases");
+        let (v1, v2) = (releases.join("v1"), releases.join("v2"));
+        fs::create_dir_all(&v1).unwrap();
+        fs::create_dir_all(&v2).unwrap();
+        assert_exit(&run("ensure", &v2, &["--size", "16MiB"]), 0);
+        let other = v2.join(".reserve");
+        assert_complete(&other, OTHER_SIZE);
+        let other_before = identity(&other);
+        let current = dir.path().join("current");
+        std::os::unix::fs::symlink("releases/v1", &current).unwrap();
+
+        let mut paused = Paused::ensure(&current, args);
+        let done = paused.wait_for_pause();
+        assert!(done < MOVING_SIZE, "paused with chunks still to write");
+        let next = dir.path().join("current.next");
+        std::os::unix::fs::symlink("releases/v2", &next).unwrap();
+        fs::rename(&next, &current).unwrap();
+        let out = paused.finish();
+
+        let other_after = identity(&other);
+        violations.check(other_after == other_before, || {
+            format!(
+                "rule 13: re-pointing the home mid-call must not redirect the call: the other release's reserve changed, (inode, length, allocated) {other_before:?} -> {other_after:?}"
+            )
+        });
+        violations.check_outcome_in(
+            &v1,
+            "the directory the home pointed to at the start (v1)",
+            &out,
+        );
+    }
+
+    {
+        let dir = Home::new(&mount, "moving_home-renamed");
+        let home = dir.path().join("app");
+        let moved = dir.path().join("app.moved");
+        fs::create_dir(&home).unwrap();
+        let mut paused = Paused::ensure(&home, args);
+        let done = paused.wait_for_pause();
+        assert!(done < MOVING_SIZE, "paused with chunks still to write");
+        fs::rename(&home, &moved).unwrap();
+        let out = paused.finish();
+
+        violations.check(!home.exists(), || {
+            format!(
+                "rule 13: nothing is created at the home's old path after a rename: found {:?}",
+                fs::read_dir(&home).map(|d| d.count())
+            )
+        });
+        violations.check_outcome_in(&moved, "the renamed home", &out);
+    }
+
+    assert!(
+        violations.0.is_empty(),
+        "moving_home fs={}: {} violation(s):\n- {}",
+        mount.fs,
+        violations.0.len(),
+        violations.0.join("\n- ")
+    );
+    println!(
+        "moving_home fs={}: re-pointed and renamed mid-write, the call stayed in the directory it resolved",
         mount.fs
     );
 }
