@@ -21,7 +21,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 IMAGE_MIB=${MOUNT_MATRIX_IMAGE_MIB:-512}
 TEST_TIMEOUT=${MOUNT_MATRIX_TEST_TIMEOUT:-300}
-TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home})
+TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut})
 FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro})
 # The read-only mount's preparation; tests/real_mount.rs names the same homes and size.
 RO_COMPLETE_HOME=complete

@@ -26,6 +26,9 @@
 //! `moving_home` pauses the command between two chunks of its write path with the CLI's
 //! test-only `DISK_RESERVE_TEST_PAUSE` (see `src/cli/command.rs`).
 //!
+//! `power_cut` shuts XFS down without flushing its log (`xfs_io -x -c shutdown`) and
+//! remounts it, so it needs `xfs_io` and skips on every other filesystem.
+//!
 //! A test that cannot run prints a line starting with `DISK_RESERVE_SKIP` and passes; the
 //! script reports it as "skip". `blocks_are_real` prints one `FREE_DROP` line per
 //! strategy, which the script collects into its second table.
@@ -136,9 +139,20 @@ fn test_mount(test: &str, needs: Needs) -> Option<TestMount> {
     }
 }
 
-/// The filesystem type of the mount at `path` and whether it is mounted read-only, from
-/// `/proc/self/mountinfo` (the last entry for a mount point is the one in effect).
-fn mount_entry(path: &Path) -> Option<(String, bool)> {
+/// The entry in effect for one mount point in `/proc/self/mountinfo`.
+struct MountInfo {
+    /// The device (or `tmpfs`…) mounted there.
+    source: String,
+    fs_type: String,
+    /// Per-mount options (`rw,relatime`).
+    options: String,
+    /// The filesystem's own options (`attr2,inode64,…`).
+    super_options: String,
+}
+
+/// The entry of `/proc/self/mountinfo` for the mount point `path` (the last entry for a
+/// mount point is the one in effect).
+fn mount_info(path: &Path) -> Option<MountInfo> {
     let table = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut found = None;
     for line in table.lines() {
@@ -150,12 +164,25 @@ fn mount_entry(path: &Path) -> Option<(String, bool)> {
             continue;
         };
         if Path::new(&unescape_mountinfo(mount_point)) == path {
-            let read_only = options.split(',').any(|o| o == "ro");
-            let fs_type = super_fields.split(' ').next().unwrap_or("unknown");
-            found = Some((fs_type.to_owned(), read_only));
+            let mut super_fields = super_fields.split(' ');
+            let mut next = || super_fields.next().unwrap_or("").to_owned();
+            let (fs_type, source, super_options) = (next(), next(), next());
+            found = Some(MountInfo {
+                source: unescape_mountinfo(&source),
+                fs_type,
+                options: (*options).to_owned(),
+                super_options,
+            });
         }
     }
     found
+}
+
+/// The filesystem type of the mount at `path` and whether it is mounted read-only.
+fn mount_entry(path: &Path) -> Option<(String, bool)> {
+    let info = mount_info(path)?;
+    let read_only = info.options.split(',').any(|o| o == "ro");
+    Some((info.fs_type, read_only))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, …).
@@ -1645,6 +1672,145 @@ fn moving_home() {
     );
     println!(
         "moving_home fs={}: re-pointed and renamed mid-write, the call stayed in the directory it resolved",
+        mount.fs
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// i. A power cut (rule 6)
+
+/// Cuts the power on the XFS mount at `root`: `xfs_io -x -c shutdown` without `-f`, so
+/// the log is not flushed and whatever was not made durable is lost; then unmounts it and
+/// mounts the same device again with the same options (log recovery runs).
+fn cut_power(root: &Path, info: &MountInfo) {
+    let status = Command::new("xfs_io")
+        .args(["-x", "-c", "shutdown"])
+        .arg(root)
+        .status()
+        .expect("run xfs_io");
+    assert!(status.success(), "xfs_io -x -c shutdown {}", root.display());
+    let status = Command::new("umount")
+        .arg(root)
+        .status()
+        .expect("run umount");
+    assert!(status.success(), "umount {}", root.display());
+    let options = format!("{},{}", info.options, info.super_options);
+    let status = Command::new("mount")
+        .args(["-t", &info.fs_type, "-o", &options, &info.source])
+        .arg(root)
+        .status()
+        .expect("run mount");
+    assert!(
+        status.success(),
+        "mount -t {} -o {options} {} {}: the test mount is left unmounted",
+        info.fs_type,
+        info.source,
+        root.display()
+    );
+}
+
+/// How many 4 KiB blocks of the file at `path` read back as all zeros (a block of the
+/// write path's pattern never does).
+fn zero_blocks(path: &Path) -> u64 {
+    let data = fs::read(path).unwrap();
+    data.chunks(4 * KIB as usize)
+        .filter(|block| block.iter().all(|&b| b == 0))
+        .count() as u64
+}
+
+/// The power-cut test's reserve (`--size 64MiB`).
+const POWER_CUT_SIZE: u64 = 64 * MIB;
+
+/// `ensure --size 64MiB --strategy STRATEGY` in `home` says `outcome`; right after it the
+/// power is cut, and the reserve must be there, complete (for the write path, with no
+/// block of zeros).
+fn ensure_then_cut(root: &Path, info: &MountInfo, home: &Path, strategy: &str, outcome: &str) {
+    let reserve = home.join(".reserve");
+    let out = run(
+        "ensure",
+        home,
+        &["--size", "64MiB", "--strategy", strategy, "--json"],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(json(&out)["outcome"], outcome, "{}", stdout(&out));
+    cut_power(root, info);
+    let after = len_and_allocated(&reserve);
+    assert!(
+        matches!(after, Some((len, allocated)) if len == POWER_CUT_SIZE && allocated >= POWER_CUT_SIZE),
+        "rule 6: a reserve `ensure --strategy {strategy}` reported {outcome} is there, complete, after a power cut: found (length, allocated) {after:?}"
+    );
+    if strategy == "write" {
+        let zeros = zero_blocks(&reserve);
+        assert_eq!(
+            zeros, 0,
+            "rule 6: the reserve `ensure --strategy write` reported {outcome} keeps its data after a power cut: {zeros} blocks of 4 KiB read back as zeros"
+        );
+    }
+}
+
+/// i. Rule 6 on XFS: right after `ensure` says `created` — with `fallocate` and with the
+/// write path, whose data blocks are durable only after `fsync` — the power is cut
+/// (shutdown without flushing the log) and the mount remounted: the reserve is there,
+/// complete (and for the write path, no block of it reads back as zeros); the same after
+/// `ensure` says `topped_up` (the reserve cut to half its length beforehand). Right after
+/// `release` says `released`, the same cut: the reserve is gone. Other filesystems skip:
+/// only XFS can shut itself down without flushing from a test.
+#[test]
+fn power_cut() {
+    let Some(mount) = test_mount("power_cut", Needs::Writable) else {
+        return;
+    };
+    let info = mount_info(&mount.root).expect("the mount is in mountinfo");
+    if info.fs_type != "xfs" {
+        skip(
+            "power_cut",
+            &format!(
+                "{} is {}: only XFS shuts down without flushing its log (xfs_io shutdown)",
+                mount.fs, info.fs_type
+            ),
+        );
+        return;
+    }
+    if Command::new("xfs_io").arg("-V").output().is_err() {
+        skip("power_cut", "xfs_io is not installed");
+        return;
+    }
+    let home = Home::new(&mount, "power_cut");
+    let mut seen = Vec::new();
+    for strategy in ["fallocate", "write"] {
+        let h = home.path().join(strategy);
+        fs::create_dir(&h).unwrap();
+        let reserve = h.join(".reserve");
+        // Everything before the call is durable, so the cut loses only what it did.
+        settle(&mount.root);
+
+        ensure_then_cut(&mount.root, &info, &h, strategy, "created");
+        // A top-up changes no directory entry, so only the file's own fsync makes its
+        // allocation durable: after a create, the home's fsync forces XFS's whole log
+        // (and the write path's final ftruncate has already written the data), which
+        // would hide a missing file fsync.
+        OpenOptions::new()
+            .write(true)
+            .open(&reserve)
+            .and_then(|file| file.set_len(POWER_CUT_SIZE / 2))
+            .unwrap();
+        settle(&mount.root);
+        ensure_then_cut(&mount.root, &info, &h, strategy, "topped_up");
+
+        settle(&mount.root);
+        let out = run("release", &h, &["--json"]);
+        assert_exit(&out, 0);
+        assert_eq!(json(&out)["outcome"], "released", "{}", stdout(&out));
+        cut_power(&mount.root, &info);
+        let after = len_and_allocated(&reserve);
+        assert!(
+            after.is_none(),
+            "rule 6: a reserve `release` reported released stays gone after a power cut: found (length, allocated) {after:?}"
+        );
+        seen.push(strategy);
+    }
+    println!(
+        "power_cut fs={}: created and topped up ({seen:?}) survived a shutdown without log flush and remount; released stayed released",
         mount.fs
     );
 }
