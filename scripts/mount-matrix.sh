@@ -13,14 +13,15 @@
 #
 # Knobs: MOUNT_MATRIX_IMAGE_MIB (size of each filesystem, default 512),
 # MOUNT_MATRIX_TEST_TIMEOUT (seconds per test, default 300), MOUNT_MATRIX_ONLY (a space-
-# separated subset of the filesystems, e.g. "ext4 tmpfs").
+# separated subset of the filesystems, e.g. "ext4 tmpfs"), MOUNT_MATRIX_TESTS (likewise, a
+# subset of the tests, e.g. "hard_link power_cut").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
 IMAGE_MIB=${MOUNT_MATRIX_IMAGE_MIB:-512}
 TEST_TIMEOUT=${MOUNT_MATRIX_TEST_TIMEOUT:-300}
-TESTS=(full_host blocks_are_real processes kill_9 read_only differential)
+TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut})
 FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro})
 # The read-only mount's preparation; tests/real_mount.rs names the same homes and size.
 RO_COMPLETE_HOME=complete

@@ -1,8 +1,9 @@
 //! Running a subcommand: build the reserve, call the library, print the result.
 
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use disk_reserve::{FileKind, RealFs, Released, Reserve, ReserveConfig};
 
@@ -90,9 +91,17 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
     let config = sized(&args.size, &args.headroom).strategy(args.strategy.into());
     let mut reserve = open(&args.common.home, config)?;
     let progress = Progress::for_terminal(reserve.path().as_str(), args.common.json).map(Arc::new);
-    if let Some(progress) = &progress {
-        let progress = Arc::clone(progress);
-        reserve = reserve.on_progress(move |done, total| progress.update(done, total));
+    let pause = TestPause::from_env();
+    if progress.is_some() || pause.is_some() {
+        let progress = progress.clone();
+        reserve = reserve.on_progress(move |done, total| {
+            if let Some(progress) = &progress {
+                progress.update(done, total);
+            }
+            if let Some(pause) = &pause {
+                pause.after_chunk(done, total);
+            }
+        });
     }
     let ensured = reserve.ensure();
     if let Some(progress) = &progress {
@@ -105,6 +114,44 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
         &status,
         What::Ensured(ensured),
     ))
+}
+
+/// TEST-ONLY, not part of the CLI contract and not in `--help`: the real-mount tests
+/// (`tests/real_mount.rs`) set `DISK_RESERVE_TEST_PAUSE` (to anything) to stop `ensure`
+/// between two chunks of the write path and change the disk under it (re-point or rename
+/// the home) at a known moment, with no sleeping. After each chunk the command prints
+/// `disk-reserve: test pause after DONE of TOTAL bytes` on stderr and waits for one line
+/// on stdin; once stdin is at its end (or fails) it stops pausing.
+struct TestPause {
+    /// Set when stdin reached its end: no more pauses.
+    done: AtomicBool,
+}
+
+impl TestPause {
+    const VAR: &str = "DISK_RESERVE_TEST_PAUSE";
+
+    fn from_env() -> Option<TestPause> {
+        std::env::var_os(Self::VAR).map(|_| TestPause {
+            done: AtomicBool::new(false),
+        })
+    }
+
+    fn after_chunk(&self, done: u64, total: u64) {
+        if self.done.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut stderr = io::stderr().lock();
+        let _ = writeln!(
+            stderr,
+            "disk-reserve: test pause after {done} of {total} bytes"
+        );
+        let _ = stderr.flush();
+        drop(stderr);
+        let mut line = String::new();
+        if !matches!(io::stdin().lock().read_line(&mut line), Ok(n) if n > 0) {
+            self.done.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 fn release(args: ReleaseArgs) -> Result<Report, Failure> {
