@@ -81,6 +81,8 @@ pub use host_fs::{
 #[cfg(feature = "mock")]
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
-pub use reserve::{Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES};
+pub use reserve::{
+    EnsureReport, Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
+};
 pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};

@@ -136,6 +136,31 @@ pub struct Status {
     pub plan: Plan,
 }
 
+/// What [`Reserve::ensure_report`] returns: the outcome and the figures its decision used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EnsureReport {
+    /// What `ensure` did.
+    pub outcome: Ensured,
+    /// The configured size, resolved.
+    pub size_bytes: u64,
+    /// The configured headroom, resolved.
+    pub headroom_bytes: u64,
+    /// The filesystem's space: for a deferral, what the decision saw; otherwise read on
+    /// the same open home after the call acted.
+    pub space: Space,
+    /// Bytes the reserve holds after the call.
+    pub allocated_bytes: u64,
+}
+
+/// One `ensure`'s result inside the crate: the outcome and the sizes and space it used.
+struct Done {
+    outcome: Ensured,
+    size_bytes: u64,
+    headroom_bytes: u64,
+    space: Option<Space>,
+}
+
 /// A progress callback for long allocations: `(bytes done, bytes to do)`.
 pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
@@ -263,35 +288,77 @@ impl<F: HostFs> Reserve<F> {
     /// removed, a file it grew is cut back to its old length.
     pub fn ensure(&self) -> Result<Ensured> {
         let dir = self.open_home()?;
+        self.ensure_in(&*dir).map(|done| done.outcome)
+    }
+
+    /// [`ensure`](Reserve::ensure), returning with the outcome the figures its decision
+    /// used — for a report that must not contradict itself (a deferral shows the free
+    /// space it deferred on, not one read later). The space of an outcome other than a
+    /// deferral is read after the call acted, on the same open home directory: renaming
+    /// or re-pointing the home meanwhile cannot make the report describe another one.
+    ///
+    /// # Errors
+    /// As [`ensure`](Reserve::ensure); reading the free space afterwards may fail too.
+    pub fn ensure_report(&self) -> Result<EnsureReport> {
+        let dir = self.open_home()?;
+        let done = self.ensure_in(&*dir)?;
+        let space = match (done.outcome, done.space) {
+            (Ensured::Deferred { .. }, Some(space)) => space,
+            _ => self.space(&*dir)?,
+        };
+        let allocated_bytes = match done.outcome.allocated_bytes() {
+            Some(bytes) => bytes,
+            None => self.observe(&*dir)?.allocated_bytes(),
+        };
+        Ok(EnsureReport {
+            outcome: done.outcome,
+            size_bytes: done.size_bytes,
+            headroom_bytes: done.headroom_bytes,
+            space,
+            allocated_bytes,
+        })
+    }
+
+    /// `ensure` in the home directory `dir`, opened once by the caller.
+    fn ensure_in(&self, dir: &dyn DirHandle) -> Result<Done> {
         let early_space = if self.config.needs_total() {
-            Some(self.space(&*dir)?)
+            Some(self.space(dir)?)
         } else {
             None
         };
         let (size, headroom) = self.resolve_sizes(early_space)?;
-        let observed = self.observe(&*dir)?;
+        let done = |outcome, space| Done {
+            outcome,
+            size_bytes: size,
+            headroom_bytes: headroom,
+            space,
+        };
+        let observed = self.observe(dir)?;
         if let Plan::Nothing = decide(observed, size, headroom, None) {
             tracing::debug!(path = %self.path, allocated_bytes = observed.allocated_bytes(), outcome = "present", "reserve is complete");
-            return Ok(Ensured::Present {
+            let outcome = Ensured::Present {
                 allocated_bytes: observed.allocated_bytes(),
-            });
+            };
+            return Ok(done(outcome, early_space));
         }
 
-        let _lock = self.lock_home(&*dir)?;
-        self.tidy(&*dir);
+        let _lock = self.lock_home(dir)?;
+        self.tidy(dir);
         let mut shrunk_from = None;
+        let mut last_space = early_space;
         for _ in 0..CHANGED_RETRIES {
-            let observed = self.observe(&*dir)?;
+            let observed = self.observe(dir)?;
             let mut plan = decide(observed, size, headroom, None);
             if plan == Plan::NeedSpace {
-                let space = self.space(&*dir)?;
+                let space = self.space(dir)?;
+                last_space = Some(space);
                 self.check_fits(size, space)?;
                 plan = decide(observed, size, headroom, Some(space));
             }
             match plan {
                 Plan::Nothing => {
                     let allocated_bytes = observed.allocated_bytes();
-                    return Ok(match shrunk_from {
+                    let outcome = match shrunk_from {
                         Some(from_len) => {
                             tracing::info!(path = %self.path, from_len, size_bytes = size, allocated_bytes, outcome = "shrunk", "shrank reserve to its configured size");
                             Ensured::Shrunk {
@@ -300,7 +367,8 @@ impl<F: HostFs> Reserve<F> {
                             }
                         }
                         None => Ensured::Present { allocated_bytes },
-                    });
+                    };
+                    return Ok(done(outcome, last_space));
                 }
                 Plan::Refuse(kind) => {
                     return Err(Error::NotARegularFile {
@@ -309,7 +377,7 @@ impl<F: HostFs> Reserve<F> {
                     });
                 }
                 Plan::Shrink { from_len } => {
-                    let Some(file) = self.open_as_observed(&*dir, observed)? else {
+                    let Some(file) = self.open_as_observed(dir, observed)? else {
                         continue;
                     };
                     self.truncate(&*file, size)?;
@@ -326,13 +394,14 @@ impl<F: HostFs> Reserve<F> {
                         outcome = "deferred",
                         "not enough free space to lay down the disk reserve without going below the headroom; deferring"
                     );
-                    return Ok(Ensured::Deferred {
+                    let outcome = Ensured::Deferred {
                         free_bytes,
                         needed_bytes,
-                    });
+                    };
+                    return Ok(done(outcome, last_space));
                 }
                 Plan::Create | Plan::Replace { .. } | Plan::Extend { .. } | Plan::Refill { .. } => {
-                    let Some(allocated_bytes) = self.fill(&*dir, plan, observed, size)? else {
+                    let Some(allocated_bytes) = self.fill(dir, plan, observed, size)? else {
                         continue;
                     };
                     let outcome = if matches!(plan, Plan::Create | Plan::Replace { .. }) {
@@ -344,7 +413,7 @@ impl<F: HostFs> Reserve<F> {
                         }
                     };
                     tracing::info!(path = %self.path, size_bytes = size, allocated_bytes, outcome = outcome.as_str(), "disk reserve laid down");
-                    return Ok(outcome);
+                    return Ok(done(outcome, last_space));
                 }
             }
         }

@@ -103,17 +103,22 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
             }
         });
     }
-    let ensured = reserve.ensure();
+    let ensured = reserve.ensure_report();
     if let Some(progress) = &progress {
         progress.finish();
     }
+    // The figures of the call's own decision, read in the directory it opened: not a
+    // second look that a concurrent call or a re-pointed home could change.
     let ensured = ensured.map_err(|e| Failure::of(e, &reserve))?;
-    let status = reserve.status().map_err(|e| Failure::of(e, &reserve))?;
-    Ok(Report::from_status(
-        reserve.path().to_owned(),
-        &status,
-        What::Ensured(ensured),
-    ))
+    Ok(Report {
+        path: reserve.path().to_owned(),
+        size_bytes: ensured.size_bytes,
+        allocated_bytes: ensured.allocated_bytes,
+        free_bytes: ensured.space.free_bytes,
+        total_bytes: ensured.space.total_bytes,
+        headroom_bytes: ensured.headroom_bytes,
+        what: What::Ensured(ensured.outcome),
+    })
 }
 
 /// TEST-ONLY, not part of the CLI contract and not in `--help`: the real-mount tests
