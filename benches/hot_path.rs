@@ -1,7 +1,8 @@
 //! The calls that run on every start-up or every `status`: `ensure` on a complete
-//! reserve against one `lstat` of its path (goal ≤ 1.5), and `status` against
-//! `lstat` + `statvfs` (goal ≤ 1.3). Both on the repository's filesystem, with a
-//! complete 64 MiB reserve laid down before timing starts.
+//! reserve against its own floor — the system calls an anchored look needs: `open` of
+//! the home (`O_DIRECTORY`), `fstatat` of the name, `close` (goal ≤ 1.5) — and `status`
+//! against `open` + `fstatvfs` + `fstatat` + `close` (goal ≤ 1.3). Both on the
+//! repository's filesystem, with a complete 64 MiB reserve laid down before timing starts.
 
 mod common;
 
@@ -23,28 +24,52 @@ fn hot_path(c: &mut Criterion) {
     )
     .expect("reserve");
     assert!(matches!(reserve.ensure(), Ok(Ensured::Created { .. })));
-    let path = c_path(reserve.path());
     let home_c = c_path(&home);
 
-    let lstat = || {
+    let name = c".reserve";
+    let open_home = || {
+        // SAFETY: `home_c` is NUL-terminated.
+        let fd = unsafe {
+            libc::open(
+                home_c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        check(if fd < 0 { -1 } else { 0 }, "open");
+        fd
+    };
+    let close = |fd| {
+        // SAFETY: `fd` was opened above and is closed once.
+        check(unsafe { libc::close(fd) }, "close");
+    };
+    let fstatat = |fd| {
         let mut stat = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `path` is NUL-terminated; `stat` is writable and large enough.
+        // SAFETY: `fd` is open, `name` NUL-terminated; `stat` is writable and large enough.
         check(
-            unsafe { libc::lstat(path.as_ptr(), stat.as_mut_ptr()) },
-            "lstat",
+            unsafe {
+                libc::fstatat(
+                    fd,
+                    name.as_ptr(),
+                    stat.as_mut_ptr(),
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            },
+            "fstatat",
         );
-        // SAFETY: `lstat` succeeded and filled it.
+        // SAFETY: `fstatat` succeeded and filled it.
         black_box(unsafe { stat.assume_init() }.st_blocks);
     };
-    let statvfs = || {
+    let fstatvfs = |fd| {
         let mut vfs = MaybeUninit::<libc::statvfs>::uninit();
-        // SAFETY: `home_c` is NUL-terminated; `vfs` is writable and large enough.
-        check(
-            unsafe { libc::statvfs(home_c.as_ptr(), vfs.as_mut_ptr()) },
-            "statvfs",
-        );
-        // SAFETY: `statvfs` succeeded and filled it.
+        // SAFETY: `fd` is open; `vfs` is writable and large enough.
+        check(unsafe { libc::fstatvfs(fd, vfs.as_mut_ptr()) }, "fstatvfs");
+        // SAFETY: `fstatvfs` succeeded and filled it.
         black_box(unsafe { vfs.assume_init() }.f_bavail);
+    };
+    let anchored_look = || {
+        let fd = open_home();
+        fstatat(fd);
+        close(fd);
     };
 
     let mut group = c.benchmark_group("ensure_present");
@@ -55,7 +80,7 @@ fn hot_path(c: &mut Criterion) {
             black_box(outcome);
         })
     };
-    let mut floor = |n| repeat(n, lstat);
+    let mut floor = |n| repeat(n, anchored_look);
     for (side, name) in ["ours", "floor"].into_iter().enumerate() {
         group.bench_function(name, |b| {
             b.iter_custom(|n| interleaved("ensure_present", side, n, &mut [&mut ours, &mut floor]));
@@ -71,8 +96,10 @@ fn hot_path(c: &mut Criterion) {
     };
     let mut floor = |n| {
         repeat(n, || {
-            statvfs();
-            lstat();
+            let fd = open_home();
+            fstatvfs(fd);
+            fstatat(fd);
+            close(fd);
         })
     };
     for (side, name) in ["ours", "floor"].into_iter().enumerate() {

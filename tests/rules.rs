@@ -6,8 +6,9 @@ use std::io;
 
 use camino::{Utf8Path, Utf8PathBuf};
 use disk_reserve::{
-    AllocateMode, Condition, Ensured, Error, FileKind, HostFs, Plan, Probe, RealFs, Released,
-    Reserve, ReserveConfig, SimFs, SimOp, SizeSpec, Strategy, is_out_of_space,
+    AllocateMode, CancelToken, Condition, Ensured, Error, FileKind, HostFs, Plan, Probe, RealFs,
+    Released, Reserve, ReserveConfig, SimFs, SimOp, SizeSpec, Strategy, WRITE_CHUNK_BYTES,
+    is_out_of_space,
 };
 
 const MIB: u64 = 1 << 20;
@@ -930,4 +931,99 @@ fn rule12_ensure_error_is_classified() {
     let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
     let flattened = io::Error::other(boxed.to_string());
     assert!(is_out_of_space(&flattened));
+}
+
+// ---------------------------------------------------------------- rule 14
+
+/// A reserve of three write chunks on the write path whose progress callback cancels the
+/// token after the first chunk: the cancel lands between chunks.
+fn cancelled_after_first_chunk<F: HostFs>(fs: F, home: &Utf8Path, size: u64) -> Error {
+    let token = CancelToken::new();
+    let cancel = token.clone();
+    let reserve = Reserve::new(
+        fs,
+        home,
+        ReserveConfig::with_size_bytes(size).strategy(Strategy::Write),
+    )
+    .unwrap()
+    .cancel_token(token)
+    .on_progress(move |_, _| cancel.cancel());
+    reserve
+        .ensure()
+        .expect_err("rule 14: a cancelled ensure must not succeed")
+}
+
+/// Rule 14 and 5 on the simulator: cancelled between chunks, ensure removes the file it
+/// created and says it was cancelled; a cancelled top-up cuts back to the old length.
+#[test]
+fn rule14_cancel_between_chunks_rolls_back_sim() {
+    let size = 3 * WRITE_CHUNK_BYTES;
+    let fs = SimFs::with_home(1 << 30, HOME);
+    let err = cancelled_after_first_chunk(fs.clone(), Utf8Path::new(HOME), size);
+    assert!(matches!(err, Error::Cancelled { .. }), "rule 14: {err:?}");
+    assert_eq!(fs.lookup(PATH).unwrap(), None, "rule 5: the file stays");
+    assert_eq!(fs.free_bytes(), 1 << 30, "rule 5: space not given back");
+    assert_eq!(fs.calls(SimOp::WriteFill), 1, "rule 14: kept writing");
+
+    fs.write_file(PATH, MIB).unwrap();
+    let before = fs.snapshot();
+    let err = cancelled_after_first_chunk(fs.clone(), Utf8Path::new(HOME), size);
+    assert!(matches!(err, Error::Cancelled { .. }), "rule 14: {err:?}");
+    assert_eq!(
+        fs.snapshot(),
+        before,
+        "rule 5: a cancelled top-up is cut back"
+    );
+}
+
+/// Rule 14 and 5 on the kernel: the same in a temporary directory.
+#[test]
+fn rule14_cancel_between_chunks_rolls_back_real() {
+    let (_tmp, home) = tempdir();
+    let err = cancelled_after_first_chunk(RealFs::new(), &home, WRITE_CHUNK_BYTES + MIB);
+    assert!(matches!(err, Error::Cancelled { .. }), "rule 14: {err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("ensure `{home}/.reserve` was cancelled; what it had allocated was rolled back")
+    );
+    assert_eq!(
+        probe(&RealFs::new(), home.join(".reserve").as_str()),
+        None,
+        "rule 5: the cancelled reserve stays"
+    );
+}
+
+/// Rule 14 and 10: a cancel interrupts the wait for the home's lock (held here by
+/// another holder), and nothing is changed.
+fn cancel_interrupts_the_lock_wait<F: HostFs + Clone + 'static>(fs: F, home: &Utf8Path) {
+    let dir = fs.open_dir(home).unwrap();
+    let held = dir.try_lock().unwrap().expect("the lock is free");
+    let token = CancelToken::new();
+    let reserve = Reserve::new(fs, home, config())
+        .unwrap()
+        .cancel_token(token.clone());
+    let waiting = std::thread::spawn(move || reserve.ensure());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(!waiting.is_finished(), "ensure must wait for the lock");
+    token.cancel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(waiting.join()));
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("rule 14: a cancel must interrupt the wait for the lock")
+        .unwrap();
+    assert!(matches!(result, Err(Error::Cancelled { .. })), "{result:?}");
+    assert_eq!(dir.probe(".reserve").unwrap(), None);
+    drop(held);
+}
+
+#[test]
+fn rule14_cancel_interrupts_the_lock_wait_sim() {
+    cancel_interrupts_the_lock_wait(sim(64 * MIB), Utf8Path::new(HOME));
+}
+
+#[test]
+fn rule14_cancel_interrupts_the_lock_wait_real() {
+    let (_tmp, home) = tempdir();
+    cancel_interrupts_the_lock_wait(RealFs::new(), &home);
 }
