@@ -27,6 +27,18 @@ pub enum Observed {
         /// The number of names the file has (`st_nlink`).
         links: u64,
     },
+    /// A regular file some of whose blocks are shared with another file or a snapshot
+    /// (a reflink copy such as `cp -a` makes on XFS and btrfs, a btrfs snapshot): deleting
+    /// it gives back only `releasable_bytes` (rule 1). `ensure` replaces it with a fresh
+    /// reserve built beside it.
+    Shared {
+        /// Length in bytes.
+        len: u64,
+        /// Allocated bytes (`st_blocks * 512`), shared ones included.
+        allocated_bytes: u64,
+        /// What deleting it would give back: allocated less shared.
+        releasable_bytes: u64,
+    },
     /// Something that is not a regular file.
     Other(FileKind),
 }
@@ -54,12 +66,32 @@ impl Observed {
         }
     }
 
-    /// Bytes the reserve really holds (0 when absent, hard-linked or not a regular file).
+    /// Bytes allocated to the reserve path (`st_blocks * 512`; 0 when absent, hard-linked
+    /// or not a regular file). Shared blocks count here; see
+    /// [`releasable_bytes`](Observed::releasable_bytes) for what deleting it gives back.
     pub fn allocated_bytes(self) -> u64 {
         match self {
             Observed::Regular {
                 allocated_bytes, ..
+            }
+            | Observed::Shared {
+                allocated_bytes, ..
             } => allocated_bytes,
+            _ => 0,
+        }
+    }
+
+    /// Bytes deleting the reserve would give back to the filesystem (rule 1): its
+    /// allocated bytes less those shared with another file or a snapshot; 0 for a file
+    /// with other names.
+    pub fn releasable_bytes(self) -> u64 {
+        match self {
+            Observed::Regular {
+                allocated_bytes, ..
+            } => allocated_bytes,
+            Observed::Shared {
+                releasable_bytes, ..
+            } => releasable_bytes,
             _ => 0,
         }
     }
@@ -69,6 +101,7 @@ impl Observed {
         match self {
             Observed::Absent => Condition::Absent,
             Observed::HardLinked { links } => Condition::HardLinked(links),
+            Observed::Shared { .. } => Condition::Shared,
             Observed::Other(kind) => Condition::NotARegularFile(kind),
             Observed::Regular {
                 len,
@@ -90,7 +123,7 @@ impl Observed {
     /// Bytes `ensure` must still allocate to make the reserve complete (rule 4's
     /// `missing = size - allocated`).
     pub fn missing_bytes(self, size_bytes: u64) -> u64 {
-        size_bytes.saturating_sub(self.allocated_bytes().min(size_bytes))
+        size_bytes.saturating_sub(self.releasable_bytes().min(size_bytes))
     }
 }
 
@@ -107,6 +140,9 @@ pub enum Condition {
     Sparse,
     /// Longer than the configured size.
     Oversized,
+    /// Some blocks are shared with another file or a snapshot: deleting it would not give
+    /// them back; `ensure` replaces it.
+    Shared,
     /// A regular file with this many names: not the reserve's own; `ensure` replaces
     /// the name, `release` removes only the name (rule 7).
     HardLinked(u64),
@@ -116,7 +152,7 @@ pub enum Condition {
 
 impl Condition {
     /// A lower-case word for messages: `absent`, `complete`, `partial`, `sparse`,
-    /// `oversized`, `hard-linked`, `not a regular file`.
+    /// `oversized`, `hard-linked`, `shared`, `not a regular file`.
     pub fn as_str(self) -> &'static str {
         match self {
             Condition::Absent => "absent",
@@ -125,6 +161,7 @@ impl Condition {
             Condition::Sparse => "sparse",
             Condition::Oversized => "oversized",
             Condition::HardLinked(_) => "hard-linked",
+            Condition::Shared => "shared",
             Condition::NotARegularFile(_) => "not a regular file",
         }
     }
@@ -153,11 +190,15 @@ pub enum Plan {
     },
     /// No file: create it and allocate `[0, size)`.
     Create,
-    /// A file with other names is at the path (rule 7): remove this one name (the other
-    /// names keep their data), then create a fresh reserve as [`Plan::Create`] does.
+    /// A file whose blocks are not all the reserve's own is at the path — it has other
+    /// names (rule 7) or shares extents (rule 1): build a fresh reserve beside it and
+    /// rename it over the name (the other names or the snapshot keep their data; a failure
+    /// leaves the name as it was).
     Replace {
         /// The number of names the file had.
         links: u64,
+        /// Bytes of it shared with another file or a snapshot.
+        shared_bytes: u64,
     },
     /// A dense file shorter than the size: allocate `[from_len, size)`.
     Extend {
@@ -210,7 +251,7 @@ impl Plan {
 /// ```
 /// use disk_reserve::{decide, Observed, Plan, Space};
 /// let mib = 1 << 20;
-/// let space = Space { free_bytes: 128 * mib, total_bytes: 1024 * mib, block_bytes: 4096 };
+/// let space = Space::plain(128 * mib, 1024 * mib, 4096);
 /// assert_eq!(decide(Observed::Absent, 64 * mib, 64 * mib, Some(space)), Plan::Create);
 /// let tight = Space { free_bytes: 128 * mib - 1, ..space };
 /// assert!(matches!(decide(Observed::Absent, 64 * mib, 64 * mib, Some(tight)), Plan::Defer { .. }));
@@ -223,7 +264,7 @@ pub fn decide(
 ) -> Plan {
     let (len, allocated_bytes) = match observed {
         Observed::Other(kind) => return Plan::Refuse(kind),
-        Observed::Absent | Observed::HardLinked { .. } => (None, 0),
+        Observed::Absent | Observed::HardLinked { .. } | Observed::Shared { .. } => (None, 0),
         Observed::Regular {
             len,
             allocated_bytes,
@@ -239,7 +280,21 @@ pub fn decide(
     }
     let missing = observed.missing_bytes(size_bytes);
     let fill = match (len, observed) {
-        (None, Observed::HardLinked { links }) => Plan::Replace { links },
+        (None, Observed::HardLinked { links }) => Plan::Replace {
+            links,
+            shared_bytes: 0,
+        },
+        (
+            None,
+            Observed::Shared {
+                allocated_bytes,
+                releasable_bytes,
+                ..
+            },
+        ) => Plan::Replace {
+            links: 1,
+            shared_bytes: allocated_bytes - releasable_bytes.min(allocated_bytes),
+        },
         (None, _) => Plan::Create,
         (Some(len), _) if allocated_bytes < len => Plan::Refill { from_len: len },
         (Some(len), _) => Plan::Extend { from_len: len },
@@ -268,11 +323,7 @@ mod tests {
     const MIB: u64 = 1 << 20;
 
     fn space(free_bytes: u64) -> Option<Space> {
-        Some(Space {
-            free_bytes,
-            total_bytes: 1 << 40,
-            block_bytes: 4096,
-        })
+        Some(Space::plain(free_bytes, 1 << 40, 4096))
     }
 
     /// Rule 4 at the boundary: one byte below `missing + headroom` defers, exactly at it
@@ -385,11 +436,42 @@ mod tests {
         );
         assert_eq!(
             decide(linked, 64 * MIB, 64 * MIB, space(128 * MIB)),
-            Plan::Replace { links: 2 },
+            Plan::Replace {
+                links: 2,
+                shared_bytes: 0
+            },
             "rule 7: a hard-linked file is replaced by a fresh reserve"
         );
         assert!(matches!(
             decide(linked, 64 * MIB, 64 * MIB, space(128 * MIB - 1)),
+            Plan::Defer { .. }
+        ));
+    }
+
+    /// Rule 1: a reserve some of whose blocks are shared (a reflink copy, a snapshot) is
+    /// not complete, whatever its length: it is replaced, which takes the whole size.
+    #[test]
+    fn rule1_shared_reserve_is_replaced() {
+        let shared = Observed::Shared {
+            len: 64 * MIB,
+            allocated_bytes: 64 * MIB,
+            releasable_bytes: 0,
+        };
+        assert_eq!(shared.releasable_bytes(), 0);
+        assert_eq!(
+            decide(shared, 64 * MIB, 64 * MIB, None),
+            Plan::NeedSpace,
+            "rule 1: shared blocks must not count as the reserve's"
+        );
+        assert_eq!(
+            decide(shared, 64 * MIB, 64 * MIB, space(128 * MIB)),
+            Plan::Replace {
+                links: 1,
+                shared_bytes: 64 * MIB
+            }
+        );
+        assert!(matches!(
+            decide(shared, 64 * MIB, 64 * MIB, space(128 * MIB - 1)),
             Plan::Defer { .. }
         ));
     }
@@ -435,6 +517,13 @@ mod tests {
                 }
             }),
             (2..5u64).prop_map(|links| Observed::HardLinked { links }),
+            (1..1u64 << 32, 0..1u64 << 32).prop_map(|(len, releasable_bytes)| {
+                Observed::Shared {
+                    len,
+                    allocated_bytes: len,
+                    releasable_bytes: releasable_bytes.min(len - 1),
+                }
+            }),
             Just(Observed::Other(FileKind::Symlink)),
         ]
     }

@@ -160,6 +160,22 @@ pub enum Error {
         total_bytes: u64,
     },
 
+    /// The size plus the headroom is more than an unprivileged writer can ever use on this
+    /// filesystem: `ensure` could only ever defer (rule 4).
+    #[error(
+        "reserve `{path}` of {} with a headroom of {} can never fit: an unprivileged writer can use at most {} of this filesystem; choose a smaller size or headroom", HumanBytes(*.size_bytes), HumanBytes(*.headroom_bytes), HumanBytes(*.usable_bytes)
+    )]
+    NeverFits {
+        /// The reserve path.
+        path: Utf8PathBuf,
+        /// The configured size.
+        size_bytes: u64,
+        /// The configured headroom.
+        headroom_bytes: u64,
+        /// What an unprivileged writer can ever use.
+        usable_bytes: u64,
+    },
+
     /// `fallocate` reported success but the blocks did not appear (a copy-on-write or
     /// compressing filesystem such as ZFS) and the strategy forbids writing data.
     #[error(
@@ -245,7 +261,8 @@ impl Error {
             | Error::Cancelled { path }
             | Error::Changed { path }
             | Error::NotAllocated { path, .. }
-            | Error::SizeExceedsFilesystem { path, .. } => Some(path),
+            | Error::SizeExceedsFilesystem { path, .. }
+            | Error::NeverFits { path, .. } => Some(path),
             Error::InvalidFileName { .. } | Error::NonUtf8Path { .. } => None,
         }
     }

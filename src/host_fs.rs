@@ -104,13 +104,105 @@ pub struct Space {
     /// The allocation unit (`f_frsize`): a file's blocks come in multiples of it, so
     /// allocating `n` bytes takes `n` rounded up to it.
     pub block_bytes: u64,
+    /// The most an unprivileged writer can ever use: the size less what is kept for root,
+    /// `(f_blocks - (f_bfree - f_bavail)) * f_frsize`. A reserve plus its headroom that
+    /// does not fit in it can never be laid down.
+    pub usable_bytes: u64,
+    /// Whether the filesystem is mounted read-only (`ST_RDONLY`).
+    pub read_only: bool,
+    /// Inodes an unprivileged writer may still create (`f_favail`), when the filesystem
+    /// counts them (`None` when it reports no inode limit, as btrfs does).
+    pub free_inodes: Option<u64>,
 }
 
 impl Space {
+    /// A writable filesystem of `total_bytes` with `free_bytes` free in units of
+    /// `block_bytes`, all of it usable by anyone, with no inode limit: for tests and mocks.
+    pub fn plain(free_bytes: u64, total_bytes: u64, block_bytes: u64) -> Space {
+        Space {
+            free_bytes,
+            total_bytes,
+            block_bytes,
+            usable_bytes: total_bytes,
+            read_only: false,
+            free_inodes: None,
+        }
+    }
+
     /// `bytes` rounded up to the allocation unit (saturating; a unit of 0 counts as 1).
     pub fn round_up(&self, bytes: u64) -> u64 {
         let unit = self.block_bytes.max(1);
         bytes.div_ceil(unit).saturating_mul(unit)
+    }
+}
+
+/// What kind of filesystem holds a directory (`fstatfs(2)`'s `f_type`), as far as the
+/// reserve cares: whether a file's blocks can be shared with another file or a snapshot
+/// (so `st_blocks` overstates what deleting it gives back), and whether the filesystem is
+/// a network or layered one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FsKind {
+    /// ext2, ext3, ext4: blocks are never shared.
+    Ext,
+    /// XFS: reflink copies (`cp -a` makes them) share extents.
+    Xfs,
+    /// btrfs: reflink copies and snapshots share extents.
+    Btrfs,
+    /// tmpfs: memory; nothing shared.
+    Tmpfs,
+    /// overlayfs: a file in a lower layer is not freed by deleting it.
+    Overlay,
+    /// NFS: space is the server's.
+    Nfs,
+    /// CIFS/SMB: space is the server's.
+    Cifs,
+    /// ZFS: copy-on-write; `fallocate` may allocate nothing.
+    Zfs,
+    /// A FUSE filesystem.
+    Fuse,
+    /// Anything else, with its `f_type` magic number.
+    Other(u64),
+}
+
+impl FsKind {
+    /// The kind for an `f_type` magic number.
+    pub fn from_magic(magic: u64) -> FsKind {
+        match magic {
+            0xEF53 => FsKind::Ext,
+            0x5846_5342 => FsKind::Xfs,
+            0x9123_683E => FsKind::Btrfs,
+            0x0102_1994 => FsKind::Tmpfs,
+            0x794C_7630 => FsKind::Overlay,
+            0x6969 => FsKind::Nfs,
+            0xFF53_4D42 | 0xFE53_4D42 => FsKind::Cifs,
+            0x2FC1_2FC1 => FsKind::Zfs,
+            0x6573_5546 => FsKind::Fuse,
+            other => FsKind::Other(other),
+        }
+    }
+
+    /// Whether a file's extents may be shared with another file or a snapshot, so that
+    /// its releasable bytes must be read from its extent map (`FIEMAP`): XFS, btrfs, and
+    /// filesystems this crate does not know.
+    pub fn may_share_extents(self) -> bool {
+        matches!(self, FsKind::Xfs | FsKind::Btrfs | FsKind::Other(_))
+    }
+
+    /// A short name for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsKind::Ext => "ext2/3/4",
+            FsKind::Xfs => "xfs",
+            FsKind::Btrfs => "btrfs",
+            FsKind::Tmpfs => "tmpfs",
+            FsKind::Overlay => "overlayfs",
+            FsKind::Nfs => "nfs",
+            FsKind::Cifs => "cifs",
+            FsKind::Zfs => "zfs",
+            FsKind::Fuse => "fuse",
+            FsKind::Other(_) => "other",
+        }
     }
 }
 
@@ -269,6 +361,25 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
     /// `ENOENT`, `EEXIST`, `EPERM` for a directory, `EROFS`, `ENOSPC`.
     fn link(&self, existing: &str, new: &str) -> io::Result<()>;
 
+    /// The kind of filesystem holding this directory (`fstatfs(2)`'s `f_type`). The
+    /// default body says [`FsKind::Other`]`(0)`.
+    ///
+    /// # Errors
+    /// Whatever `fstatfs` returns.
+    fn fs_kind(&self) -> io::Result<FsKind> {
+        Ok(FsKind::Other(0))
+    }
+
+    /// Asks the filesystem to make pending work visible — `syncfs(2)`: btrfs frees
+    /// unlinked extents at the transaction commit it forces. The default body does
+    /// nothing.
+    ///
+    /// # Errors
+    /// `EIO`.
+    fn sync_fs(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// `fsync(2)` of the directory, making creations, renames and removals in it durable.
     ///
     /// # Errors
@@ -319,6 +430,16 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     /// # Errors
     /// `EBADF`/`EINVAL` when not opened for writing, `EFBIG`, `EPERM`, `EIO`…
     fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Bytes of the file's extents that are shared with another file or a snapshot
+    /// (`FIEMAP`, `FIEMAP_EXTENT_SHARED`): deleting the file does not give them back.
+    /// `None` when the filesystem cannot say (no `FIEMAP`); the default body says `None`.
+    ///
+    /// # Errors
+    /// Whatever `ioctl(FS_IOC_FIEMAP)` returns other than "not supported".
+    fn shared_bytes(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// `fsync(2)`: the file's data and length are durable when it returns.
     ///

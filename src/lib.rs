@@ -16,7 +16,7 @@
 //! # let home = dir.path();
 //! let reserve = Reserve::new(RealFs::new(), home, ReserveConfig::with_size_bytes(4 << 20))?;
 //! match reserve.ensure()? {
-//!     Ensured::Deferred { free_bytes, needed_bytes } => {
+//!     Ensured::Deferred { free_bytes, needed_bytes, .. } => {
 //!         eprintln!("disk reserve deferred: {free_bytes} bytes free, {needed_bytes} needed");
 //!     }
 //!     _ => {}
@@ -38,7 +38,10 @@
 //! reserve.ensure().unwrap();
 //! fs.set_free(0)?; // other writers ate every remaining byte
 //! assert!(matches!(reserve.ensure().unwrap(), Ensured::Present { .. }));
-//! assert_eq!(reserve.release().unwrap(), Released::Released { freed_bytes: 64 << 20 });
+//! assert_eq!(
+//!     reserve.release().unwrap(),
+//!     Released::Released { releasable_bytes: 64 << 20, freed_bytes: 64 << 20 }
+//! );
 //! assert_eq!(fs.free_bytes(), 64 << 20); // the lifeboat
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -76,13 +79,13 @@ pub use config::{DEFAULT_FILE_NAME, DEFAULT_SIZE_BYTES, ReserveConfig, Strategy}
 pub use decision::{Condition, Observed, Plan, decide};
 pub use error::{Error, Operation, Result};
 pub use host_fs::{
-    DirHandle, DirLock, FileHandle, FileKind, HostFs, OpenOptions, Probe, Space, check_name,
+    DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space, check_name,
 };
 #[cfg(feature = "mock")]
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
 pub use reserve::{
-    EnsureReport, Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
+    DeferReason, EnsureReport, Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
 };
 pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};

@@ -50,7 +50,7 @@ use std::sync::mpsc;
 use camino::Utf8Path;
 
 use crate::host_fs::{
-    DirHandle, DirLock, FileHandle, FileKind, HostFs, OpenOptions, Probe, Space, check_name,
+    DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space, check_name,
 };
 use crate::pattern;
 
@@ -223,7 +223,9 @@ struct RealDir {
 
 impl DirHandle for RealDir {
     /// `fstatvfs(2)`: free bytes are `f_bavail * f_frsize` (what an unprivileged writer can
-    /// still have), total bytes `f_blocks * f_frsize`, both saturating.
+    /// still have), total bytes `f_blocks * f_frsize`, usable bytes the total less what is
+    /// kept for root, all saturating; `ST_RDONLY` and `f_favail` (a filesystem reporting
+    /// no inodes at all, `f_files == 0`, has no inode limit).
     // The field types differ between targets (`u64` on Linux, `u32` block counts on macOS),
     // so the casts are needed somewhere even if not here.
     #[allow(clippy::unnecessary_cast)]
@@ -235,11 +237,37 @@ impl DirHandle for RealDir {
         // SAFETY: `fstatvfs` succeeded, so it initialised the whole struct.
         let stat = unsafe { stat.assume_init() };
         let fragment = stat.f_frsize as u64;
+        let bytes = |blocks: u64| blocks.saturating_mul(fragment);
+        let root_only = (stat.f_bfree as u64).saturating_sub(stat.f_bavail as u64);
         Ok(Space {
-            free_bytes: (stat.f_bavail as u64).saturating_mul(fragment),
-            total_bytes: (stat.f_blocks as u64).saturating_mul(fragment),
+            free_bytes: bytes(stat.f_bavail as u64),
+            total_bytes: bytes(stat.f_blocks as u64),
             block_bytes: fragment,
+            usable_bytes: bytes((stat.f_blocks as u64).saturating_sub(root_only)),
+            read_only: stat.f_flag & libc::ST_RDONLY != 0,
+            free_inodes: (stat.f_files as u64 != 0).then_some(stat.f_favail as u64),
         })
+    }
+
+    /// `fstatfs(2)`'s `f_type`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[allow(clippy::unnecessary_cast)]
+    fn fs_kind(&self) -> io::Result<FsKind> {
+        let mut stat = MaybeUninit::<libc::statfs>::uninit();
+        // SAFETY: `self.fd` is open; `stat` points to writable memory the size of a
+        // `struct statfs`.
+        check(unsafe { libc::fstatfs(self.fd.as_raw_fd(), stat.as_mut_ptr()) })?;
+        // SAFETY: `fstatfs` succeeded, so it initialised the whole struct.
+        let stat = unsafe { stat.assume_init() };
+        // `f_type` is a signed word holding an unsigned 32-bit magic number.
+        Ok(FsKind::from_magic(stat.f_type as u64 & 0xFFFF_FFFF))
+    }
+
+    /// `syncfs(2)` of the filesystem holding the directory.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn sync_fs(&self) -> io::Result<()> {
+        // SAFETY: `self.fd` is an open descriptor for the duration of the call.
+        check(unsafe { libc::syncfs(self.fd.as_raw_fd()) })
     }
 
     /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`; `ENOENT` is `Ok(None)`.
@@ -426,8 +454,94 @@ impl FileHandle for RealFile {
         check(unsafe { libc::ftruncate(self.fd.as_raw_fd(), len) })
     }
 
+    /// `ioctl(FS_IOC_FIEMAP)` over the whole file, 128 extents per call: the summed length
+    /// of the extents flagged `FIEMAP_EXTENT_SHARED`. `EOPNOTSUPP`/`ENOTTY` (no `FIEMAP`)
+    /// is `None`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn shared_bytes(&self) -> io::Result<Option<u64>> {
+        fiemap_shared_bytes(&self.fd)
+    }
+
     /// `fsync(2)`.
     fn sync_all(&self) -> io::Result<()> {
         fsync(&self.fd)
+    }
+}
+
+/// `_IOWR('f', 11, struct fiemap)`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+/// The last extent of the file.
+const FIEMAP_EXTENT_LAST: u32 = 0x1;
+/// The extent's blocks are also another file's or a snapshot's.
+const FIEMAP_EXTENT_SHARED: u32 = 0x2000;
+/// Extents asked for per `ioctl`.
+const FIEMAP_BATCH: usize = 128;
+
+/// `struct fiemap_extent` of `linux/fiemap.h`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+/// `struct fiemap` of `linux/fiemap.h` with room for [`FIEMAP_BATCH`] extents.
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; FIEMAP_BATCH],
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn fiemap_shared_bytes(fd: &OwnedFd) -> io::Result<Option<u64>> {
+    let mut map = Box::new(Fiemap {
+        start: 0,
+        length: u64::MAX,
+        flags: 0,
+        mapped_extents: 0,
+        extent_count: FIEMAP_BATCH as u32,
+        reserved: 0,
+        extents: [FiemapExtent::default(); FIEMAP_BATCH],
+    });
+    let mut shared = 0u64;
+    loop {
+        // SAFETY: `fd` is open; `map` is a live, writable `struct fiemap` followed by room
+        // for `extent_count` extents, as the ioctl expects.
+        let ret =
+            unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FIEMAP as _, &mut *map as *mut Fiemap) };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        let mapped = (map.mapped_extents as usize).min(FIEMAP_BATCH);
+        if mapped == 0 {
+            return Ok(Some(shared));
+        }
+        let mut next = 0;
+        for extent in &map.extents[..mapped] {
+            if extent.flags & FIEMAP_EXTENT_SHARED != 0 {
+                shared = shared.saturating_add(extent.length);
+            }
+            if extent.flags & FIEMAP_EXTENT_LAST != 0 {
+                return Ok(Some(shared));
+            }
+            next = extent.logical.saturating_add(extent.length);
+        }
+        map.start = next;
+        map.length = u64::MAX - next;
+        map.mapped_extents = 0;
     }
 }

@@ -28,6 +28,8 @@ const CHANGED_RETRIES: usize = 8;
 /// The first and the longest pause between two tries of the home's lock.
 const LOCK_POLL_FIRST: Duration = Duration::from_millis(1);
 const LOCK_POLL_MAX: Duration = Duration::from_millis(50);
+/// How long `ensure` and `release` wait at most for late frees to show.
+const DEFAULT_SETTLE: Duration = Duration::from_secs(1);
 /// How long a wait for the lock lasts before it is logged.
 const LOCK_WAIT_WARN: Duration = Duration::from_secs(1);
 
@@ -65,7 +67,35 @@ pub enum Ensured {
         free_bytes: u64,
         /// Free bytes needed: what was missing plus the headroom.
         needed_bytes: u64,
+        /// Why: too little free space, a quota, or the allocation ran out of space.
+        reason: DeferReason,
     },
+}
+
+/// Why `ensure` deferred: in every case "not now", never an error (rule 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub enum DeferReason {
+    /// Free space (after flushing pending frees) is below what is missing plus the
+    /// headroom.
+    LowSpace,
+    /// The allocation met `EDQUOT`: a quota `statvfs` does not show (btrfs qgroups, a
+    /// project quota on another path). Rolled back.
+    Quota,
+    /// The allocation met `ENOSPC`: another writer took the space meanwhile, or the
+    /// filesystem keeps back more than it said. Rolled back.
+    RanOut,
+}
+
+impl DeferReason {
+    /// The CLI contract's `reason`: `low_space`, `quota`, `ran_out`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::LowSpace => "low_space",
+            DeferReason::Quota => "quota",
+            DeferReason::RanOut => "ran_out",
+        }
+    }
 }
 
 impl Ensured {
@@ -100,9 +130,15 @@ impl Ensured {
 /// What `release` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Released {
-    /// The reserve was removed, giving back the bytes it really held.
+    /// The reserve was removed (rule 8).
     Released {
-        /// Bytes the reserve held (`st_blocks * 512` before the unlink).
+        /// What removing it was expected to give back: its allocated bytes less those
+        /// shared with another file or a snapshot (rule 1); 0 for a name of a file with
+        /// other names.
+        releasable_bytes: u64,
+        /// What the filesystem's free space gained, measured after flushing pending frees
+        /// (0 when the free space could not be read). Less than `releasable_bytes` when
+        /// other writers took space meanwhile or the filesystem still holds the blocks.
         freed_bytes: u64,
     },
     /// There was no reserve.
@@ -176,7 +212,10 @@ pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 /// let reserve = Reserve::new(fs.clone(), "/srv/app", ReserveConfig::default()).unwrap();
 /// assert!(matches!(reserve.ensure().unwrap(), Ensured::Created { .. }));
 /// assert!(matches!(reserve.ensure().unwrap(), Ensured::Present { .. }));
-/// assert_eq!(reserve.release().unwrap(), Released::Released { freed_bytes: 64 << 20 });
+/// assert_eq!(
+///     reserve.release().unwrap(),
+///     Released::Released { releasable_bytes: 64 << 20, freed_bytes: 64 << 20 }
+/// );
 /// ```
 pub struct Reserve<F: HostFs> {
     fs: F,
@@ -186,6 +225,7 @@ pub struct Reserve<F: HostFs> {
     config: ReserveConfig,
     progress: Option<Arc<ProgressFn>>,
     cancel: CancelToken,
+    settle: Duration,
 }
 
 impl<F: HostFs> fmt::Debug for Reserve<F> {
@@ -195,6 +235,26 @@ impl<F: HostFs> fmt::Debug for Reserve<F> {
             .field("path", &self.path)
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// How a fill ended, when it did not fail.
+#[derive(Debug, Clone, Copy)]
+enum Filled {
+    /// Laid down: the reserve holds this many bytes.
+    Done(u64),
+    /// The file changed between the look and the open: look again.
+    Changed,
+    /// The allocation met `ENOSPC` or `EDQUOT` and was rolled back.
+    RanOut(DeferReason),
+}
+
+/// `ENOSPC` → [`DeferReason::RanOut`], `EDQUOT` → [`DeferReason::Quota`].
+fn out_of_space(error: &io::Error) -> Option<DeferReason> {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) => Some(DeferReason::RanOut),
+        Some(libc::EDQUOT) => Some(DeferReason::Quota),
+        _ => None,
     }
 }
 
@@ -233,6 +293,7 @@ impl<F: HostFs> Reserve<F> {
             config,
             progress: None,
             cancel: CancelToken::new(),
+            settle: DEFAULT_SETTLE,
         })
     }
 
@@ -247,6 +308,15 @@ impl<F: HostFs> Reserve<F> {
     /// [`Error::Cancelled`].
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token;
+        self
+    }
+
+    /// How long, at most, `ensure` (on the way to a deferral) and `release` (measuring
+    /// what it gave back) wait for frees the filesystem accounts late; default one second.
+    /// Waiting stops as soon as the space is there, and early when the filesystem stops
+    /// giving space back. `Duration::ZERO` still flushes and reads twice, without sleeping.
+    pub fn settle_time(mut self, limit: Duration) -> Self {
+        self.settle = limit;
         self
     }
 
@@ -350,10 +420,26 @@ impl<F: HostFs> Reserve<F> {
             let observed = self.observe(dir)?;
             let mut plan = decide(observed, size, headroom, None);
             if plan == Plan::NeedSpace {
-                let space = self.space(dir)?;
-                last_space = Some(space);
+                let mut space = self.space(dir)?;
+                // Before any space decision: a read-only filesystem is an error, never
+                // "not now" (rule 4, 11).
+                if space.read_only {
+                    return Err(Error::ReadOnly {
+                        op: Operation::Allocate,
+                        path: self.path.clone(),
+                        source: io::Error::from_raw_os_error(libc::EROFS),
+                    });
+                }
                 self.check_fits(size, space)?;
+                self.check_can_ever_fit(size, headroom, space)?;
                 plan = decide(observed, size, headroom, Some(space));
+                if let Plan::Defer { needed_bytes, .. } = plan {
+                    // On the way to a deferral only: frees an unlink left pending (XFS's
+                    // inode worker, btrfs's transaction) may be what is missing.
+                    space = self.settled_space(dir, needed_bytes)?;
+                    plan = decide(observed, size, headroom, Some(space));
+                }
+                last_space = Some(space);
             }
             match plan {
                 Plan::Nothing => {
@@ -397,12 +483,32 @@ impl<F: HostFs> Reserve<F> {
                     let outcome = Ensured::Deferred {
                         free_bytes,
                         needed_bytes,
+                        reason: DeferReason::LowSpace,
                     };
                     return Ok(done(outcome, last_space));
                 }
                 Plan::Create | Plan::Replace { .. } | Plan::Extend { .. } | Plan::Refill { .. } => {
-                    let Some(allocated_bytes) = self.fill(dir, plan, observed, size)? else {
-                        continue;
+                    let allocated_bytes = match self.fill(dir, plan, observed, size)? {
+                        Filled::Done(allocated_bytes) => allocated_bytes,
+                        Filled::Changed => continue,
+                        Filled::RanOut(reason) => {
+                            // Rolled back already: "not now", not an error (rule 4).
+                            let space = self.space(dir).ok().or(last_space);
+                            let free_bytes = space.map_or(0, |s| s.free_bytes);
+                            let needed_bytes =
+                                observed.missing_bytes(size).saturating_add(headroom);
+                            tracing::warn!(
+                                path = %self.path, free_bytes, needed_bytes, reason = reason.as_str(),
+                                outcome = "deferred",
+                                "the allocation ran out of space or quota and was rolled back; deferring"
+                            );
+                            let outcome = Ensured::Deferred {
+                                free_bytes,
+                                needed_bytes,
+                                reason,
+                            };
+                            return Ok(done(outcome, space));
+                        }
                     };
                     let outcome = if matches!(plan, Plan::Create | Plan::Replace { .. }) {
                         Ensured::Created { allocated_bytes }
@@ -435,7 +541,8 @@ impl<F: HostFs> Reserve<F> {
         let dir = self.open_home()?;
         let _lock = self.lock_home(&*dir)?;
         self.tidy(&*dir);
-        let freed_bytes = match self.observe(&*dir)? {
+        let observed = self.observe(&*dir)?;
+        let releasable_bytes = match observed {
             Observed::Absent => {
                 tracing::debug!(path = %self.path, outcome = "absent", "no reserve to release");
                 return Ok(Released::Absent);
@@ -446,16 +553,24 @@ impl<F: HostFs> Reserve<F> {
                     kind,
                 });
             }
-            Observed::Regular {
-                allocated_bytes, ..
-            } => allocated_bytes,
             // Rule 7: the file's other names keep its blocks; removing this name frees
             // nothing, and it is all release may do to it.
             Observed::HardLinked { links } => {
                 tracing::warn!(path = %self.path, links, "the reserve path is a hard link to a file with other names: removing only this name, which frees nothing");
                 0
             }
+            Observed::Shared {
+                allocated_bytes,
+                releasable_bytes,
+                ..
+            } => {
+                tracing::warn!(path = %self.path, allocated_bytes, releasable_bytes, "the reserve shares blocks with another file or a snapshot: removing it gives back only its own");
+                releasable_bytes
+            }
+            Observed::Regular { .. } => observed.releasable_bytes(),
         };
+        // The baseline of the measured gain; reading it needs no free space.
+        let before = dir.space().ok();
         dir.remove_file(&self.name)
             .map_err(|e| self.err(Operation::Remove, e))?;
         // Best effort: at zero free some filesystems cannot commit the directory yet; the
@@ -463,8 +578,21 @@ impl<F: HostFs> Reserve<F> {
         if let Err(error) = dir.sync() {
             tracing::warn!(path = %self.home, %error, "could not sync the home directory after releasing the reserve");
         }
-        tracing::info!(path = %self.path, freed_bytes, outcome = "released", "disk reserve released");
-        Ok(Released::Released { freed_bytes })
+        let freed_bytes = match before {
+            Some(before) => {
+                let want = before.free_bytes.saturating_add(releasable_bytes);
+                match self.settled_space(&*dir, want) {
+                    Ok(after) => after.free_bytes.saturating_sub(before.free_bytes),
+                    Err(_) => 0,
+                }
+            }
+            None => 0,
+        };
+        tracing::info!(path = %self.path, releasable_bytes, freed_bytes, outcome = "released", "disk reserve released");
+        Ok(Released::Released {
+            releasable_bytes,
+            freed_bytes,
+        })
     }
 
     /// Reads the reserve's state, the free space, and what `ensure` would do. Changes
@@ -550,30 +678,46 @@ impl<F: HostFs> Reserve<F> {
         plan: Plan,
         observed: Observed,
         size: u64,
-    ) -> Result<Option<u64>> {
+    ) -> Result<Filled> {
         let (file, from, undo) = match plan {
             Plan::Create => {
-                let file = dir
-                    .open_file(&self.name, OpenOptions::create_new())
-                    .map_err(|e| self.err(Operation::Create, e))?;
+                let file = match dir.open_file(&self.name, OpenOptions::create_new()) {
+                    Ok(file) => file,
+                    // No inode (or a quota on inodes): nothing was changed.
+                    Err(e) if out_of_space(&e).is_some() => {
+                        return Ok(Filled::RanOut(out_of_space(&e).expect("checked")));
+                    }
+                    Err(e) => return Err(self.err(Operation::Create, e)),
+                };
                 (file, 0, Undo::Remove)
             }
-            Plan::Replace { links } => {
+            Plan::Replace {
+                links,
+                shared_bytes,
+            } => {
                 // Rule 7: the file at the path has other names (a database, a hard-link
                 // backup): never write it. A fresh reserve is built beside it and renamed
                 // over the name — the other names keep the data, and a failure leaves the
                 // name as it was.
-                tracing::warn!(path = %self.path, links, "the reserve path is a hard link to a file with other names; replacing the name with a fresh reserve and leaving the file's data to its other names");
+                if links > 1 {
+                    tracing::warn!(path = %self.path, links, "the reserve path is a hard link to a file with other names; replacing the name with a fresh reserve and leaving the file's data to its other names");
+                } else {
+                    tracing::warn!(path = %self.path, shared_bytes, "the reserve shares blocks with another file or a snapshot (a reflink copy, `cp -a` on XFS or btrfs); replacing it with a fresh reserve of its own");
+                }
                 let temp = self.temp_name();
                 self.remove_stale_replacement(dir)?;
-                let file = dir
-                    .open_file(&temp, OpenOptions::create_new())
-                    .map_err(|e| Error::io(Operation::Create, self.home.join(&temp), e))?;
+                let file = match dir.open_file(&temp, OpenOptions::create_new()) {
+                    Ok(file) => file,
+                    Err(e) if out_of_space(&e).is_some() => {
+                        return Ok(Filled::RanOut(out_of_space(&e).expect("checked")));
+                    }
+                    Err(e) => return Err(Error::io(Operation::Create, self.home.join(&temp), e)),
+                };
                 (file, 0, Undo::RemoveReplacement)
             }
             Plan::Extend { from_len } | Plan::Refill { from_len } => {
                 let Some(file) = self.open_as_observed(dir, observed)? else {
-                    return Ok(None);
+                    return Ok(Filled::Changed);
                 };
                 let from = if let Plan::Refill { .. } = plan {
                     0
@@ -585,10 +729,24 @@ impl<F: HostFs> Reserve<F> {
             _ => unreachable!("fill is only called for allocating plans"),
         };
         match self.fill_file(dir, &*file, plan, from, size) {
-            Ok(allocated_bytes) => Ok(Some(allocated_bytes)),
+            Ok(allocated_bytes) => Ok(Filled::Done(allocated_bytes)),
             Err(error) => {
-                self.roll_back(dir, &*file, undo, plan);
-                Err(error)
+                let rolled_back = self.roll_back(dir, &*file, undo, plan);
+                // ENOSPC or EDQUOT while allocating or writing: another writer, or a quota
+                // statvfs did not show. Rolled back, so "not now" (rule 4); if the
+                // rollback failed too, the error is reported as it is.
+                let ran_out = match &error {
+                    Error::Io {
+                        op: Operation::Allocate | Operation::Write,
+                        source,
+                        ..
+                    } => out_of_space(source),
+                    _ => None,
+                };
+                match ran_out {
+                    Some(reason) if rolled_back => Ok(Filled::RanOut(reason)),
+                    _ => Err(error),
+                }
             }
         }
     }
@@ -717,7 +875,14 @@ impl<F: HostFs> Reserve<F> {
 
     /// Rule 5: undo a failed fill. Failures here are logged; the caller reports the
     /// error that caused the rollback.
-    fn roll_back(&self, dir: &dyn DirHandle, file: &dyn FileHandle, undo: Undo, plan: Plan) {
+    /// Whether it restored what it found.
+    fn roll_back(
+        &self,
+        dir: &dyn DirHandle,
+        file: &dyn FileHandle,
+        undo: Undo,
+        plan: Plan,
+    ) -> bool {
         let result = match undo {
             Undo::Remove => dir.remove_file(&self.name).and_then(|()| dir.sync()),
             // The rename is the last step that can fail before the directory sync; if the
@@ -739,9 +904,11 @@ impl<F: HostFs> Reserve<F> {
         match result {
             Ok(()) => {
                 tracing::debug!(path = %self.path, "rolled back a failed ensure");
+                true
             }
             Err(error) => {
                 tracing::error!(path = %self.path, %error, "could not roll back a failed ensure");
+                false
             }
         }
     }
@@ -782,6 +949,49 @@ impl<F: HostFs> Reserve<F> {
         Ok(())
     }
 
+    /// Rule 4: a size plus headroom that can never fit in what an unprivileged writer can
+    /// ever use is an error, not a deferral that would repeat forever.
+    fn check_can_ever_fit(&self, size: u64, headroom: u64, space: Space) -> Result<()> {
+        let needed = space.round_up(size).saturating_add(headroom);
+        if needed > space.usable_bytes {
+            return Err(Error::NeverFits {
+                path: self.path.clone(),
+                size_bytes: size,
+                headroom_bytes: headroom,
+                usable_bytes: space.usable_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The free space once pending frees show: `syncfs` (btrfs frees at the commit it
+    /// forces), then re-reads until `want` bytes are free, backing off while the figure
+    /// still grows (XFS frees an unlinked file's blocks in a worker that a `statvfs` starts
+    /// and does not wait for), for at most [`settle_time`](Reserve::settle_time).
+    fn settled_space(&self, dir: &dyn DirHandle, want: u64) -> Result<Space> {
+        if let Err(error) = dir.sync_fs() {
+            tracing::debug!(path = %self.home, %error, "syncfs failed; reading the space anyway");
+        }
+        let mut space = self.space(dir)?;
+        // A second read at once: the first may only have started the worker.
+        if space.free_bytes < want {
+            space = self.space(dir)?;
+        }
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let mut growing = true;
+        while space.free_bytes < want && growing && started.elapsed() + pause <= self.settle {
+            std::thread::sleep(pause);
+            let again = self.space(dir)?;
+            // Past the first pauses, wait on only while the filesystem is still giving
+            // space back.
+            growing = pause < Duration::from_millis(10) || again.free_bytes > space.free_bytes;
+            space = again;
+            pause *= 4;
+        }
+        Ok(space)
+    }
+
     /// Opens the home directory: once per call (rule 13).
     fn open_home(&self) -> Result<Box<dyn DirHandle>> {
         self.fs
@@ -789,9 +999,63 @@ impl<F: HostFs> Reserve<F> {
             .map_err(|e| self.home_err(Operation::OpenHome, &self.home, e))
     }
 
+    /// What is at the reserve path, counting its shared blocks where the filesystem can
+    /// share them (rule 1): `fstatat`, and on XFS, btrfs and unknown filesystems `open` +
+    /// `FIEMAP` + `close`.
     fn observe(&self, dir: &dyn DirHandle) -> Result<Observed> {
-        dir.probe(&self.name)
+        let observed = dir
+            .probe(&self.name)
             .map(Observed::from_probe)
+            .map_err(|e| self.err(Operation::Probe, e))?;
+        if let Observed::Regular {
+            len,
+            allocated_bytes,
+        } = observed
+            && allocated_bytes > 0
+            && let Some(shared) = self.shared_bytes(dir)?
+            && shared > 0
+        {
+            return Ok(Observed::Shared {
+                len,
+                allocated_bytes,
+                releasable_bytes: allocated_bytes.saturating_sub(shared),
+            });
+        }
+        Ok(observed)
+    }
+
+    /// Bytes of the reserve shared with another file or a snapshot, where the filesystem
+    /// can share and say so; `None` where it cannot (then `st_blocks` is the truth).
+    fn shared_bytes(&self, dir: &dyn DirHandle) -> Result<Option<u64>> {
+        let kind = dir
+            .fs_kind()
+            .map_err(|e| Error::io(Operation::ReadSpace, self.home.clone(), e))?;
+        if !kind.may_share_extents() {
+            return Ok(None);
+        }
+        let file = match dir.open_file(&self.name, OpenOptions::read()) {
+            Ok(file) => file,
+            // Gone or replaced since the look, or not ours to read: the caller's next
+            // look, or st_blocks, decides.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::ENOENT
+                            | libc::ELOOP
+                            | libc::EISDIR
+                            | libc::ENXIO
+                            | libc::EINVAL
+                            | libc::EACCES
+                            | libc::EPERM
+                    )
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(self.err(Operation::Open, e)),
+        };
+        file.shared_bytes()
             .map_err(|e| self.err(Operation::Probe, e))
     }
 

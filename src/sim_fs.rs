@@ -114,7 +114,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::host_fs::{
-    DirHandle, DirLock, FileHandle, FileKind, HostFs, OpenOptions, Probe, Space, check_name,
+    DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space, check_name,
 };
 
 /// Block size of [`SimFs::new`], the common one on Linux filesystems.
@@ -127,6 +127,9 @@ const PATH_MAX: usize = 4096;
 const NAME_MAX: usize = 255;
 /// Largest file length or offset (`off_t` is signed).
 const MAX_FILE_BYTES: u64 = i64::MAX as u64;
+/// The `f_type` [`DirHandle::fs_kind`] of a `SimFs` reports ("SIMF"): a filesystem that
+/// can share extents.
+const SIM_MAGIC: u64 = 0x5349_4D46;
 /// Inode number of `/`.
 const ROOT_INO: u64 = 1;
 
@@ -334,6 +337,9 @@ impl Extents {
 struct FileData {
     len: u64,
     blocks: Extents,
+    /// How many of its first blocks are shared with a snapshot ([`SimFs::snapshot_file`]):
+    /// freeing them does not give space back.
+    shared: u64,
 }
 
 /// One inode. Directories and files keep a live state and the state a crash returns to.
@@ -414,6 +420,14 @@ struct State {
     crash_countdown: u32,
     /// The largest free space a `space` call returned since it was last taken, plus one.
     max_free_reported: u64,
+    /// Frees show in `space` late ([`SimFs::set_late_frees`]).
+    late_frees: bool,
+    /// Bytes freed but not yet shown by `space`.
+    pending_free: u64,
+    /// Whether a `space` call has seen `pending_free` (the next one shows it).
+    pending_seen: bool,
+    /// Bytes only snapshots still hold ([`SimFs::snapshot_file`]).
+    pinned: u64,
     /// A planned move: calls left, from, to ([`SimFs::move_after`]).
     pending_move: Option<(u32, Utf8PathBuf, Utf8PathBuf)>,
     /// Planned moves done.
@@ -470,6 +484,10 @@ impl State {
             max_free_reported: 0,
             pending_move: None,
             moves: 0,
+            late_frees: false,
+            pending_free: 0,
+            pending_seen: false,
+            pinned: 0,
             space_changes: VecDeque::new(),
             locks: HashMap::new(),
             next_lock_token: 1,
@@ -490,18 +508,29 @@ impl State {
         blocks.saturating_mul(self.block_size)
     }
 
-    fn used_bytes(&self) -> u64 {
-        self.file_bytes().saturating_add(self.other_writers)
+    /// Bytes held: files' blocks, other writers, blocks only a snapshot still holds.
+    fn held_bytes(&self) -> u64 {
+        self.file_bytes()
+            .saturating_add(self.other_writers)
+            .saturating_add(self.pinned)
     }
 
+    /// Bytes used as `statvfs` shows them: held, plus frees not yet shown.
+    fn used_bytes(&self) -> u64 {
+        self.held_bytes().saturating_add(self.pending_free)
+    }
+
+    /// Free bytes as `statvfs` shows them.
     fn free_bytes(&self) -> u64 {
         self.capacity.saturating_sub(self.used_bytes())
     }
 
     /// Blocks files may still allocate, and the errno once they are gone: `ENOSPC` when
     /// free space is the tighter limit (checked first, like ext4), `EDQUOT` when the quota is.
+    /// Frees not yet shown count as free: an allocation waits for them (XFS flushes its
+    /// inode worker before it says `ENOSPC`).
     fn allocation_budget(&self) -> (u64, i32) {
-        let free_blocks = self.free_bytes() / self.block_size;
+        let free_blocks = self.capacity.saturating_sub(self.held_bytes()) / self.block_size;
         match self.quota {
             Some(quota) => {
                 let quota_blocks = quota.saturating_sub(self.file_bytes()) / self.block_size;
@@ -513,6 +542,50 @@ impl State {
             }
             None => (free_blocks, libc::ENOSPC),
         }
+    }
+
+    /// Blocks of `ino` from block `first_freed` on are freed: those shared with a snapshot
+    /// stay held by it; with late frees on, the rest show in `space` only later.
+    fn free_blocks_from(&mut self, ino: u64, first_freed: u64) {
+        let (block_size, late) = (self.block_size, self.late_frees);
+        let Node::Regular { live, .. } = self.node_mut(ino) else {
+            return;
+        };
+        let before = live.blocks.block_count();
+        live.blocks.truncate(first_freed);
+        let after = live.blocks.block_count();
+        let freed = before - after;
+        let still_shared = live.shared.min(after);
+        let shared_freed = (live.shared - still_shared).min(freed);
+        live.shared = still_shared;
+        self.pinned += shared_freed * block_size;
+        if late {
+            self.pending_free += (freed - shared_freed) * block_size;
+            self.pending_seen = false;
+        }
+    }
+
+    /// A file loses its data (last name and last handle gone).
+    fn free_file(&mut self, ino: u64) {
+        self.free_blocks_from(ino, 0);
+        if let Node::Regular { live, .. } = self.node_mut(ino) {
+            *live = FileData::default();
+        }
+    }
+
+    /// A `statvfs`: the first one after a free only starts the worker that accounts it;
+    /// the next shows it.
+    fn read_space(&mut self) -> u64 {
+        let free = self.free_bytes();
+        if self.pending_free > 0 {
+            if self.pending_seen {
+                self.pending_free = 0;
+                self.pending_seen = false;
+                return self.free_bytes();
+            }
+            self.pending_seen = true;
+        }
+        free
     }
 
     fn eat(&mut self, bytes: u64) -> u64 {
@@ -869,9 +942,9 @@ impl State {
         self.entries_mut(dir).remove(name);
         if self.links(ino) == 0
             && !self.open_files.contains_key(&ino)
-            && let Node::Regular { live, .. } = self.node_mut(ino)
+            && let Node::Regular { .. } = self.node(ino)
         {
-            *live = FileData::default();
+            self.free_file(ino);
         }
     }
 
@@ -884,9 +957,7 @@ impl State {
         if *count == 0 {
             self.open_files.remove(&ino);
             if self.nodes.contains_key(&ino) && self.links(ino) == 0 {
-                if let Node::Regular { live, .. } = self.node_mut(ino) {
-                    *live = FileData::default();
-                }
+                self.free_file(ino);
                 self.collect_garbage();
             }
         }
@@ -1077,6 +1148,66 @@ impl SimFs {
         self.state().quota = quota_bytes;
     }
 
+    /// Makes frees show late, as XFS and btrfs do: blocks a truncate or an unlink gives
+    /// back are free for allocation at once, but [`DirHandle::space`] shows them only
+    /// after a [`DirHandle::sync_fs`] or from its second call on (the first only starts
+    /// the worker that accounts them, as on XFS).
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// fs.write_file("/data/filler", 1 << 19)?;
+    /// fs.set_late_frees(true);
+    /// let data = fs.open_dir("/data".into())?;
+    /// data.remove_file("filler")?;
+    /// assert_eq!(data.space()?.free_bytes, 1 << 19); // not yet
+    /// assert_eq!(data.space()?.free_bytes, 1 << 20); // the second look shows it
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_late_frees(&self, late: bool) {
+        let mut state = self.state();
+        state.late_frees = late;
+        if !late {
+            state.pending_free = 0;
+        }
+    }
+
+    /// Takes a snapshot of the file at `path` (a btrfs snapshot, a reflink copy kept
+    /// elsewhere): its blocks are now shared, so [`FileHandle::shared_bytes`] counts them
+    /// and deleting or truncating the file does not give them back until
+    /// [`drop_snapshots`](SimFs::drop_snapshots).
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR`; `EINVAL` if `path` is not a regular file.
+    pub fn snapshot_file(&self, path: impl AsRef<Utf8Path>) -> io::Result<()> {
+        let mut state = self.state();
+        let ino = state
+            .resolve(path.as_ref(), false)?
+            .ino
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        match state.node_mut(ino) {
+            Node::Regular { live, durable } => {
+                live.shared = live.blocks.block_count();
+                durable.shared = durable.blocks.block_count().min(live.shared);
+                Ok(())
+            }
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// Deletes every snapshot: blocks only they held are free again, no file shares any.
+    pub fn drop_snapshots(&self) {
+        let mut state = self.state();
+        state.pinned = 0;
+        for node in state.nodes.values_mut() {
+            if let Node::Regular { live, durable } = node {
+                live.shared = 0;
+                durable.shared = 0;
+            }
+        }
+    }
+
     /// Chooses what [`FileHandle::allocate`] does.
     pub fn set_allocate(&self, mode: AllocateMode) {
         self.state().allocate_mode = mode;
@@ -1194,6 +1325,7 @@ impl SimFs {
         let mut data = FileData {
             len,
             blocks: Extents::default(),
+            shared: 0,
         };
         data.blocks.insert(0, blocks);
         let node = Node::Regular {
@@ -1213,6 +1345,7 @@ impl SimFs {
         let data = FileData {
             len,
             blocks: Extents::default(),
+            shared: 0,
         };
         let node = Node::Regular {
             live: data.clone(),
@@ -1477,12 +1610,15 @@ impl SimDir {
 impl DirHandle for SimDir {
     fn space(&self) -> io::Result<Space> {
         let mut state = self.begin(SimOp::Space)?;
-        let free_bytes = state.free_bytes();
+        let free_bytes = state.read_space();
         state.max_free_reported = state.max_free_reported.max(free_bytes.saturating_add(1));
         Ok(Space {
             free_bytes,
             total_bytes: state.capacity,
             block_bytes: state.block_size,
+            usable_bytes: state.capacity,
+            read_only: state.read_only,
+            free_inodes: None,
         })
     }
 
@@ -1620,6 +1756,22 @@ impl DirHandle for SimDir {
             durable.clone_from(live);
         }
         state.collect_garbage();
+        Ok(())
+    }
+
+    /// A filesystem that can share extents, as XFS and btrfs can: callers look at
+    /// [`FileHandle::shared_bytes`].
+    /// Not counted and never faulted: a property of the mount, not an operation.
+    fn fs_kind(&self) -> io::Result<FsKind> {
+        Ok(FsKind::Other(SIM_MAGIC))
+    }
+
+    /// Shows every pending free ([`SimFs::set_late_frees`]).
+    /// Not counted and never faulted.
+    fn sync_fs(&self) -> io::Result<()> {
+        let mut state = self.fs.state();
+        state.pending_free = 0;
+        state.pending_seen = false;
         Ok(())
     }
 
@@ -1761,10 +1913,19 @@ impl FileHandle for SimFile {
             return Err(errno(libc::EINVAL));
         }
         let block_size = state.block_size;
-        let file = state.file_mut(self.ino);
-        file.len = len;
-        file.blocks.truncate(len.div_ceil(block_size));
+        state.file_mut(self.ino).len = len;
+        state.free_blocks_from(self.ino, len.div_ceil(block_size));
         Ok(())
+    }
+
+    /// The blocks a snapshot shares with the file ([`SimFs::snapshot_file`]).
+    fn shared_bytes(&self) -> io::Result<Option<u64>> {
+        let state = self.begin(SimOp::Probe)?;
+        let shared = match state.node(self.ino) {
+            Node::Regular { live, .. } => live.shared,
+            _ => 0,
+        };
+        Ok(Some(shared * state.block_size))
     }
 
     fn sync_all(&self) -> io::Result<()> {

@@ -322,14 +322,22 @@ fn ensure_shrinks_a_larger_reserve() {
     );
 }
 
+/// A home on an 8 MiB tmpfs with 3 MiB taken by another file: a 1 MiB reserve with a
+/// 6 MiB headroom fits the filesystem (7 MiB ≤ 8 MiB) but not its free space (5 MiB).
+fn crowded_home() -> Option<Mount> {
+    let mount = Mount::tmpfs("size=8m")?;
+    write_dense(&mount.path().join("filler"), 3 * MIB);
+    Some(mount)
+}
+
 #[test]
 fn ensure_defers_with_exit_75_and_writes_nothing() {
-    let home = home();
-    let reserve = reserve_of(&home);
+    let Some(home) = crowded_home() else { return };
+    let reserve = home.path().join(".reserve");
     let out = sub(
         "ensure",
         home.path(),
-        &["--size", "1MiB", "--headroom", "1000000TiB"],
+        &["--size", "1MiB", "--headroom", "6MiB"],
     );
     assert_exit(&out, 75);
     let line = stdout(&out);
@@ -348,25 +356,26 @@ fn ensure_defers_with_exit_75_and_writes_nothing() {
     let out = sub(
         "ensure",
         home.path(),
-        &["--size", "1MiB", "--headroom", "1000000TiB", "--json"],
+        &["--size", "1MiB", "--headroom", "6MiB", "--json"],
     );
     assert_exit(&out, 75);
     let value = json(&out);
     assert_contract_fields(&value, "deferred", &reserve);
     assert_eq!(value["allocated_bytes"], 0);
+    assert_eq!(value["reason"], "low_space");
     assert!(value["needed_bytes"].as_u64().unwrap() > value["free_bytes"].as_u64().unwrap());
     assert!(!reserve.exists(), "nothing written when deferred");
 }
 
 #[test]
 fn ensure_deferring_leaves_a_partial_reserve_as_it_was() {
-    let home = home();
-    let reserve = reserve_of(&home);
+    let Some(home) = crowded_home() else { return };
+    let reserve = home.path().join(".reserve");
     write_dense(&reserve, MIB);
     let out = sub(
         "ensure",
         home.path(),
-        &["--size", "4MiB", "--headroom", "1000000TiB"],
+        &["--size", "2MiB", "--headroom", "5MiB"],
     );
     assert_exit(&out, 75);
     assert_eq!(fs::metadata(&reserve).unwrap().len(), MIB, "left as it was");
@@ -383,10 +392,14 @@ fn release_reports_freed_bytes_then_absent() {
     let out = sub("release", home.path(), &[]);
     assert_exit(&out, 0);
     let line = stdout(&out);
-    // `freed` is the free-space gain measured around the unlink: about 2 MiB.
-    let freed =
-        ["2 MiB", "2.0 MiB"].map(|size| format!("released {}: freed {size}, ", reserve.display()));
-    assert!(freed.iter().any(|want| line.starts_with(want)), "{line}");
+    // What it expected to free, then the free-space gain measured around the unlink.
+    assert!(
+        line.starts_with(&format!(
+            "released {}: expected to free 2 MiB, the filesystem gained ",
+            reserve.display()
+        )),
+        "{line}"
+    );
     assert!(!reserve.exists());
 
     let out = sub("release", home.path(), &[]);
@@ -407,7 +420,14 @@ fn release_json_has_the_contract_fields() {
     assert_exit(&out, 0);
     let value = json(&out);
     assert_contract_fields(&value, "released", &reserve);
-    assert_eq!(value["freed_bytes"], held, "the bytes really held");
+    assert_eq!(
+        value["releasable_bytes"], held,
+        "rule 8: the bytes really held"
+    );
+    assert!(
+        value["freed_bytes"].is_u64(),
+        "rule 8: the measured gain (noisy on a shared disk): {value}"
+    );
     assert_eq!(
         value["size_bytes"],
         2 * MIB,
@@ -1342,29 +1362,12 @@ fn out_of_space_without_a_reserve_says_so() {
         }
     }
     let reserve = home.join(".reserve");
-    let out = sub("ensure", home, &["--size", "1MiB"]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            format!(
-                "error: create reserve `{}`: No space left on device (os error 28)",
-                reserve.display()
-            ),
-            out_of_space_hint(Utf8Path::from_path(home).unwrap(), None),
-        ],
-        "{err}"
-    );
-    assert!(lines[1].contains("no reserve"), "{err}");
-
+    // Rule 4: meeting ENOSPC (here: no inode) is "not now", exit 75, not an error.
     let out = sub("ensure", home, &["--size", "1MiB", "--json"]);
-    assert_exit(&out, 1);
+    assert_exit(&out, 75);
     let value = json(&out);
-    assert_eq!(value["outcome"], "error");
-    assert_eq!(value["out_of_space"], true);
-    assert_eq!(value["hint"], lines[1]);
+    assert_eq!(value["outcome"], "deferred");
+    assert_eq!(value["reason"], "ran_out");
     assert!(!reserve.exists());
 }
 
@@ -1398,26 +1401,20 @@ fn out_of_space_with_a_partial_reserve_names_its_bytes() {
     file.sync_all().unwrap();
     let held = allocated(&reserve);
 
-    let out = sub("ensure", home, &["--size", "4MiB", "--headroom", "0"]);
-    assert_exit(&out, 1);
-    let err = stderr(&out);
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 2, "{err}");
-    assert!(
-        lines[0].starts_with(&format!(
-            "error: write reserve `{}`: No space left on device (os error 28)",
-            reserve.display()
-        )),
-        "{err}"
+    // Rule 4: the allocation meeting ENOSPC rolls back and defers (exit 75, ran_out).
+    let out = sub(
+        "ensure",
+        home,
+        &["--size", "4MiB", "--headroom", "0", "--json"],
     );
+    assert_exit(&out, 75);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "deferred", "{value}");
+    assert_eq!(value["reason"], "ran_out", "{value}");
     assert_eq!(
-        lines[1],
-        out_of_space_hint(Utf8Path::from_path(home).unwrap(), Some(held)),
-        "{err}"
-    );
-    assert!(
-        lines[1].contains(&format!("to free {}", HumanBytes(held))),
-        "{err}"
+        allocated(&reserve),
+        held,
+        "rule 5: the blocks it held are kept"
     );
     assert_eq!(
         fs::metadata(&reserve).unwrap().len(),

@@ -650,7 +650,7 @@ fn lifecycle_round_trip(fx: &impl Fixture) {
         assert!(matches!(reserve.ensure().unwrap(), Ensured::Present { .. }));
         assert!(matches!(
             reserve.release().unwrap(),
-            Released::Released { freed_bytes } if freed_bytes >= 2 * MIB
+            Released::Released { releasable_bytes, .. } if releasable_bytes >= 2 * MIB
         ));
         assert_eq!(reserve.release().unwrap(), Released::Absent);
     }

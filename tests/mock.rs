@@ -4,8 +4,8 @@
 use std::io;
 
 use disk_reserve::{
-    DirLock, Ensured, Error, FileKind, MockDirHandle, MockFileHandle, MockHostFs, OpenOptions,
-    Operation, Probe, Reserve, ReserveConfig, Space, is_out_of_space,
+    DeferReason, DirLock, Ensured, Error, FileKind, FsKind, MockDirHandle, MockFileHandle,
+    MockHostFs, OpenOptions, Operation, Probe, Reserve, ReserveConfig, Space, is_out_of_space,
 };
 use mockall::Sequence;
 use mockall::predicate::eq;
@@ -29,11 +29,7 @@ fn regular(len: u64, allocated_bytes: u64) -> Probe {
 }
 
 fn plenty() -> Space {
-    Space {
-        free_bytes: 1 << 30,
-        total_bytes: 1 << 31,
-        block_bytes: 4096,
-    }
+    Space::plain(1 << 30, 1 << 31, 4096)
 }
 
 /// A backend whose one directory is `dir`.
@@ -45,9 +41,17 @@ fn reserve(dir: MockDirHandle) -> Reserve<MockHostFs> {
     Reserve::new(fs, HOME, ReserveConfig::with_size_bytes(SIZE)).unwrap()
 }
 
+/// A directory on ext4: its files share no blocks, so no `FIEMAP` is read.
+fn ext4_dir() -> MockDirHandle {
+    let mut dir = MockDirHandle::new();
+    dir.expect_fs_kind().returning(|| Ok(FsKind::Ext));
+    dir.expect_sync_fs().returning(|| Ok(()));
+    dir
+}
+
 /// A directory whose lock is free and whose disk has room.
 fn roomy_dir() -> MockDirHandle {
-    let mut dir = MockDirHandle::new();
+    let mut dir = ext4_dir();
     // Under the lock, each call first looks for a replacement an interrupted call left.
     dir.expect_probe().with(eq(TEMP)).returning(|_| Ok(None));
     dir.expect_try_lock()
@@ -231,7 +235,7 @@ fn rule2_fallocate_eintr_is_retried() {
 /// fails — and it takes no lock.
 #[test]
 fn rule4_complete_reserve_ensures_without_statvfs() {
-    let mut dir = MockDirHandle::new();
+    let mut dir = ext4_dir();
     dir.expect_probe()
         .returning(|_| Ok(Some(regular(SIZE, SIZE))));
     dir.expect_space().never();
@@ -247,7 +251,7 @@ fn rule4_complete_reserve_ensures_without_statvfs() {
 /// Rule 11: statvfs failing on a path that needs it is a clear error naming the home.
 #[test]
 fn rule11_statvfs_failure_names_the_home() {
-    let mut dir = MockDirHandle::new();
+    let mut dir = ext4_dir();
     dir.expect_probe().returning(|_| Ok(None));
     dir.expect_try_lock()
         .returning(|| Ok(Some(DirLock::detached())));
@@ -263,14 +267,15 @@ fn rule11_statvfs_failure_names_the_home() {
 /// Rule 8 and 11: unlink failing with EBUSY is a clear error naming the reserve path.
 #[test]
 fn rule11_unlink_ebusy_is_a_clear_error() {
-    let mut dir = MockDirHandle::new();
+    let mut dir = ext4_dir();
     dir.expect_try_lock()
         .returning(|| Ok(Some(DirLock::detached())));
     dir.expect_probe().with(eq(TEMP)).returning(|_| Ok(None));
     dir.expect_probe()
         .with(eq(NAME))
         .returning(|_| Ok(Some(regular(SIZE, SIZE))));
-    dir.expect_space().never();
+    // Read only to measure what the release gave back (rule 8); none here.
+    dir.expect_space().returning(|| Ok(plenty()));
     dir.expect_remove_file()
         .with(eq(NAME))
         .times(1)
@@ -287,10 +292,30 @@ fn rule11_unlink_ebusy_is_a_clear_error() {
     assert!(!is_out_of_space(&err));
 }
 
-/// Rule 2: fallocate ENOSPC/EDQUOT/EINVAL/EIO never fall back to writing.
+/// Rule 2: fallocate ENOSPC/EDQUOT/EINVAL/EIO never fall back to writing. EINVAL and
+/// EIO are errors; ENOSPC and EDQUOT roll back and defer (rule 4), with the reason.
 #[test]
 fn rule2_no_fallback_on_hard_errors() {
-    for code in [libc::ENOSPC, libc::EDQUOT, libc::EINVAL, libc::EIO] {
+    for (code, reason) in [
+        (libc::ENOSPC, DeferReason::RanOut),
+        (libc::EDQUOT, DeferReason::Quota),
+    ] {
+        let mut dir = roomy_dir();
+        dir.expect_probe().with(eq(NAME)).returning(|_| Ok(None));
+        let mut file = MockFileHandle::new();
+        file.expect_allocate()
+            .returning(move |_, _| Err(errno(code)));
+        file.expect_write_fill().never();
+        hands_out(&mut dir, OpenOptions::create_new(), file);
+        dir.expect_remove_file().times(1).returning(|_| Ok(()));
+        dir.expect_sync().returning(|| Ok(()));
+        let outcome = reserve(dir).ensure().unwrap();
+        assert!(
+            matches!(outcome, Ensured::Deferred { reason: r, .. } if r == reason),
+            "rule 4: errno {code} is rolled back and deferred, got {outcome:?}"
+        );
+    }
+    for code in [libc::EINVAL, libc::EIO] {
         let mut dir = roomy_dir();
         dir.expect_probe().with(eq(NAME)).returning(|_| Ok(None));
         let mut file = MockFileHandle::new();

@@ -948,7 +948,9 @@ fn released(result: disk_reserve::Result<Released>) -> Outcome {
         Ok(outcome) => Outcome {
             kind: outcome.as_str().to_owned(),
             bytes: match outcome {
-                Released::Released { freed_bytes } => Some(freed_bytes),
+                Released::Released {
+                    releasable_bytes, ..
+                } => Some(releasable_bytes),
                 Released::Absent => None,
             },
         },

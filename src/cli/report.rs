@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use camino::Utf8PathBuf;
-use disk_reserve::{Condition, Ensured, HumanBytes, Observed, Plan, Released, Status};
+use disk_reserve::{Condition, DeferReason, Ensured, HumanBytes, Observed, Plan, Released, Status};
 use serde_json::{Value, json};
 
 use super::exit::Exit;
@@ -96,19 +96,29 @@ impl Report {
             What::Ensured(Ensured::Shrunk { from_len, .. }) => {
                 json!({ "from_len_bytes": from_len })
             }
-            What::Ensured(Ensured::Deferred { needed_bytes, .. }) => {
-                json!({ "needed_bytes": needed_bytes })
+            What::Ensured(Ensured::Deferred {
+                needed_bytes,
+                reason,
+                ..
+            }) => {
+                json!({ "needed_bytes": needed_bytes, "reason": reason.as_str() })
             }
             What::Ensured(_) => json!({}),
-            What::Released(Released::Released { freed_bytes }) => {
-                json!({ "freed_bytes": freed_bytes })
+            What::Released(Released::Released {
+                releasable_bytes,
+                freed_bytes,
+            }) => {
+                json!({ "releasable_bytes": releasable_bytes, "freed_bytes": freed_bytes })
             }
-            What::Released(Released::Absent) => json!({ "freed_bytes": 0 }),
+            What::Released(Released::Absent) => {
+                json!({ "releasable_bytes": 0, "freed_bytes": 0 })
+            }
             What::Status {
                 observed,
                 condition,
                 plan,
             } => json!({
+                "releasable_bytes": observed.releasable_bytes(),
                 "condition": condition_word(*condition).replace(' ', "_"),
                 "len_bytes": len_bytes(*observed),
                 "kind": kind_word(*observed).replace(' ', "_"),
@@ -148,18 +158,46 @@ impl fmt::Display for Report {
                 "shrunk {path}: {allocated} allocated (was {} long), {free} free",
                 natural(*from_len)
             ),
-            What::Ensured(Ensured::Deferred { needed_bytes, .. }) => write!(
-                f,
-                "deferred {path}: {free} free, {} needed ({} missing + {} headroom); nothing changed, run ensure again once space is freed",
-                natural(*needed_bytes),
-                natural(needed_bytes.saturating_sub(self.headroom_bytes)),
-                natural(self.headroom_bytes),
-            ),
-            What::Released(Released::Released { freed_bytes }) => write!(
-                f,
-                "released {path}: freed {}, {free} free",
-                natural(*freed_bytes)
-            ),
+            What::Ensured(Ensured::Deferred {
+                needed_bytes,
+                reason,
+                ..
+            }) => {
+                let why = match reason {
+                    DeferReason::LowSpace => "",
+                    DeferReason::Quota => {
+                        "; the quota ran out while allocating and it was rolled back"
+                    }
+                    DeferReason::RanOut => {
+                        "; the space ran out while allocating (another writer?) and it was rolled back"
+                    }
+                };
+                write!(
+                    f,
+                    "deferred {path}: {free} free, {} needed ({} missing + {} headroom){why}; nothing changed, run ensure again once space is freed",
+                    natural(*needed_bytes),
+                    natural(needed_bytes.saturating_sub(self.headroom_bytes)),
+                    natural(self.headroom_bytes),
+                )
+            }
+            What::Released(Released::Released {
+                releasable_bytes,
+                freed_bytes,
+            }) => {
+                write!(
+                    f,
+                    "released {path}: expected to free {}, the filesystem gained {}, {free} free",
+                    natural(*releasable_bytes),
+                    natural(*freed_bytes)
+                )?;
+                if freed_bytes < releasable_bytes {
+                    write!(
+                        f,
+                        " (less than expected: other writers took space meanwhile, or the filesystem still holds the blocks — a snapshot, a copy sharing them, a lower overlay layer)"
+                    )?;
+                }
+                Ok(())
+            }
             What::Released(Released::Absent) => {
                 write!(f, "absent {path}: no reserve to release, {free} free")
             }
@@ -175,6 +213,15 @@ impl fmt::Display for Report {
                     write!(
                         f,
                         "a file with {links} names, never written; releasing frees nothing"
+                    )?;
+                } else if let Observed::Shared {
+                    releasable_bytes, ..
+                } = observed
+                {
+                    write!(
+                        f,
+                        "{allocated} allocated, only {} of it its own (the rest is shared with a copy or a snapshot); releasing frees only that",
+                        natural(*releasable_bytes)
                     )?;
                 } else {
                     write!(f, "{allocated} of {} allocated", natural(self.size_bytes))?;
@@ -267,6 +314,7 @@ fn kind_word(observed: Observed) -> &'static str {
         Observed::Absent => "absent",
         Observed::Regular { .. } => "regular file",
         Observed::HardLinked { .. } => "hard-linked regular file",
+        Observed::Shared { .. } => "regular file with shared blocks",
         Observed::Other(kind) => kind.as_str(),
     }
 }

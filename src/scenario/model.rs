@@ -6,7 +6,7 @@
 //! one thing at the reserve path, whose allocated blocks always form a prefix
 //! `[0, blocks)` (every way the scenario makes or changes a file keeps that shape).
 
-use crate::{Ensured, FileKind, Released, Strategy};
+use crate::{DeferReason, Ensured, FileKind, Released, Strategy};
 
 /// What is at the reserve path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +52,8 @@ pub(crate) enum Refusal {
     ZeroSize,
     /// The size is larger than the filesystem.
     TooBig,
-    /// The blocks cannot be had (`ENOSPC` or `EDQUOT`).
-    OutOfSpace,
+    /// The size plus the headroom is more than the filesystem can ever give.
+    NeverFits,
     /// The filesystem is read-only.
     ReadOnly,
     /// `fallocate` succeeded but allocated nothing, and the strategy forbids writing.
@@ -133,6 +133,21 @@ impl Model {
         }
     }
 
+    /// Which limit an allocation from `entry` meets first: free space (checked first,
+    /// `ENOSPC`) or the quota (`EDQUOT`).
+    fn out_of_space_reason(&self, entry: Entry) -> DeferReason {
+        let by_space = self.free_with(entry) / self.block_bytes;
+        match self.quota_bytes {
+            Some(quota)
+                if quota.saturating_sub(self.file_bytes_with(entry)) / self.block_bytes
+                    < by_space =>
+            {
+                DeferReason::Quota
+            }
+            _ => DeferReason::RanOut,
+        }
+    }
+
     /// Rule 1: complete means the configured length with at least that many bytes
     /// really allocated.
     fn is_complete(&self, entry: Entry, size: u64) -> bool {
@@ -193,8 +208,16 @@ impl Model {
         let held = now.blocks() * self.block_bytes;
         let missing = size - held.min(size);
         if missing > 0 {
+            // Read-only before any space decision (rule 4, 11).
+            if self.read_only {
+                return forecast(Err(Refusal::ReadOnly), now, shrunk);
+            }
             if size > self.capacity_bytes {
                 return forecast(Err(Refusal::TooBig), now, shrunk);
+            }
+            let whole = div_ceil(size, self.block_bytes) * self.block_bytes;
+            if whole.saturating_add(headroom) > self.capacity_bytes {
+                return forecast(Err(Refusal::NeverFits), now, shrunk);
             }
             let free_bytes = self.free_with(now);
             let needed_bytes = missing.saturating_add(headroom);
@@ -202,6 +225,7 @@ impl Model {
                 let outcome = Ensured::Deferred {
                     free_bytes,
                     needed_bytes,
+                    reason: DeferReason::LowSpace,
                 };
                 return forecast(Ok(outcome), now, shrunk);
             }
@@ -240,7 +264,21 @@ impl Model {
             (_, Fallocate::NoBlocks) => {}
         }
         if needed_blocks > self.budget_blocks(start) {
-            return forecast(Err(Refusal::OutOfSpace), now, shrunk);
+            // Rule 4: the allocation meets ENOSPC or EDQUOT, rolls back and defers. A
+            // refill has cut a sparse file's blocks first; its rollback restores only the
+            // length (`Plan::Refill`).
+            let after = match now {
+                Entry::File { len, blocks } if blocks > 0 && blocks * self.block_bytes < len => {
+                    Entry::File { len, blocks: 0 }
+                }
+                other => other,
+            };
+            let outcome = Ensured::Deferred {
+                free_bytes: self.free_with(after),
+                needed_bytes: missing.saturating_add(headroom),
+                reason: self.out_of_space_reason(start),
+            };
+            return forecast(Ok(outcome), after, shrunk);
         }
         let allocated_bytes = target.max(kept) * self.block_bytes;
         let outcome = match now {
@@ -267,11 +305,22 @@ impl Model {
                 (Err(Refusal::ReadOnly), self.entry)
             }
             Entry::File { blocks, .. } => {
-                let freed_bytes = blocks * self.block_bytes;
-                (Ok(Released::Released { freed_bytes }), Entry::Absent)
+                // The measured gain: the free space with nothing at the path less the free
+                // space now (both saturate at 0 when a crash overcommitted the disk).
+                let released = Released::Released {
+                    releasable_bytes: blocks * self.block_bytes,
+                    freed_bytes: self.free_with(Entry::Absent).saturating_sub(self.free()),
+                };
+                (Ok(released), Entry::Absent)
             }
             // Rule 7: only the name goes; the blocks stay with the other name.
-            Entry::Linked { .. } => (Ok(Released::Released { freed_bytes: 0 }), Entry::Absent),
+            Entry::Linked { .. } => {
+                let released = Released::Released {
+                    releasable_bytes: 0,
+                    freed_bytes: 0,
+                };
+                (Ok(released), Entry::Absent)
+            }
         }
     }
 }
