@@ -238,6 +238,17 @@ impl<F: HostFs> fmt::Debug for Reserve<F> {
     }
 }
 
+/// What the extent map said of the reserve.
+#[derive(Debug, Clone, Copy)]
+enum Extents {
+    /// This many bytes are shared with another file or a snapshot.
+    Shared(u64),
+    /// The filesystem cannot say (or never shares): `st_blocks` is the truth.
+    Unknown,
+    /// The file changed between the look and the open.
+    Changed,
+}
+
 /// How a fill ended, when it did not fail.
 #[derive(Debug, Clone, Copy)]
 enum Filled {
@@ -468,6 +479,8 @@ impl<F: HostFs> Reserve<F> {
                     };
                     self.truncate(&*file, size)?;
                     self.sync_file(&*file)?;
+                    // As after a top-up: the name may not be durable yet (rule 6).
+                    dir.sync().map_err(|e| self.err(Operation::SyncDir, e))?;
                     shrunk_from.get_or_insert(from_len);
                 }
                 Plan::NeedSpace => unreachable!("free space was read above"),
@@ -492,11 +505,12 @@ impl<F: HostFs> Reserve<F> {
                         Filled::Done(allocated_bytes) => allocated_bytes,
                         Filled::Changed => continue,
                         Filled::RanOut(reason) => {
-                            // Rolled back already: "not now", not an error (rule 4).
-                            let space = self.space(dir).ok().or(last_space);
-                            let free_bytes = space.map_or(0, |s| s.free_bytes);
+                            // Rolled back already: "not now", not an error (rule 4). The
+                            // space is read once the rollback's frees show.
                             let needed_bytes =
                                 observed.missing_bytes(size).saturating_add(headroom);
+                            let space = self.settled_space(dir, needed_bytes).ok().or(last_space);
+                            let free_bytes = space.map_or(0, |s| s.free_bytes);
                             tracing::warn!(
                                 path = %self.path, free_bytes, needed_bytes, reason = reason.as_str(),
                                 outcome = "deferred",
@@ -569,8 +583,11 @@ impl<F: HostFs> Reserve<F> {
             }
             Observed::Regular { .. } => observed.releasable_bytes(),
         };
-        // The baseline of the measured gain; reading it needs no free space.
-        let before = dir.space().ok();
+        // The baseline of the measured gain, once earlier frees show (a flush and a
+        // second read: see `settled_space`), so the gain is this release's own. Reading
+        // it needs no free space.
+        let _ = dir.sync_fs();
+        let before = dir.space().and_then(|_| dir.space()).ok();
         dir.remove_file(&self.name)
             .map_err(|e| self.err(Operation::Remove, e))?;
         // Best effort: at zero free some filesystems cannot commit the directory yet; the
@@ -842,7 +859,11 @@ impl<F: HostFs> Reserve<F> {
         self.sync_file(file)?;
         let allocated = self.allocated(file)?;
         match plan {
-            Plan::Create => dir.sync().map_err(|e| self.err(Operation::SyncDir, e))?,
+            // A top-up syncs the home too: the name it completed may be one an earlier,
+            // interrupted call created or renamed and never made durable (rule 6).
+            Plan::Create | Plan::Extend { .. } | Plan::Refill { .. } => {
+                dir.sync().map_err(|e| self.err(Operation::SyncDir, e))?;
+            }
             Plan::Replace { .. } => {
                 dir.rename(&self.temp_name(), &self.name)
                     .map_err(|e| self.err(Operation::Rename, e))?;
@@ -885,16 +906,9 @@ impl<F: HostFs> Reserve<F> {
     ) -> bool {
         let result = match undo {
             Undo::Remove => dir.remove_file(&self.name).and_then(|()| dir.sync()),
-            // The rename is the last step that can fail before the directory sync; if the
-            // replacement already took the name, removing it leaves the path empty (the
-            // linked file's other names keep its data either way).
-            Undo::RemoveReplacement => dir
-                .remove_file(&self.temp_name())
-                .or_else(|e| match e.raw_os_error() {
-                    Some(libc::ENOENT) => Ok(()),
-                    _ => Err(e),
-                })
-                .and_then(|()| dir.sync()),
+            // Every step that can fail comes before the rename (a failed directory sync
+            // after it is only a warning): the replacement is still under its own name.
+            Undo::RemoveReplacement => dir.remove_file(&self.temp_name()).and_then(|()| dir.sync()),
             Undo::CutTo(from_len) => {
                 let refill = matches!(plan, Plan::Refill { .. });
                 let cut = if refill { file.set_len(0) } else { Ok(()) };
@@ -1003,60 +1017,66 @@ impl<F: HostFs> Reserve<F> {
     /// share them (rule 1): `fstatat`, and on XFS, btrfs and unknown filesystems `open` +
     /// `FIEMAP` + `close`.
     fn observe(&self, dir: &dyn DirHandle) -> Result<Observed> {
-        let observed = dir
-            .probe(&self.name)
-            .map(Observed::from_probe)
-            .map_err(|e| self.err(Operation::Probe, e))?;
-        if let Observed::Regular {
-            len,
-            allocated_bytes,
-        } = observed
-            && allocated_bytes > 0
-            && let Some(shared) = self.shared_bytes(dir)?
-            && shared > 0
-        {
-            return Ok(Observed::Shared {
+        for _ in 0..CHANGED_RETRIES {
+            let observed = dir
+                .probe(&self.name)
+                .map(Observed::from_probe)
+                .map_err(|e| self.err(Operation::Probe, e))?;
+            let Observed::Regular {
                 len,
                 allocated_bytes,
-                releasable_bytes: allocated_bytes.saturating_sub(shared),
-            });
+            } = observed
+            else {
+                return Ok(observed);
+            };
+            if allocated_bytes == 0 {
+                return Ok(observed);
+            }
+            return match self.shared_bytes(dir)? {
+                Extents::Shared(shared) if shared > 0 => Ok(Observed::Shared {
+                    len,
+                    allocated_bytes,
+                    releasable_bytes: allocated_bytes.saturating_sub(shared),
+                }),
+                Extents::Shared(_) | Extents::Unknown => Ok(observed),
+                // Replaced or removed between the look and the open: look again.
+                Extents::Changed => continue,
+            };
         }
-        Ok(observed)
+        Err(Error::Changed {
+            path: self.path.clone(),
+        })
     }
 
     /// Bytes of the reserve shared with another file or a snapshot, where the filesystem
-    /// can share and say so; `None` where it cannot (then `st_blocks` is the truth).
-    fn shared_bytes(&self, dir: &dyn DirHandle) -> Result<Option<u64>> {
+    /// can share and say so.
+    fn shared_bytes(&self, dir: &dyn DirHandle) -> Result<Extents> {
         let kind = dir
             .fs_kind()
             .map_err(|e| Error::io(Operation::ReadSpace, self.home.clone(), e))?;
         if !kind.may_share_extents() {
-            return Ok(None);
+            return Ok(Extents::Unknown);
         }
         let file = match dir.open_file(&self.name, OpenOptions::read()) {
             Ok(file) => file,
-            // Gone or replaced since the look, or not ours to read: the caller's next
-            // look, or st_blocks, decides.
+            // Gone or replaced since the look.
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(
-                        libc::ENOENT
-                            | libc::ELOOP
-                            | libc::EISDIR
-                            | libc::ENXIO
-                            | libc::EINVAL
-                            | libc::EACCES
-                            | libc::EPERM
-                    )
+                    Some(libc::ENOENT | libc::ELOOP | libc::EISDIR | libc::ENXIO | libc::EINVAL)
                 ) =>
             {
-                return Ok(None);
+                return Ok(Extents::Changed);
             }
+            // Not readable (EACCES): whether its blocks are its own cannot be known, and
+            // guessing "yes" would call a reserve that frees nothing present.
             Err(e) => return Err(self.err(Operation::Open, e)),
         };
-        file.shared_bytes()
-            .map_err(|e| self.err(Operation::Probe, e))
+        match file.shared_bytes() {
+            Ok(Some(shared)) => Ok(Extents::Shared(shared)),
+            Ok(None) => Ok(Extents::Unknown),
+            Err(e) => Err(self.err(Operation::Probe, e)),
+        }
     }
 
     fn allocated(&self, file: &dyn FileHandle) -> Result<u64> {

@@ -301,6 +301,13 @@ pub enum Op {
         /// The call the move interrupts.
         call: Interrupted,
     },
+    /// A snapshot takes the reserve's blocks (a btrfs snapshot, a reflink copy elsewhere):
+    /// they are shared from now on, so deleting the reserve does not give them back.
+    SnapshotReserve,
+    /// Every snapshot is deleted: the blocks only they held are free again.
+    DropSnapshots,
+    /// Frees show in `statvfs` late (XFS, btrfs), or at once again.
+    SetLateFrees(bool),
     /// The filesystem becomes read-only, or writable again.
     SetReadOnly(bool),
     /// `fallocate` changes behaviour.
@@ -507,8 +514,15 @@ impl Durable {
         }
     }
 
+    /// Whether a crash may leave `entry`. Whether a snapshot shares a file's blocks is a
+    /// property of the blocks, not of the names a crash brings back: compared without it.
     fn allows(&self, entry: Entry) -> bool {
-        self.states.contains(&entry)
+        let plain = |e: Entry| match e {
+            Entry::Shared { len, blocks, .. } => Entry::File { len, blocks },
+            other => other,
+        };
+        let entry = plain(entry);
+        self.states.iter().any(|&state| plain(state) == entry)
             || matches!(entry, Entry::File { len, .. } if len <= self.partial_up_to)
             || (self.unknown && matches!(entry, Entry::Absent | Entry::File { .. }))
     }
@@ -520,6 +534,8 @@ struct Before {
     probe: Option<Probe>,
     calls: [u64; SimOp::ALL.len()],
     free: u64,
+    /// Bytes freed that `statvfs` does not show yet (late frees).
+    pending: u64,
     /// Bytes all regular files hold.
     file_bytes: u64,
 }
@@ -571,6 +587,19 @@ fn scenario_reserve(fs: &SimFs, config: ReserveConfig) -> Reserve<SimFs> {
     Reserve::new(fs.clone(), HOME, config)
         .expect("the file name is valid")
         .settle_time(std::time::Duration::ZERO)
+}
+
+/// What the model calls the thing at the reserve path, given its `lstat` and the bytes a
+/// snapshot shares with it.
+fn entry_of_shared(probe: Option<&Probe>, shared_bytes: u64) -> Entry {
+    match entry_of(probe) {
+        Entry::File { len, blocks } if shared_bytes > 0 => Entry::Shared {
+            len,
+            blocks,
+            shared: shared_bytes / BLOCK_BYTES,
+        },
+        other => other,
+    }
 }
 
 fn entry_of(probe: Option<&Probe>) -> Entry {
@@ -643,6 +672,7 @@ impl Driver {
                 read_only: false,
                 others_bytes: 0,
                 outside_bytes: bystander_bytes,
+                pinned_bytes: 0,
                 entry: Entry::Absent,
             },
             outside: fs.snapshot().without(RESERVE).entries,
@@ -726,10 +756,11 @@ impl Driver {
         let snapshot = self.fs.snapshot();
         let probe = snapshot.get(RESERVE).copied();
         Before {
-            entry: entry_of(probe.as_ref()),
+            entry: entry_of_shared(probe.as_ref(), self.fs.shared_bytes_of(RESERVE)),
             probe,
             calls: self.calls(),
-            free: self.fs.free_bytes(),
+            free: self.true_free(),
+            pending: self.fs.pending_free_bytes(),
             file_bytes: file_bytes(&snapshot),
         }
     }
@@ -807,14 +838,14 @@ impl Driver {
         // are counted until the next call under the lock removes it.
         let replacing = snapshot.get(REPLACING).map_or(0, |p| p.allocated_bytes);
         self.model.outside_bytes = self.bystander_bytes + replacing;
-        let entry = entry_of(snapshot.get(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
         self.check(entry == self.model.entry, Invariant::Model, || {
             format!("reserve path: model {:?}, disk {entry:?}", self.model.entry)
         })?;
         if !exact_space {
             self.model.others_bytes = snapshot.other_writers_bytes;
         }
-        let free = self.fs.free_bytes();
+        let free = self.true_free();
         self.check(free == self.model.free(), Invariant::Model, || {
             format!("free bytes: model {}, disk {free}", self.model.free())
         })
@@ -955,6 +986,32 @@ impl Driver {
                 }
                 result
             }
+            Op::SnapshotReserve => {
+                if matches!(self.model.entry, Entry::File { blocks, .. } | Entry::Shared { blocks, .. } if blocks > 0)
+                {
+                    self.fs
+                        .snapshot_file(RESERVE)
+                        .expect("a regular file at the reserve path");
+                    let snapshot = self.fs.snapshot();
+                    self.model.entry =
+                        entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+                    return self.settle(&snapshot, true);
+                }
+                Ok(())
+            }
+            Op::DropSnapshots => {
+                self.fs.drop_snapshots();
+                self.model.pinned_bytes = 0;
+                if let Entry::Shared { len, blocks, .. } = self.model.entry {
+                    self.model.entry = Entry::File { len, blocks };
+                }
+                let snapshot = self.fs.snapshot();
+                self.settle(&snapshot, true)
+            }
+            Op::SetLateFrees(late) => {
+                self.fs.set_late_frees(late);
+                Ok(())
+            }
             Op::SetReadOnly(read_only) => {
                 self.fs.set_read_only(read_only);
                 self.model.read_only = read_only;
@@ -983,6 +1040,23 @@ impl Driver {
     /// After the scenario itself changed the reserve path. Setup calls are durable at
     /// once; one that removed nothing and created nothing leaves what a crash may bring
     /// back as it was.
+    /// The model's view of the reserve path becomes `entry`. A file a snapshot shared
+    /// that is gone or replaced leaves its shared blocks with the snapshot.
+    fn set_entry(&mut self, entry: Entry) {
+        if let Entry::Shared { shared, .. } = self.model.entry
+            && entry != self.model.entry
+            && !matches!(entry, Entry::Shared { .. })
+        {
+            self.model.pinned_bytes += shared * BLOCK_BYTES;
+        }
+        self.model.entry = entry;
+    }
+
+    /// Free bytes as the disk will show them once pending frees are accounted.
+    fn true_free(&self) -> u64 {
+        self.fs.free_bytes() + self.fs.pending_free_bytes()
+    }
+
     /// The model as a call that takes the lock sees it: a replacement left behind by an
     /// earlier double fault is removed first ([`REPLACING`]).
     fn tidied_model(&self) -> Model {
@@ -1037,7 +1111,10 @@ impl Driver {
 
     fn planted(&mut self, removed: bool) -> Result<(), Violation> {
         let snapshot = self.fs.snapshot();
-        self.model.entry = entry_of(snapshot.get(RESERVE));
+        self.set_entry(entry_of_shared(
+            snapshot.get(RESERVE),
+            self.fs.shared_bytes_of(RESERVE),
+        ));
         if removed || self.model.entry != Entry::Absent {
             self.durable = Durable::exactly(self.model.entry);
         }
@@ -1048,7 +1125,7 @@ impl Driver {
     fn crashed(&mut self, before: &Before, exact_space: bool) -> Result<(), Violation> {
         self.report.crashes += 1;
         let snapshot = self.fs.snapshot();
-        let entry = entry_of(snapshot.get(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
         let was_other = matches!(before.entry, Entry::Other(_));
         let allowed = if was_other {
             snapshot.get(RESERVE) == before.probe.as_ref()
@@ -1062,6 +1139,9 @@ impl Driver {
             )
         })?;
         self.model.entry = entry;
+        // Which file a snapshot's blocks are shared with again after a crash depends on
+        // which names came back: the snapshots' own share is read from the disk.
+        self.model.pinned_bytes = self.fs.pinned_bytes();
         self.durable = Durable::exactly(entry);
         self.settle(&snapshot, exact_space)
     }
@@ -1092,8 +1172,8 @@ impl Driver {
         }
         if failed && strict {
             // Other writers may have moved in the middle; what files hold is compared.
-            let entry = entry_of(probe);
-            let free = self.fs.free_bytes();
+            let entry = entry_of_shared(probe, self.fs.shared_bytes_of(RESERVE));
+            let free = self.true_free();
             let files = file_bytes(snapshot);
             let restored = entry == before.entry && files == before.file_bytes;
             let only_gave_back = gave_back.contains(&entry) && files <= before.file_bytes;
@@ -1155,7 +1235,7 @@ impl Driver {
         disturbance: Disturbance,
     ) -> Result<(), Violation> {
         let snapshot = self.fs.snapshot();
-        let entry = entry_of(snapshot.get(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
         // With a fault as the only disturbance of a call the model expected to succeed,
         // the rollback itself runs undisturbed and must restore everything.
         // A deferral after running out of space has rolled back already: a fault in that
@@ -1287,7 +1367,7 @@ impl Driver {
             }
             Err(_) => self.durable.unknown = true,
         }
-        self.model.entry = entry;
+        self.set_entry(entry);
         self.settle(&snapshot, !disturbance.other_writer)
     }
 
@@ -1318,7 +1398,7 @@ impl Driver {
             return self.crashed(&before, !disturbance.other_writer);
         }
         self.after_call(&before, &snapshot, result.is_err(), true, &[])?;
-        let entry = entry_of(snapshot.get(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
         let as_expected = match (&expected, &result) {
             (_, Err(_)) if disturbance.faults > 0 => entry == before.entry,
             // Rule 8's measured gain is only predictable on an undisturbed disk.
@@ -1350,7 +1430,7 @@ impl Driver {
                 self.durable = Durable::exactly(Entry::Absent);
             }
         }
-        self.model.entry = entry;
+        self.set_entry(entry);
         if crash_after.is_some() {
             self.settle(&snapshot, !disturbance.other_writer)?;
             let before = self.before();
@@ -1369,7 +1449,7 @@ impl Driver {
         let disturbance = self.disturbance(&before);
         let snapshot = self.fs.snapshot();
         self.after_call(&before, &snapshot, true, true, &[])?;
-        let entry = entry_of(snapshot.get(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
         self.check(entry == before.entry, Invariant::Model, || {
             format!(
                 "status changed the reserve from {:?} to {entry:?}",
@@ -1398,12 +1478,19 @@ impl Driver {
                     crate::Observed::Other(kind) => Entry::Other(kind),
                     // The decision does not look at a linked file's blocks: take them
                     // from what the scenario set up.
-                    crate::Observed::HardLinked { .. } | crate::Observed::Shared { .. } => {
-                        match before.entry {
-                            linked @ Entry::Linked { .. } => linked,
-                            _ => Entry::Other(FileKind::Regular),
-                        }
-                    }
+                    crate::Observed::Shared {
+                        len,
+                        allocated_bytes,
+                        releasable_bytes,
+                    } => Entry::Shared {
+                        len,
+                        blocks: allocated_bytes / BLOCK_BYTES,
+                        shared: (allocated_bytes - releasable_bytes) / BLOCK_BYTES,
+                    },
+                    crate::Observed::HardLinked { .. } => match before.entry {
+                        linked @ Entry::Linked { .. } => linked,
+                        _ => Entry::Other(FileKind::Regular),
+                    },
                 };
                 let nothing = status.plan == Plan::Nothing;
                 let refuse = matches!(status.plan, Plan::Refuse(_));
@@ -1411,7 +1498,10 @@ impl Driver {
                     && status.size_bytes == args.size
                     && status.headroom_bytes == args.headroom
                     && status.space.total_bytes == self.capacity_bytes()
-                    && (disturbance.other_writer || status.space.free_bytes == before.free)
+                    // A status reads statvfs as it is: frees not shown yet stay unshown.
+                    && (disturbance.other_writer
+                        || (status.space.free_bytes <= before.free
+                            && status.space.free_bytes + before.pending >= before.free))
                     && nothing == matches!(forecast.result, Ok(Ensured::Present { .. }))
                     && refuse == matches!(forecast.result, Err(Refusal::NotRegular(_)))
             }
@@ -1476,7 +1566,7 @@ impl Driver {
         let disturbance = self.disturbance(&before);
         let snapshot = self.fs.snapshot();
         self.after_call(&before, &snapshot, false, false, &[])?;
-        let entry = entry_of(snapshot.get(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
         if let Err(error) = &released {
             self.check(
                 !is_out_of_space(error) || disturbance.out_of_space_faults > 0,
@@ -1531,8 +1621,9 @@ impl Driver {
         } else {
             let sane = match before.entry {
                 Entry::Other(_) => entry == before.entry,
-                // A fault may stop the release of a linked name before it is removed.
-                Entry::Linked { .. } => {
+                // A fault may stop the release of a linked or shared file before it is
+                // removed.
+                Entry::Linked { .. } | Entry::Shared { .. } => {
                     entry == before.entry || matches!(entry, Entry::Absent | Entry::File { .. })
                 }
                 _ => matches!(entry, Entry::Absent | Entry::File { .. }),
@@ -1544,7 +1635,7 @@ impl Driver {
         self.durable.add(before.entry);
         self.durable.add(entry);
         self.durable.unknown = true;
-        self.model.entry = entry;
+        self.set_entry(entry);
         self.settle(&snapshot, !disturbance.other_writer)
     }
 }

@@ -426,8 +426,9 @@ struct State {
     pending_free: u64,
     /// Whether a `space` call has seen `pending_free` (the next one shows it).
     pending_seen: bool,
-    /// Bytes only snapshots still hold ([`SimFs::snapshot_file`]).
-    pinned: u64,
+    /// Snapshots: inode → how many of its first blocks a snapshot holds
+    /// ([`SimFs::snapshot_file`]). What the file no longer shares, the snapshot alone holds.
+    snapshots: BTreeMap<u64, u64>,
     /// A planned move: calls left, from, to ([`SimFs::move_after`]).
     pending_move: Option<(u32, Utf8PathBuf, Utf8PathBuf)>,
     /// Planned moves done.
@@ -487,7 +488,7 @@ impl State {
             late_frees: false,
             pending_free: 0,
             pending_seen: false,
-            pinned: 0,
+            snapshots: BTreeMap::new(),
             space_changes: VecDeque::new(),
             locks: HashMap::new(),
             next_lock_token: 1,
@@ -508,16 +509,37 @@ impl State {
         blocks.saturating_mul(self.block_size)
     }
 
+    /// Bytes only snapshots still hold: what each snapshot took less what its file (if
+    /// it still exists) shares with it now.
+    fn pinned(&self) -> u64 {
+        let blocks: u64 = self
+            .snapshots
+            .iter()
+            .map(|(ino, taken)| match self.nodes.get(ino) {
+                Some(Node::Regular { live, .. }) => taken - live.shared.min(*taken),
+                _ => *taken,
+            })
+            .sum();
+        blocks * self.block_size
+    }
+
     /// Bytes held: files' blocks, other writers, blocks only a snapshot still holds.
     fn held_bytes(&self) -> u64 {
         self.file_bytes()
             .saturating_add(self.other_writers)
-            .saturating_add(self.pinned)
+            .saturating_add(self.pinned())
+    }
+
+    /// Frees not yet shown, as far as nobody has allocated them since (an allocation
+    /// makes them show: XFS flushes its worker before it says `ENOSPC`).
+    fn pending_bytes(&self) -> u64 {
+        self.pending_free
+            .min(self.capacity.saturating_sub(self.held_bytes()))
     }
 
     /// Bytes used as `statvfs` shows them: held, plus frees not yet shown.
     fn used_bytes(&self) -> u64 {
-        self.held_bytes().saturating_add(self.pending_free)
+        self.held_bytes().saturating_add(self.pending_bytes())
     }
 
     /// Free bytes as `statvfs` shows them.
@@ -558,7 +580,6 @@ impl State {
         let still_shared = live.shared.min(after);
         let shared_freed = (live.shared - still_shared).min(freed);
         live.shared = still_shared;
-        self.pinned += shared_freed * block_size;
         if late {
             self.pending_free += (freed - shared_freed) * block_size;
             self.pending_seen = false;
@@ -588,8 +609,9 @@ impl State {
         free
     }
 
+    /// Other writers take space as an allocation does: frees not shown yet count.
     fn eat(&mut self, bytes: u64) -> u64 {
-        let taken = bytes.min(self.free_bytes());
+        let taken = bytes.min(self.capacity.saturating_sub(self.held_bytes()));
         self.other_writers += taken;
         taken
     }
@@ -1186,20 +1208,23 @@ impl SimFs {
             .resolve(path.as_ref(), false)?
             .ino
             .ok_or_else(|| errno(libc::ENOENT))?;
-        match state.node_mut(ino) {
+        let taken = match state.node_mut(ino) {
             Node::Regular { live, durable } => {
                 live.shared = live.blocks.block_count();
                 durable.shared = durable.blocks.block_count().min(live.shared);
-                Ok(())
+                live.shared
             }
-            _ => Err(errno(libc::EINVAL)),
-        }
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        let held = state.snapshots.entry(ino).or_insert(0);
+        *held = (*held).max(taken);
+        Ok(())
     }
 
     /// Deletes every snapshot: blocks only they held are free again, no file shares any.
     pub fn drop_snapshots(&self) {
         let mut state = self.state();
-        state.pinned = 0;
+        state.snapshots.clear();
         for node in state.nodes.values_mut() {
             if let Node::Regular { live, durable } = node {
                 live.shared = 0;
@@ -1505,6 +1530,7 @@ impl SimFs {
             Utf8Path::new(if trimmed.is_empty() { path } else { trimmed }),
             false,
         )?;
+        let removed = lookup.ino;
         let (parent, name) = match (lookup.entry, lookup.ino) {
             (None, Some(ROOT_INO)) => return Err(errno(libc::EBUSY)),
             (None, _) => return Err(errno(libc::EINVAL)),
@@ -1522,6 +1548,15 @@ impl SimFs {
             live.remove(&name);
             durable.remove(&name);
         }
+        // A file's last name: its blocks go back (late, with late frees; a snapshot's
+        // share stays held).
+        if let Some(ino) = removed
+            && matches!(state.node(ino), Node::Regular { .. })
+            && state.links(ino) == 0
+            && !state.open_files.contains_key(&ino)
+        {
+            state.free_file(ino);
+        }
         state.collect_garbage();
         Ok(())
     }
@@ -1536,6 +1571,29 @@ impl SimFs {
     /// Bytes used: files' allocated blocks plus what other writers hold.
     pub fn used_bytes(&self) -> u64 {
         self.state().used_bytes()
+    }
+
+    /// Bytes freed but not yet shown by [`DirHandle::space`] ([`SimFs::set_late_frees`]).
+    pub fn pending_free_bytes(&self) -> u64 {
+        self.state().pending_bytes()
+    }
+
+    /// Bytes of the regular file at `path` a snapshot shares ([`SimFs::snapshot_file`]);
+    /// 0 for anything else or nothing.
+    pub fn shared_bytes_of(&self, path: impl AsRef<Utf8Path>) -> u64 {
+        let state = self.state();
+        match state.resolve(path.as_ref(), false) {
+            Ok(Lookup { ino: Some(ino), .. }) => match state.node(ino) {
+                Node::Regular { live, .. } => live.shared * state.block_size,
+                _ => 0,
+            },
+            _ => 0,
+        }
+    }
+
+    /// Bytes only snapshots still hold ([`SimFs::snapshot_file`]).
+    pub fn pinned_bytes(&self) -> u64 {
+        self.state().pinned()
     }
 
     /// Size of the filesystem in bytes.

@@ -105,6 +105,9 @@ fn op() -> impl Strategy<Value = Op> {
                 Just(Interrupted::Release),
             ])
             .prop_map(|(after_calls, call)| Op::HomeMovedDuring { after_calls, call }),
+        2 => Just(Op::SnapshotReserve),
+        1 => Just(Op::DropSnapshots),
+        1 => any::<bool>().prop_map(Op::SetLateFrees),
     ]
 }
 

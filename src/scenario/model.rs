@@ -15,6 +15,9 @@ pub(crate) enum Entry {
     Absent,
     /// A regular file of `len` bytes whose first `blocks` blocks are allocated.
     File { len: u64, blocks: u64 },
+    /// A regular file whose first `shared` blocks a snapshot shares: deleting it gives
+    /// back only the others.
+    Shared { len: u64, blocks: u64, shared: u64 },
     /// A regular file with another name outside the home (a hard link of the bystander):
     /// its blocks are counted outside, never the reserve's.
     Linked { len: u64, blocks: u64 },
@@ -23,10 +26,19 @@ pub(crate) enum Entry {
 }
 
 impl Entry {
-    /// Blocks held by the reserve path alone.
+    /// Blocks the file at the reserve path holds (shared ones included; a linked file's
+    /// are counted outside).
     fn blocks(self) -> u64 {
         match self {
-            Entry::File { blocks, .. } => blocks,
+            Entry::File { blocks, .. } | Entry::Shared { blocks, .. } => blocks,
+            _ => 0,
+        }
+    }
+
+    /// Blocks a snapshot shares with it.
+    fn shared(self) -> u64 {
+        match self {
+            Entry::Shared { shared, .. } => shared,
             _ => 0,
         }
     }
@@ -87,6 +99,8 @@ pub(crate) struct Model {
     pub others_bytes: u64,
     /// Bytes files outside the reserve path hold.
     pub outside_bytes: u64,
+    /// Bytes only snapshots hold.
+    pub pinned_bytes: u64,
     /// What is at the reserve path now.
     pub entry: Entry,
 }
@@ -104,7 +118,14 @@ impl Model {
     /// Free bytes, with `entry` at the reserve path.
     pub fn free_with(&self, entry: Entry) -> u64 {
         self.capacity_bytes
-            .saturating_sub(self.file_bytes_with(entry) + self.others_bytes)
+            .saturating_sub(self.file_bytes_with(entry) + self.others_bytes + self.pinned_bytes)
+    }
+
+    /// Free bytes once `entry` is gone from the reserve path: its shared blocks stay
+    /// with the snapshot.
+    fn free_without(&self, entry: Entry) -> u64 {
+        let pinned = entry.shared() * self.block_bytes;
+        self.free_with(Entry::Absent).saturating_sub(pinned)
     }
 
     /// Free bytes now.
@@ -204,8 +225,12 @@ impl Model {
             }
         }
 
-        // Rule 4: allocate only when what is missing plus the headroom is free.
-        let held = now.blocks() * self.block_bytes;
+        // Rule 4: allocate only when what is missing plus the headroom is free. A linked
+        // or shared file's blocks are not the reserve's own.
+        let held = match now {
+            Entry::File { blocks, .. } => blocks * self.block_bytes,
+            _ => 0,
+        };
         let missing = size - held.min(size);
         if missing > 0 {
             // Read-only before any space decision (rule 4, 11).
@@ -240,10 +265,14 @@ impl Model {
             Entry::File { len, blocks } if blocks * self.block_bytes >= len => blocks,
             _ => 0,
         };
-        // What the budget is counted against: the kept blocks only.
-        let start = Entry::File {
-            len: 0,
-            blocks: kept,
+        // What the budget is counted against: the kept blocks only — or, for a shared
+        // file replaced by one built beside it, the old file still there.
+        let start = match now {
+            Entry::Shared { .. } => now,
+            _ => Entry::File {
+                len: 0,
+                blocks: kept,
+            },
         };
         let target = div_ceil(size, self.block_bytes);
         let needed_blocks = target - kept.min(target);
@@ -282,8 +311,11 @@ impl Model {
         }
         let allocated_bytes = target.max(kept) * self.block_bytes;
         let outcome = match now {
-            // Rule 7: a linked file is replaced by a fresh reserve, never written.
-            Entry::Absent | Entry::Linked { .. } => Ensured::Created { allocated_bytes },
+            // Rule 7 and 1: a linked or shared file is replaced by a fresh reserve, never
+            // written.
+            Entry::Absent | Entry::Linked { .. } | Entry::Shared { .. } => {
+                Ensured::Created { allocated_bytes }
+            }
             _ => Ensured::ToppedUp {
                 from_allocated_bytes: held,
                 allocated_bytes,
@@ -313,6 +345,15 @@ impl Model {
                 };
                 (Ok(released), Entry::Absent)
             }
+            Entry::Shared { .. } if self.read_only => (Err(Refusal::ReadOnly), self.entry),
+            // Rule 1 and 8: only the blocks no snapshot shares come back.
+            Entry::Shared { blocks, shared, .. } => {
+                let released = Released::Released {
+                    releasable_bytes: (blocks - shared.min(blocks)) * self.block_bytes,
+                    freed_bytes: self.free_without(self.entry).saturating_sub(self.free()),
+                };
+                (Ok(released), Entry::Absent)
+            }
             // Rule 7: only the name goes; the blocks stay with the other name.
             Entry::Linked { .. } => {
                 let released = Released::Released {
@@ -338,6 +379,7 @@ mod tests {
             read_only: false,
             others_bytes: 0,
             outside_bytes: 0,
+            pinned_bytes: 0,
             entry: Entry::Absent,
         }
     }
