@@ -1425,3 +1425,165 @@ fn out_of_space_with_a_partial_reserve_names_its_bytes() {
         "rule 5: cut back to its old length"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Interrupts: SIGINT, SIGTERM, SIGHUP mid-write roll back, then the process dies by them
+
+/// The interrupted reserve: three write chunks, so the signal lands with two to come.
+const INTERRUPTED_SIZE: u64 = 3 * disk_reserve::WRITE_CHUNK_BYTES;
+
+/// Runs `ensure --strategy write --size 96MiB` in `home` with the CLI's test pause, sends
+/// `signal` at the first pause (after one chunk, with two still to come), then answers
+/// every pause until the command ends; returns its exit status and stderr.
+fn ensure_interrupted_by(home: &Path, signal: i32) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let size = INTERRUPTED_SIZE.to_string();
+    let mut child = Command::new(BIN)
+        .args(["ensure", "--strategy", "write", "--size", &size, "--home"])
+        .arg(home)
+        .env_remove("RUST_LOG")
+        .env("DISK_RESERVE_TEST_PAUSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn disk-reserve");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut errors = io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut signalled = false;
+    loop {
+        let mut line = String::new();
+        if errors.read_line(&mut line).expect("read its stderr") == 0 {
+            break;
+        }
+        said.push_str(&line);
+        if line.starts_with("disk-reserve: test pause after ") {
+            if !signalled {
+                signalled = true;
+                let pid = libc::pid_t::try_from(child.id()).unwrap();
+                // SAFETY: kill(2) with a pid this test spawned and still waits for.
+                let sent = unsafe { libc::kill(pid, signal) };
+                assert_eq!(sent, 0, "kill: {}", io::Error::last_os_error());
+            }
+            // Released after the signal: the next cancel check (before the next chunk)
+            // sees it. A pause it did not stop at is answered too, so nothing hangs.
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+    assert!(signalled, "ensure never paused:\n{said}");
+    drop(stdin);
+    (child.wait().expect("wait for disk-reserve"), said)
+}
+
+/// The process died by `signal` and said, in exactly one line, that it rolled back.
+#[track_caller]
+fn assert_died_rolled_back(status: std::process::ExitStatus, said: &str, signal: i32, name: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(signal),
+        "rule 5 / CLI contract: killed by {name} re-raised, not {status:?}\n{said}"
+    );
+    let lines: Vec<&str> = said
+        .lines()
+        .filter(|line| !line.starts_with("disk-reserve: test pause after "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line says it was interrupted, nothing else:\n{said}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "disk-reserve: interrupted by {name}; the allocation was rolled back"
+        )),
+        "{said}"
+    );
+}
+
+#[test]
+fn each_interrupt_mid_write_rolls_back_a_new_reserve_and_dies_by_the_signal() {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let home = home();
+        let (status, said) = ensure_interrupted_by(home.path(), signal);
+        assert_died_rolled_back(status, &said, signal, name);
+        assert!(
+            !reserve_of(&home).exists(),
+            "rule 5: a reserve the interrupted ensure created is removed ({name})"
+        );
+        assert_eq!(
+            fs::read_dir(home.path()).unwrap().count(),
+            0,
+            "nothing left in the home ({name})"
+        );
+    }
+}
+
+#[test]
+fn each_interrupt_mid_top_up_cuts_the_reserve_back_to_its_old_length() {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let home = home();
+        let reserve = reserve_of(&home);
+        write_dense(&reserve, 8 * MIB);
+        let (status, said) = ensure_interrupted_by(home.path(), signal);
+        assert_died_rolled_back(status, &said, signal, name);
+        let meta = fs::symlink_metadata(&reserve).expect("the partial reserve is still there");
+        assert_eq!(
+            meta.len(),
+            8 * MIB,
+            "rule 5: a reserve the interrupted top-up grew is cut back to its old length ({name})"
+        );
+        assert!(allocated(&reserve) <= 8 * MIB + 64 * KIB, "{name}");
+    }
+}
+
+#[test]
+fn a_second_signal_during_the_rollback_is_ignored() {
+    let home = home();
+    let size = INTERRUPTED_SIZE.to_string();
+    let mut child = Command::new(BIN)
+        .args(["ensure", "--strategy", "write", "--size", &size, "--home"])
+        .arg(home.path())
+        .env_remove("RUST_LOG")
+        .env("DISK_RESERVE_TEST_PAUSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn disk-reserve");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut errors = io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    loop {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if errors.read_line(&mut line).expect("read its stderr") == 0 {
+            break;
+        }
+        said.push_str(&line);
+        if line.starts_with("disk-reserve: test pause after ") {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGINT] {
+                // SAFETY: kill(2) with a pid this test spawned and still waits for.
+                let sent = unsafe { libc::kill(pid, signal) };
+                assert_eq!(sent, 0);
+            }
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert_died_rolled_back(status, &said, libc::SIGINT, "SIGINT");
+    assert!(!reserve_of(&home).exists(), "rule 5");
+}

@@ -19,6 +19,9 @@ Exit status:
   2   bad usage (unknown option, malformed SIZE)
   74  the work was done but its report could not be written: stdout failed (one line on
       stderr says why) or was a closed pipe (quiet)
+  SIGINT, SIGTERM or SIGHUP during ensure: the allocation is cancelled and rolled back
+      (a reserve it created is removed, one it grew is cut back), one line on stderr says
+      so, and the process dies by that same signal; a second signal meanwhile is ignored
 
 SIZE is plain bytes (67108864, 512B), a size with a unit as in fallocate -l and
 truncate -s (64M, 64MiB, 1G, 500MB: K M G T and KiB MiB GiB TiB are powers of 1024,

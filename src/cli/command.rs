@@ -5,13 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use disk_reserve::{FileKind, RealFs, Released, Reserve, ReserveConfig};
+use disk_reserve::{CancelToken, Error, FileKind, RealFs, Released, Reserve, ReserveConfig};
 
 use super::args::{Cli, Command, EnsureArgs, HeadroomArg, ReleaseArgs, SizeArg, StatusArgs};
 use super::exit::Exit;
 use super::failure::Failure;
+use super::interrupt::{self, Interrupts};
 use super::progress::Progress;
-use super::report::{Report, What};
+use super::report::{Report, What, escape_controls};
 
 /// Runs the parsed command line and prints its result; returns how the process exits.
 pub fn run(cli: Cli) -> Exit {
@@ -103,9 +104,23 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
             }
         });
     }
+    // SIGINT, SIGTERM, SIGHUP cancel the allocation, which rolls back; then the process
+    // dies by the signal (the CLI contract).
+    let token = CancelToken::new();
+    let interrupts = match Interrupts::watch(token.clone()) {
+        Ok(interrupts) => Some(interrupts),
+        Err(error) => {
+            tracing::warn!(%error, "could not catch SIGINT, SIGTERM and SIGHUP; an interrupt will not roll back");
+            None
+        }
+    };
+    reserve = reserve.cancel_token(token);
     let ensured = reserve.ensure_report();
     if let Some(progress) = &progress {
         progress.finish();
+    }
+    if let Some(signal) = interrupts.as_ref().and_then(Interrupts::caught) {
+        interrupted(signal, &reserve, ensured);
     }
     // The figures of the call's own decision, read in the directory it opened: not a
     // second look that a concurrent call or a re-pointed home could change.
@@ -119,6 +134,35 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
         headroom_bytes: ensured.headroom_bytes,
         what: What::Ensured(ensured.outcome),
     })
+}
+
+/// Ends an `ensure` that a signal interrupted: one line on stderr saying what became of
+/// the reserve, then death by that same signal.
+fn interrupted(
+    signal: i32,
+    reserve: &Reserve<RealFs>,
+    ensured: Result<disk_reserve::EnsureReport, Error>,
+) -> ! {
+    let name = interrupt::name(signal);
+    let path = escape_controls(reserve.path().as_str());
+    match ensured {
+        Err(Error::Cancelled { .. }) => print_stderr(&format!(
+            "disk-reserve: interrupted by {name}; the allocation was rolled back and {path} is as it was before"
+        )),
+        // The signal came after the last point where the allocation could stop: the
+        // reserve is complete (or the call failed on its own); say so, then die all the same.
+        Ok(report) => print_stderr(&format!(
+            "disk-reserve: interrupted by {name} after ensure had finished ({}); {path} is kept",
+            report.outcome.as_str()
+        )),
+        Err(error) => {
+            for line in Failure::of(error, reserve).lines() {
+                print_stderr(&line);
+            }
+            print_stderr(&format!("disk-reserve: interrupted by {name}"));
+        }
+    }
+    interrupt::die_by(signal)
 }
 
 /// TEST-ONLY, not part of the CLI contract and not in `--help`: the real-mount tests

@@ -4,6 +4,7 @@ pub mod args;
 pub mod command;
 pub mod exit;
 pub mod failure;
+pub mod interrupt;
 pub mod logging;
 pub mod progress;
 pub mod report;
