@@ -82,7 +82,7 @@ pub use host_fs::{
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
 pub use reserve::{
-    EnsureReport, Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
+    EnsureReport, Ensured, LockWaitFn, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
 };
 pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};

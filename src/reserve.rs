@@ -164,6 +164,9 @@ struct Done {
 /// A progress callback for long allocations: `(bytes done, bytes to do)`.
 pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
+/// A callback run once when a call has waited a second for the home's lock.
+pub type LockWaitFn = dyn Fn() + Send + Sync;
+
 /// A structural disk reserve in one home directory.
 ///
 /// Every call opens the home directory once and works relative to that open directory,
@@ -186,6 +189,8 @@ pub struct Reserve<F: HostFs> {
     config: ReserveConfig,
     progress: Option<Arc<ProgressFn>>,
     cancel: CancelToken,
+    lock_timeout: Option<Duration>,
+    on_lock_wait: Option<Arc<LockWaitFn>>,
 }
 
 impl<F: HostFs> fmt::Debug for Reserve<F> {
@@ -233,6 +238,8 @@ impl<F: HostFs> Reserve<F> {
             config,
             progress: None,
             cancel: CancelToken::new(),
+            lock_timeout: None,
+            on_lock_wait: None,
         })
     }
 
@@ -247,6 +254,22 @@ impl<F: HostFs> Reserve<F> {
     /// [`Error::Cancelled`].
     pub fn cancel_token(mut self, token: CancelToken) -> Self {
         self.cancel = token;
+        self
+    }
+
+    /// Bounds how long `ensure` and `release` wait for the home's lock (rule 8, 10):
+    /// past `limit` they give up with [`Error::LockTimeout`], having changed nothing.
+    /// `None` (the default) waits as long as it takes.
+    pub fn lock_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.lock_timeout = limit;
+        self
+    }
+
+    /// Calls `waiting()` once when a call has waited a second for the home's lock (held
+    /// by another `ensure`, or by a program that `flock`s its home) — for telling the
+    /// operator who holds it. Without one, the wait is logged as a warning.
+    pub fn on_lock_wait(mut self, waiting: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_lock_wait = Some(Arc::new(waiting));
         self
     }
 
@@ -432,9 +455,31 @@ impl<F: HostFs> Reserve<F> {
     /// The home is missing or not a directory; something not a regular file is at the
     /// reserve path (left untouched); `unlink` failed (read-only, permission, `EBUSY`…).
     pub fn release(&self) -> Result<Released> {
+        self.release_in(true)
+    }
+
+    /// [`release`](Reserve::release) without taking the home's lock: for an operator
+    /// when the lock is held for good (a program that `flock`s its home as an instance
+    /// lock, a hung `ensure`). Unlinking is still safe; what it gives up is the ordering
+    /// with a concurrent `ensure`, which may be mid-write and then finish its reserve
+    /// under another name's blocks or fail and roll back, and the tidying of a replacement
+    /// an interrupted `ensure` left behind.
+    ///
+    /// # Errors
+    /// As [`release`](Reserve::release), without [`Error::LockTimeout`].
+    pub fn release_forced(&self) -> Result<Released> {
+        self.release_in(false)
+    }
+
+    fn release_in(&self, lock: bool) -> Result<Released> {
         let dir = self.open_home()?;
-        let _lock = self.lock_home(&*dir)?;
-        self.tidy(&*dir);
+        let _lock = if lock {
+            let lock = self.lock_home(&*dir)?;
+            self.tidy(&*dir);
+            Some(lock)
+        } else {
+            None
+        };
         let freed_bytes = match self.observe(&*dir)? {
             Observed::Absent => {
                 tracing::debug!(path = %self.path, outcome = "absent", "no reserve to release");
@@ -807,7 +852,8 @@ impl<F: HostFs> Reserve<F> {
     }
 
     /// Takes the home's lock, polling so that a cancel interrupts the wait (rule 10, 14);
-    /// a wait of more than a second is logged.
+    /// a wait of more than a second is logged and reported to the lock-wait callback;
+    /// past the lock timeout it gives up.
     fn lock_home(&self, dir: &dyn DirHandle) -> Result<DirLock> {
         let started = Instant::now();
         let mut pause = LOCK_POLL_FIRST;
@@ -819,9 +865,23 @@ impl<F: HostFs> Reserve<F> {
                 Ok(None) => {}
                 Err(e) => return Err(Error::io(Operation::Lock, self.home.clone(), e)),
             }
-            if !warned && started.elapsed() >= LOCK_WAIT_WARN {
+            let waited = started.elapsed();
+            if let Some(limit) = self.lock_timeout
+                && waited >= limit
+            {
+                return Err(Error::LockTimeout {
+                    path: self.home.clone(),
+                    waited,
+                });
+            }
+            if !warned && waited >= LOCK_WAIT_WARN {
                 warned = true;
-                tracing::warn!(path = %self.home, "waiting for another process that holds the lock on the home directory");
+                match &self.on_lock_wait {
+                    Some(waiting) => waiting(),
+                    None => {
+                        tracing::warn!(path = %self.home, "waiting for another process that holds the lock on the home directory");
+                    }
+                }
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(LOCK_POLL_MAX);

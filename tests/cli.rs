@@ -1587,3 +1587,151 @@ fn a_second_signal_during_the_rollback_is_ignored() {
     assert_died_rolled_back(status, &said, libc::SIGINT, "SIGINT");
     assert!(!reserve_of(&home).exists(), "rule 5");
 }
+
+// ---------------------------------------------------------------------------------------
+// release speaks to the operator: the next step, who holds the lock, --timeout, --force
+
+/// Holds an exclusive `flock` on `dir` (as another `ensure`, or a runtime using its home
+/// as an instance lock, would) until dropped.
+fn hold_lock(dir: &Path) -> File {
+    use std::os::fd::AsRawFd;
+    let file = File::open(dir).expect("open the home");
+    // SAFETY: flock(2) on a descriptor `file` owns for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock: {}", io::Error::last_os_error());
+    file
+}
+
+/// `/proc/self/comm` of this test process, as the lock holder is named.
+fn own_command() -> String {
+    fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+#[test]
+fn release_tells_the_next_step_with_the_absolute_home() {
+    let home = home();
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    // A relative --home: every path printed is absolute, to paste from anywhere.
+    let parent = home.path().parent().unwrap();
+    let name = home.path().file_name().unwrap();
+    let out = Command::new(BIN)
+        .args(["release", "--home"])
+        .arg(name)
+        .current_dir(parent)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    let h = home.path().display();
+    assert!(
+        line.starts_with(&format!("released {h}/.reserve: freed 1 MiB, ")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "now clean up, then run `disk-reserve ensure --home {h}`, which lays the reserve down again once there is room (until then it defers, exit 75)"
+        )),
+        "rule 8: release tells the operator the next step: {line}"
+    );
+    assert_eq!(line.lines().count(), 1);
+}
+
+#[test]
+fn release_waiting_for_the_lock_names_the_holder_and_timeout_bounds_it() {
+    let home = home();
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    let lock = hold_lock(home.path());
+    let started = std::time::Instant::now();
+    let out = sub("release", home.path(), &["--timeout", "1.5"]);
+    let waited = started.elapsed();
+    assert_exit(&out, 1);
+    assert!(
+        waited >= std::time::Duration::from_millis(1400),
+        "waited {waited:?}"
+    );
+    let err = stderr(&out);
+    let h = home.path().display();
+    let holder = format!("held by process {} ({})", std::process::id(), own_command());
+    assert!(
+        err.contains(&format!(
+            "disk-reserve: waiting for the lock on {h}, {holder}; "
+        )),
+        "rule 8: a wait of more than a second says for which process: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "error: gave up after 1.5s waiting for another process's lock on home `{h}`; nothing was changed"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the lock on {h} is {holder}; run `disk-reserve release --home {h} --force`"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("WARN"),
+        "one notice, not a log line too: {err}"
+    );
+    assert!(
+        reserve_of(&home).exists(),
+        "a timed-out release changed nothing"
+    );
+
+    // Under a second: no waiting notice, just the error.
+    let out = sub("release", home.path(), &["--timeout", "0.2"]);
+    assert_exit(&out, 1);
+    assert!(
+        !stderr(&out).contains("waiting for the lock"),
+        "{}",
+        stderr(&out)
+    );
+
+    // --force removes it without the lock.
+    let out = sub("release", home.path(), &["--force"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with("released "), "{}", stdout(&out));
+    assert!(
+        !reserve_of(&home).exists(),
+        "rule 8: an operator can force it"
+    );
+    drop(lock);
+}
+
+#[test]
+fn release_waits_for_the_lock_then_releases() {
+    let home = home();
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    let lock = hold_lock(home.path());
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(lock);
+    });
+    let out = sub("release", home.path(), &[]);
+    holder.join().unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("waiting for the lock on"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn release_timeout_and_force_are_checked_as_usage() {
+    let home = home();
+    for extra in [
+        &["--timeout", "-1"][..],
+        &["--timeout", "soon"],
+        &["--timeout", "1", "--force"],
+    ] {
+        let out = sub("release", home.path(), extra);
+        assert_exit(&out, 2);
+    }
+}

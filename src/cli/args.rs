@@ -1,6 +1,7 @@
 //! The command line as clap sees it (the CLI contract in the design).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use disk_reserve::{DEFAULT_SIZE_BYTES, SizeSpec, Strategy};
@@ -79,7 +80,12 @@ Example (at a service's start-up; 75 means \"not now\", not a failure):
     #[command(after_help = "\
 Example (on a full disk, then clean up and run ensure again):
   disk-reserve release --home /srv/app
-  released /srv/app/.reserve: freed 1 GiB, 1.3 GiB free")]
+  released /srv/app/.reserve: freed 1 GiB, 1.3 GiB free; now clean up, then run `disk-reserve \
+ensure --home /srv/app`, which lays the reserve down again once there is room (until then it \
+defers, exit 75)
+
+Waiting more than a second for the home's lock says which process holds it (/proc/locks);
+--timeout bounds the wait, --force does without the lock.")]
     Release(ReleaseArgs),
 
     /// Show the reserve (present, absent, partial, sparse, not a regular file), the free
@@ -146,6 +152,27 @@ pub struct EnsureArgs {
 pub struct ReleaseArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Wait at most SECS (e.g. 5, 0.5) for the home's lock, held by another ensure or by
+    /// a program that locks its home; then exit 1 naming the holder, having changed
+    /// nothing [default: wait as long as it takes, saying after a second who holds it].
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, conflicts_with = "force")]
+    pub timeout: Option<Duration>,
+    /// Remove the reserve without taking the home's lock, for a lock held for good.
+    /// Unlinking is still safe (the blocks come back); what it gives up is the ordering
+    /// with a concurrent ensure, which may be mid-write: that one may then report a
+    /// reserve this release already removed (its blocks are freed when it ends). Run
+    /// status afterwards.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `--timeout SECS`: a non-negative number of seconds, fractions allowed.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds (5, 0.5)"))
 }
 
 /// `status` arguments.

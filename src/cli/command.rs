@@ -11,6 +11,7 @@ use super::args::{Cli, Command, EnsureArgs, HeadroomArg, ReleaseArgs, SizeArg, S
 use super::exit::Exit;
 use super::failure::Failure;
 use super::interrupt::{self, Interrupts};
+use super::lock_holder;
 use super::progress::Progress;
 use super::report::{Report, What, escape_controls};
 
@@ -75,7 +76,10 @@ fn unreported(error: &io::Error) {
     }
 }
 
+/// The reserve in `home`, made absolute (not resolved: a symlinked home keeps its name)
+/// so every path and hint the operator sees can be pasted from any directory.
 fn open(home: &Path, config: ReserveConfig) -> Result<Reserve<RealFs>, Failure> {
+    let home = std::path::absolute(home).unwrap_or_else(|_| home.to_path_buf());
     Reserve::new(RealFs::new(), home, config).map_err(Failure::early)
 }
 
@@ -90,7 +94,7 @@ fn sized(size: &SizeArg, headroom: &HeadroomArg) -> ReserveConfig {
 
 fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
     let config = sized(&args.size, &args.headroom).strategy(args.strategy.into());
-    let mut reserve = open(&args.common.home, config)?;
+    let mut reserve = say_when_waiting(open(&args.common.home, config)?, "");
     let progress = Progress::for_terminal(reserve.path().as_str(), args.common.json).map(Arc::new);
     let pause = TestPause::from_env();
     if progress.is_some() || pause.is_some() {
@@ -133,6 +137,19 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
         total_bytes: ensured.space.total_bytes,
         headroom_bytes: ensured.headroom_bytes,
         what: What::Ensured(ensured.outcome),
+    })
+}
+
+/// The reserve, saying on stderr after a second of waiting for the home's lock who holds
+/// it (rule 8: never wait on a lock without saying so); `advice` ends the line.
+fn say_when_waiting(reserve: Reserve<RealFs>, advice: &'static str) -> Reserve<RealFs> {
+    let home = reserve.home().as_std_path().to_owned();
+    reserve.on_lock_wait(move || {
+        print_stderr(&escape_controls(&format!(
+            "disk-reserve: waiting for the lock on {}, {}{advice}",
+            home.display(),
+            lock_holder::held_by(&home)
+        )));
     })
 }
 
@@ -205,12 +222,33 @@ impl TestPause {
 
 fn release(args: ReleaseArgs) -> Result<Report, Failure> {
     let reserve = open(&args.common.home, ReserveConfig::default())?;
+    let reserve = say_when_waiting(
+        reserve.lock_timeout(args.timeout),
+        "; --timeout SECS bounds the wait, --force releases without the lock",
+    );
     // Only for the report: the length of what is about to be removed.
     let len_before = match reserve.probe() {
         Ok(Some(probe)) if probe.kind == FileKind::Regular => probe.len,
         _ => 0,
     };
-    let released = reserve.release().map_err(|e| Failure::of(e, &reserve))?;
+    let released = if args.force {
+        reserve.release_forced()
+    } else {
+        reserve.release()
+    };
+    let released = released.map_err(|e| {
+        let holder = matches!(e, Error::LockTimeout { .. })
+            .then(|| lock_holder::held_by(reserve.home().as_std_path()));
+        let failure = Failure::of(e, &reserve);
+        match holder {
+            Some(holder) => failure.with_line(format!(
+                "the lock on {} is {holder}; run `disk-reserve release --home {} --force` to remove the reserve without it",
+                reserve.home(),
+                reserve.home()
+            )),
+            None => failure,
+        }
+    })?;
     let space = reserve.space_now().map_err(|e| Failure::of(e, &reserve))?;
     Ok(Report {
         path: reserve.path().to_owned(),

@@ -13,6 +13,8 @@ pub struct Failure {
     error: Error,
     path: Option<Utf8PathBuf>,
     hint: Option<String>,
+    /// More lines for stderr after the error (who holds a lock).
+    more: Vec<String>,
 }
 
 impl Failure {
@@ -22,6 +24,7 @@ impl Failure {
             error,
             path: None,
             hint: None,
+            more: Vec::new(),
         }
     }
 
@@ -33,13 +36,21 @@ impl Failure {
             error,
             path: Some(reserve.path().to_owned()),
             hint,
+            more: Vec::new(),
         }
+    }
+
+    /// The failure with one more line for stderr after the error.
+    pub fn with_line(mut self, line: String) -> Failure {
+        self.more.push(line);
+        self
     }
 
     /// The lines for stderr: `error: …` and, when out of space, the hint; control
     /// characters (a newline in a path) escaped, so each stays one line.
     pub fn lines(&self) -> Vec<String> {
         let mut lines = vec![format!("error: {}", self.error)];
+        lines.extend(self.more.iter().cloned());
         lines.extend(self.hint.clone());
         lines
             .into_iter()

@@ -155,11 +155,15 @@ impl fmt::Display for Report {
                 natural(needed_bytes.saturating_sub(self.headroom_bytes)),
                 natural(self.headroom_bytes),
             ),
-            What::Released(Released::Released { freed_bytes }) => write!(
-                f,
-                "released {path}: freed {}, {free} free",
-                natural(*freed_bytes)
-            ),
+            What::Released(Released::Released { freed_bytes }) => {
+                let home = shell_word(self.path.parent().map_or("", |home| home.as_str()));
+                write!(
+                    f,
+                    "released {path}: freed {}, {free} free; now clean up, then run `disk-reserve ensure --home {}`, which lays the reserve down again once there is room (until then it defers, exit 75)",
+                    natural(*freed_bytes),
+                    escape_controls(&home)
+                )
+            }
             What::Released(Released::Absent) => {
                 write!(f, "absent {path}: no reserve to release, {free} free")
             }
@@ -218,6 +222,20 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(escaped)
+}
+
+/// `text` as one shell word: as it is when it is plain, else in single quotes (as the
+/// library's out-of-space hint writes a home).
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%=,".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// The status word: `present absent partial sparse oversized`, `not a regular file`.
