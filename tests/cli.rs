@@ -1735,3 +1735,83 @@ fn release_timeout_and_force_are_checked_as_usage() {
         assert_exit(&out, 2);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Rule 5 / issue 11: a rollback is only spoken of when something had changed
+
+/// Runs `chattr FLAGS path`; false when this machine cannot (no chattr, not root, a
+/// filesystem without the flag), and the test then skips that case.
+fn chattr(flags: &str, path: &Path) -> bool {
+    Command::new("chattr")
+        .arg(flags)
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The error lines of a refused ensure: the refusal, and no rollback talk.
+#[track_caller]
+fn assert_refused_without_rollback(out: &Output, cause: &str) {
+    assert_exit(out, 1);
+    let err = stderr(out);
+    assert!(err.contains(cause), "{err}");
+    assert!(
+        !err.contains("roll back") && !err.contains("rolled back"),
+        "rule 5: nothing had changed, so nothing is said about rolling back: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn immutable_home_or_reserve_is_refused_without_rollback_talk() {
+    let home = home();
+    if !chattr("+i", home.path()) {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    }
+    let out = sub("ensure", home.path(), &["--size", "1MiB"]);
+    assert!(chattr("-i", home.path()));
+    assert_refused_without_rollback(&out, "permission denied");
+    assert!(!reserve_of(&home).exists());
+
+    let reserve = reserve_of(&home);
+    write_dense(&reserve, MIB);
+    if !chattr("+i", &reserve) {
+        return;
+    }
+    for strategy in ["auto", "write"] {
+        let out = sub(
+            "ensure",
+            home.path(),
+            &["--size", "4MiB", "--strategy", strategy],
+        );
+        assert_refused_without_rollback(&out, "permission denied");
+    }
+    assert!(chattr("-i", &reserve));
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), MIB, "left as it was");
+}
+
+#[test]
+fn read_only_bind_mount_is_refused_without_rollback_talk() {
+    let home = home();
+    let target = home.path().join("ro");
+    let source = home.path().join("rw");
+    fs::create_dir(&target).unwrap();
+    fs::create_dir(&source).unwrap();
+    let mounted = Command::new("mount")
+        .args(["--bind", "-o", "ro"])
+        .arg(&source)
+        .arg(&target)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("skipped: no read-only bind mount here (needs root)");
+        return;
+    }
+    let out = sub("ensure", &target, &["--size", "1MiB"]);
+    let _ = Command::new("umount").arg(&target).status();
+    assert_refused_without_rollback(&out, "read-only");
+    assert_eq!(fs::read_dir(&source).unwrap().count(), 0);
+}

@@ -31,7 +31,18 @@ impl Failure {
     /// An error from `reserve`; when it is out-of-space, the hint names the bytes the
     /// reserve holds on disk right now (or says there is none).
     pub fn of<F: HostFs>(error: Error, reserve: &Reserve<F>) -> Failure {
-        let hint = is_out_of_space(&error).then(|| reserve.out_of_space_hint());
+        let hint = is_out_of_space(&error).then(|| {
+            let hint = reserve.out_of_space_hint();
+            if is_quota(&error) {
+                hint.replacen(
+                    "the disk is full",
+                    "the disk quota is exhausted (EDQUOT)",
+                    1,
+                )
+            } else {
+                hint
+            }
+        });
         Failure {
             error,
             path: Some(reserve.path().to_owned()),
@@ -68,6 +79,14 @@ impl Failure {
             "hint": self.hint,
         })
     }
+}
+
+/// Whether the cause is a quota (`EDQUOT`), not a full filesystem: the hint says so, as
+/// the operator's cleanup differs (the quota's owner, not the whole disk).
+fn is_quota(error: &Error) -> bool {
+    error
+        .io_error()
+        .is_some_and(|io| io.raw_os_error() == Some(libc::EDQUOT))
 }
 
 #[cfg(test)]
@@ -120,6 +139,31 @@ mod tests {
         let json = Failure::of(enospc_on(&reserve), &reserve).to_json();
         assert_eq!(json["out_of_space"], true);
         assert_eq!(json["hint"], lines[1]);
+    }
+
+    #[test]
+    fn a_quota_is_called_a_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = Reserve::new(
+            RealFs::new(),
+            dir.path(),
+            ReserveConfig::with_size_bytes(1 << 20),
+        )
+        .unwrap();
+        reserve.ensure().unwrap();
+        let home = reserve.home().to_owned();
+        let edquot = Error::io(
+            Operation::Allocate,
+            reserve.path(),
+            io::Error::from_raw_os_error(libc::EDQUOT),
+        );
+        let lines = Failure::of(edquot, &reserve).lines();
+        assert_eq!(
+            lines[1],
+            format!(
+                "hint: the disk quota is exhausted (EDQUOT); run `disk-reserve release --home {home}` to free 1.0 MiB, then clean up and run `disk-reserve ensure --home {home}`"
+            )
+        );
     }
 
     #[test]
