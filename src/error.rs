@@ -37,6 +37,8 @@ pub enum Operation {
     SyncDir,
     /// `unlink` of the reserve.
     Remove,
+    /// Reading the record of the size and headroom last given (`.reserve.conf`).
+    ReadRecord,
 }
 
 impl Operation {
@@ -56,6 +58,7 @@ impl Operation {
             Operation::SyncFile => "sync reserve",
             Operation::SyncDir => "sync home directory",
             Operation::Remove => "remove reserve",
+            Operation::ReadRecord => "read the remembered configuration",
         }
     }
 }

@@ -65,6 +65,7 @@ mod error;
 mod host_fs;
 pub mod pattern;
 mod real_fs;
+mod record;
 mod reserve;
 pub mod scenario;
 pub mod sim_fs;
@@ -81,6 +82,7 @@ pub use host_fs::{
 #[cfg(feature = "mock")]
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
+pub use record::{Remembered, record_name};
 pub use reserve::{
     EnsureReport, Ensured, LockWaitFn, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
 };

@@ -10,6 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::decision::{Condition, Observed, Plan, decide};
 use crate::error::{Error, Operation, Result};
+use crate::record::{Remembered, record_name};
 use crate::{
     CancelToken, DirHandle, DirLock, FileHandle, HostFs, OpenOptions, ReserveConfig, Space,
     Strategy,
@@ -191,6 +192,7 @@ pub struct Reserve<F: HostFs> {
     cancel: CancelToken,
     lock_timeout: Option<Duration>,
     on_lock_wait: Option<Arc<LockWaitFn>>,
+    remember: bool,
 }
 
 impl<F: HostFs> fmt::Debug for Reserve<F> {
@@ -240,6 +242,7 @@ impl<F: HostFs> Reserve<F> {
             cancel: CancelToken::new(),
             lock_timeout: None,
             on_lock_wait: None,
+            remember: false,
         })
     }
 
@@ -271,6 +274,57 @@ impl<F: HostFs> Reserve<F> {
     pub fn on_lock_wait(mut self, waiting: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_lock_wait = Some(Arc::new(waiting));
         self
+    }
+
+    /// After each `ensure` that succeeds (deferring included), keeps the configured size
+    /// and headroom as the home's record (`<file name>.conf`, see [`Remembered`]), for a
+    /// later call to find with [`remembered`](Reserve::remembered). Off by default. The
+    /// record is written only when it changes; failing to write it (a full disk) is a
+    /// warning, never the call's error.
+    pub fn remember(mut self, on: bool) -> Self {
+        self.remember = on;
+        self
+    }
+
+    /// The size and headroom last kept for this home by an `ensure` with
+    /// [`remember`](Reserve::remember) on; `None` when there is no record. Needs no free
+    /// space, survives `release`.
+    ///
+    /// # Errors
+    /// The home is missing or not a directory; the record cannot be read or is damaged
+    /// (`InvalidData`); the backend keeps no file contents (`EOPNOTSUPP`, [`SimFs`](crate::SimFs)).
+    pub fn remembered(&self) -> Result<Option<Remembered>> {
+        let dir = self.open_home()?;
+        let name = record_name(&self.name);
+        crate::record::read(&*dir, &name)
+            .map_err(|e| Error::io(Operation::ReadRecord, self.home.join(&name), e))
+    }
+
+    /// Keeps the configuration as the home's record when [`remember`](Reserve::remember)
+    /// is on and it changed; best effort, under the home's lock.
+    fn keep_record(&self, dir: &dyn DirHandle) {
+        if !self.remember {
+            return;
+        }
+        let name = record_name(&self.name);
+        let record = Remembered::of(&self.config);
+        if let Ok(Some(old)) = crate::record::read(dir, &name)
+            && old == record
+        {
+            return;
+        }
+        let kept = self.lock_home(dir).and_then(|_lock| {
+            crate::record::write(dir, &name, record)
+                .map_err(|e| Error::io(Operation::Create, self.home.join(&name), e))
+        });
+        match kept {
+            Ok(_) => {
+                tracing::debug!(path = %self.home.join(&name), "kept the size and headroom for this home")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not keep the size and headroom for this home; a later ensure without a size will not know them")
+            }
+        }
     }
 
     /// The reserve file's path.
@@ -311,7 +365,9 @@ impl<F: HostFs> Reserve<F> {
     /// removed, a file it grew is cut back to its old length.
     pub fn ensure(&self) -> Result<Ensured> {
         let dir = self.open_home()?;
-        self.ensure_in(&*dir).map(|done| done.outcome)
+        let done = self.ensure_in(&*dir)?;
+        self.keep_record(&*dir);
+        Ok(done.outcome)
     }
 
     /// [`ensure`](Reserve::ensure), returning with the outcome the figures its decision
@@ -325,6 +381,7 @@ impl<F: HostFs> Reserve<F> {
     pub fn ensure_report(&self) -> Result<EnsureReport> {
         let dir = self.open_home()?;
         let done = self.ensure_in(&*dir)?;
+        self.keep_record(&*dir);
         let space = match (done.outcome, done.space) {
             (Ensured::Deferred { .. }, Some(space)) => space,
             _ => self.space(&*dir)?,

@@ -444,7 +444,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
     );
     assert!(line.contains(" free of "), "{line}");
     assert!(
-        line.trim_end().ends_with("ensure would create it"),
+        line.trim_end()
+            .ends_with("ensure would create it; size from --size"),
         "{line}"
     );
     assert!(!reserve.exists(), "status writes nothing");
@@ -460,7 +461,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
         "{line}"
     );
     assert!(
-        line.trim_end().ends_with("ensure would top it up"),
+        line.trim_end()
+            .ends_with("ensure would top it up; size from --size"),
         "{line}"
     );
 
@@ -478,7 +480,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
         "{line}"
     );
     assert!(
-        line.trim_end().ends_with("ensure would do nothing"),
+        line.trim_end()
+            .ends_with("ensure would do nothing; size from --size"),
         "{line}"
     );
 
@@ -488,7 +491,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
         "{line}"
     );
     assert!(
-        line.trim_end().ends_with("ensure would shrink it"),
+        line.trim_end()
+            .ends_with("ensure would shrink it; size from --size"),
         "{line}"
     );
 
@@ -1814,4 +1818,124 @@ fn read_only_bind_mount_is_refused_without_rollback_talk() {
     let _ = Command::new("umount").arg(&target).status();
     assert_refused_without_rollback(&out, "read-only");
     assert_eq!(fs::read_dir(&source).unwrap().count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Remembered configuration: the size and headroom an ensure was given are kept for the home
+
+fn status_json(home: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = sub("status", home, &args);
+    assert_exit(&out, 0);
+    json(&out)
+}
+
+#[test]
+fn a_custom_size_is_remembered_through_ensure_status_and_release() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let record = home.path().join(".reserve.conf");
+
+    let value = status_json(home.path(), &[]);
+    assert_eq!(value["size_source"], "default", "{value}");
+    assert_eq!(value["size_bytes"], 64 * MIB, "{value}");
+    assert!(!record.exists(), "status writes nothing");
+
+    assert_exit(
+        &sub(
+            "ensure",
+            home.path(),
+            &["--size", "4MiB", "--headroom", "3MiB"],
+        ),
+        0,
+    );
+    let text = fs::read_to_string(&record).expect("ensure kept its size for the home");
+    assert!(
+        text.contains("size=4194304\n") && text.contains("headroom=3145728\n"),
+        "{text}"
+    );
+
+    // The runbook's commands, without --size, neither shrink the custom reserve…
+    let out = sub("status", home.path(), &[]);
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    assert!(
+        line.trim_end().ends_with(
+            "headroom 3 MiB; ensure would do nothing; size remembered from an earlier ensure"
+        ),
+        "CLI contract: status without --size uses the remembered size: {line}"
+    );
+    let value = status_json(home.path(), &[]);
+    assert_eq!(value["size_source"], "remembered", "{value}");
+    assert_eq!(value["size_bytes"], 4 * MIB, "{value}");
+    assert_eq!(value["headroom_bytes"], 3 * MIB, "{value}");
+    let out = sub("ensure", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "present", "not shrunk: {value}");
+    assert_eq!(value["size_source"], "remembered", "{value}");
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 * MIB);
+
+    // …nor recreate it at the default after a release.
+    assert_exit(&sub("release", home.path(), &[]), 0);
+    assert!(record.exists(), "the record survives release");
+    let out = sub("ensure", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "created", "{value}");
+    assert_eq!(
+        value["size_bytes"],
+        4 * MIB,
+        "CLI contract: ensure without --size recreates the remembered size: {value}"
+    );
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 * MIB);
+
+    // An explicit --size replaces it.
+    let out = sub("ensure", home.path(), &["--size", "2MiB", "--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "shrunk", "{value}");
+    assert_eq!(value["size_source"], "explicit", "{value}");
+    let value = status_json(home.path(), &[]);
+    assert_eq!(value["size_bytes"], 2 * MIB, "{value}");
+    assert_eq!(
+        value["headroom_bytes"],
+        2 * MIB,
+        "the headroom follows: {value}"
+    );
+    assert_eq!(value["ensure_would"], "nothing", "{value}");
+    let text = fs::read_to_string(&record).unwrap();
+    assert!(!text.contains("headroom="), "{text}");
+
+    // status --size looks at another size without changing the record.
+    let value = status_json(home.path(), &["--size", "1MiB"]);
+    assert_eq!(value["size_source"], "explicit", "{value}");
+    assert_eq!(value["ensure_would"], "shrink", "{value}");
+    assert_eq!(fs::read_to_string(&record).unwrap(), text);
+}
+
+#[test]
+fn a_damaged_record_is_an_error_naming_it_not_a_silent_default() {
+    let home = home();
+    let record = home.path().join(".reserve.conf");
+    fs::write(&record, "size=lots\n").unwrap();
+    let out = sub("ensure", home.path(), &[]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "read the remembered configuration `{}`",
+            record.display()
+        )),
+        "{err}"
+    );
+    assert!(!reserve_of(&home).exists());
+    // An explicit size still works, and replaces the record.
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    assert!(
+        fs::read_to_string(&record)
+            .unwrap()
+            .contains("size=1048576\n")
+    );
 }

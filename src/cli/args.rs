@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use disk_reserve::{DEFAULT_SIZE_BYTES, SizeSpec, Strategy};
+use disk_reserve::{SizeSpec, Strategy};
 
 use super::size_arg;
 
@@ -29,6 +29,9 @@ truncate -s (64M, 64MiB, 1G, 500MB: K M G T and KiB MiB GiB TiB are powers of 10
 KB MB GB TB powers of 1000; case does not matter, so 64k is 64K = 65536; 1.5G is allowed,
 rounded down to whole bytes) or a share of the filesystem (1%, 0.5%). Spaces around it
 are ignored; a negative, malformed or too large (over 2^64-1 bytes) SIZE is bad usage.
+The --size and --headroom an ensure was given are remembered for the home in
+DIR/.reserve.conf (it survives release): ensure and status without --size use them, so
+they neither shrink a custom reserve nor recreate it at the default 64MiB.
 
 --json prints exactly one JSON object on stdout, sizes as integers in bytes:
   outcome         present created topped_up shrunk deferred released absent status, or error
@@ -39,7 +42,8 @@ are ignored; a negative, malformed or too large (over 2^64-1 bytes) SIZE is bad 
   total_bytes     size of the filesystem
   headroom_bytes  free bytes ensure always leaves (release: 0)
 plus from_allocated_bytes (topped_up), from_len_bytes (shrunk), needed_bytes (deferred),
-freed_bytes (released), and for status: condition (present absent partial sparse oversized
+freed_bytes (released), size_source (ensure, status: explicit, remembered or default: where
+the size came from), and for status: condition (present absent partial sparse oversized
 not_a_regular_file), len_bytes, kind, ensure_would (nothing create top_up shrink defer refuse).
 On an error (exit 1) stdout still holds one object, {\"outcome\": \"error\", \"error\": MESSAGE,
 \"path\": PATH or null, \"out_of_space\": BOOL, \"hint\": TEXT or null}, and the error is also
@@ -115,19 +119,20 @@ pub struct Common {
 pub struct SizeArg {
     /// Reserve size: bytes, a unit as in fallocate -l (64M = 64MiB = 67108864; K M G T and
     /// KiB MiB GiB TiB are powers of 1024, KB MB GB TB of 1000) or a share of the
-    /// filesystem (1%).
+    /// filesystem (1%). An ensure remembers it (and --headroom) for the home, in
+    /// DIR/.reserve.conf [default: the size an ensure was last given for this home, else
+    /// 64MiB]
     // `allow_hyphen_values`: `--size -1` reaches our parser and its message, not clap's
     // "unexpected argument".
-    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse, allow_hyphen_values = true,
-          default_value_t = SizeSpec::Bytes(DEFAULT_SIZE_BYTES))]
-    pub size: SizeSpec,
+    #[arg(long, value_name = "SIZE", value_parser = size_arg::parse, allow_hyphen_values = true)]
+    pub size: Option<SizeSpec>,
 }
 
 /// Free space ensure always leaves.
 #[derive(Debug, Args)]
 pub struct HeadroomArg {
     /// Free space ensure never goes below, a SIZE like --size (64M, 1GiB, 500MB, 1%)
-    /// [default: the size].
+    /// [default: the headroom an ensure was last given for this home, else the size].
     #[arg(long, value_name = "SIZE", value_parser = size_arg::parse, allow_hyphen_values = true)]
     pub headroom: Option<SizeSpec>,
 }

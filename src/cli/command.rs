@@ -13,7 +13,7 @@ use super::failure::Failure;
 use super::interrupt::{self, Interrupts};
 use super::lock_holder;
 use super::progress::Progress;
-use super::report::{Report, What, escape_controls};
+use super::report::{Report, SizeSource, What, escape_controls};
 
 /// Runs the parsed command line and prints its result; returns how the process exits.
 pub fn run(cli: Cli) -> Exit {
@@ -83,18 +83,45 @@ fn open(home: &Path, config: ReserveConfig) -> Result<Reserve<RealFs>, Failure> 
     Reserve::new(RealFs::new(), home, config).map_err(Failure::early)
 }
 
-/// The configuration `--size` and `--headroom` describe.
-fn sized(size: &SizeArg, headroom: &HeadroomArg) -> ReserveConfig {
-    let config = ReserveConfig::default().size(size.size);
-    match headroom.headroom {
-        Some(headroom) => config.headroom(headroom),
-        None => config,
-    }
+/// The configuration `--size` and `--headroom` describe, falling back to what an earlier
+/// `ensure` was given for the home (its record), then to the defaults; and where the size
+/// came from.
+fn sized(
+    home: &Path,
+    size: &SizeArg,
+    headroom: &HeadroomArg,
+) -> Result<(ReserveConfig, SizeSource), Failure> {
+    let (config, source) = match size.size {
+        Some(size) => (ReserveConfig::default().size(size), SizeSource::Explicit),
+        None => {
+            let reserve = open(home, ReserveConfig::default())?;
+            match reserve.remembered() {
+                Ok(Some(remembered)) => (
+                    remembered.apply(ReserveConfig::default()),
+                    SizeSource::Remembered,
+                ),
+                Ok(None) => (ReserveConfig::default(), SizeSource::Default),
+                // A missing home is reported by the command itself, as ever.
+                Err(Error::HomeMissing { .. } | Error::HomeNotDirectory { .. }) => {
+                    (ReserveConfig::default(), SizeSource::Default)
+                }
+                Err(error) => return Err(Failure::of(error, &reserve)),
+            }
+        }
+    };
+    Ok(match headroom.headroom {
+        Some(headroom) => (config.headroom(headroom), source),
+        None => (config, source),
+    })
 }
 
 fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
-    let config = sized(&args.size, &args.headroom).strategy(args.strategy.into());
-    let mut reserve = say_when_waiting(open(&args.common.home, config)?, "");
+    let (config, source) = sized(&args.common.home, &args.size, &args.headroom)?;
+    let config = config.strategy(args.strategy.into());
+    // What the operator gave is kept for the home; a remembered or default size is not
+    // written back.
+    let given = args.size.size.is_some() || args.headroom.headroom.is_some();
+    let mut reserve = say_when_waiting(open(&args.common.home, config)?, "").remember(given);
     let progress = Progress::for_terminal(reserve.path().as_str(), args.common.json).map(Arc::new);
     let pause = TestPause::from_env();
     if progress.is_some() || pause.is_some() {
@@ -136,6 +163,7 @@ fn ensure(args: EnsureArgs) -> Result<Report, Failure> {
         free_bytes: ensured.space.free_bytes,
         total_bytes: ensured.space.total_bytes,
         headroom_bytes: ensured.headroom_bytes,
+        size_source: Some(source),
         what: What::Ensured(ensured.outcome),
     })
 }
@@ -260,17 +288,19 @@ fn release(args: ReleaseArgs) -> Result<Report, Failure> {
         free_bytes: space.free_bytes,
         total_bytes: space.total_bytes,
         headroom_bytes: 0,
+        size_source: None,
         what: What::Released(released),
     })
 }
 
 fn status(args: StatusArgs) -> Result<Report, Failure> {
-    let config = sized(&args.size, &args.headroom);
+    let (config, source) = sized(&args.common.home, &args.size, &args.headroom)?;
     let reserve = open(&args.common.home, config)?;
     let status = reserve.status().map_err(|e| Failure::of(e, &reserve))?;
     Ok(Report::from_status(
         reserve.path().to_owned(),
         &status,
+        source,
         What::Status {
             observed: status.observed,
             condition: status.condition,
