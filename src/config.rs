@@ -103,6 +103,17 @@ impl ReserveConfig {
         self.headroom.unwrap_or(self.size)
     }
 
+    /// The headroom as it was set: `None` when it follows the size.
+    pub fn headroom_setting(&self) -> Option<SizeSpec> {
+        self.headroom
+    }
+
+    /// Makes the headroom follow the size again (the default).
+    pub fn headroom_default(mut self) -> Self {
+        self.headroom = None;
+        self
+    }
+
     /// The file name inside the home directory.
     pub fn file_name_str(&self) -> &str {
         &self.file_name

@@ -37,6 +37,8 @@ pub enum Operation {
     SyncDir,
     /// `unlink` of the reserve.
     Remove,
+    /// Reading the record of the size and headroom last given (`.reserve.conf`).
+    ReadRecord,
 }
 
 impl Operation {
@@ -56,6 +58,7 @@ impl Operation {
             Operation::SyncFile => "sync reserve",
             Operation::SyncDir => "sync home directory",
             Operation::Remove => "remove reserve",
+            Operation::ReadRecord => "read the remembered configuration",
         }
     }
 }
@@ -198,6 +201,17 @@ pub enum Error {
         path: Utf8PathBuf,
     },
 
+    /// The home's lock stayed held by another process for longer than the call's lock
+    /// timeout ([`Reserve::lock_timeout`](crate::Reserve::lock_timeout)); nothing was
+    /// changed.
+    #[error("gave up after {} waiting for another process's lock on home `{path}`; nothing was changed", humantime(*.waited))]
+    LockTimeout {
+        /// The home directory.
+        path: Utf8PathBuf,
+        /// How long the call waited.
+        waited: std::time::Duration,
+    },
+
     /// The file at the reserve path kept changing under the call (another process
     /// replacing, linking or truncating it while the home's lock was held by this call).
     #[error("`{path}` changed while it was being inspected; nothing was written")]
@@ -259,6 +273,7 @@ impl Error {
             | Error::Io { path, .. }
             | Error::ZeroSize { path }
             | Error::Cancelled { path }
+            | Error::LockTimeout { path, .. }
             | Error::Changed { path }
             | Error::NotAllocated { path, .. }
             | Error::SizeExceedsFilesystem { path, .. }
@@ -266,6 +281,11 @@ impl Error {
             Error::InvalidFileName { .. } | Error::NonUtf8Path { .. } => None,
         }
     }
+}
+
+/// A wait as a person reads it: `1.5s`.
+fn humantime(waited: std::time::Duration) -> String {
+    format!("{:.1}s", waited.as_secs_f64())
 }
 
 /// `Result` with this crate's [`Error`].

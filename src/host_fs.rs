@@ -424,6 +424,28 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     /// `EBADF` when not opened for writing, `ENOSPC`, `EDQUOT`, `EIO`, `EFBIG`…
     fn write_fill(&self, offset: u64, len: u64) -> io::Result<()>;
 
+    /// Reads up to `buf.len()` bytes at `offset` (`pread(2)`), returning how many were
+    /// read (0 at the end of the file). Needs no free space. The default body returns
+    /// `EOPNOTSUPP`, for backends that keep no file contents ([`SimFs`](crate::SimFs)).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` when unsupported, `EIO`…
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let _ = (offset, buf);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Writes all of `buf` at `offset` (`pwrite(2)`, continuing after short writes). The
+    /// default body returns `EOPNOTSUPP`, as [`read_at`](FileHandle::read_at).
+    ///
+    /// # Errors
+    /// `EOPNOTSUPP` when unsupported, `EBADF` when not opened for writing, `ENOSPC`,
+    /// `EDQUOT`, `EIO`…
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let _ = (offset, buf);
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
     /// Sets the length (`ftruncate(2)`): shrinking frees the blocks past `len`; growing
     /// adds a hole and allocates nothing.
     ///

@@ -68,6 +68,7 @@ mod error;
 mod host_fs;
 pub mod pattern;
 mod real_fs;
+mod record;
 mod reserve;
 pub mod scenario;
 pub mod sim_fs;
@@ -84,8 +85,10 @@ pub use host_fs::{
 #[cfg(feature = "mock")]
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
+pub use record::{Remembered, record_name};
 pub use reserve::{
-    DeferReason, EnsureReport, Ensured, ProgressFn, Released, Reserve, Status, WRITE_CHUNK_BYTES,
+    DeferReason, EnsureReport, Ensured, LockWaitFn, ProgressFn, Released, Reserve, Status,
+    WRITE_CHUNK_BYTES,
 };
 pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};

@@ -447,6 +447,31 @@ impl FileHandle for RealFile {
         })
     }
 
+    /// `pread(2)`, retrying `EINTR`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let at = to_off_t(offset)?;
+        loop {
+            // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` writable
+            // bytes.
+            let read =
+                unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), at) };
+            if read == -1 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(err);
+            }
+            // `read` is neither -1 nor more than `buf.len()`, so it fits a usize.
+            return usize::try_from(read).map_err(|_| errno(libc::EIO));
+        }
+    }
+
+    /// `pwrite(2)` of all of `buf`; short writes continue and `EINTR` is retried.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        pwrite_all(&self.fd, buf, offset)
+    }
+
     /// `ftruncate(2)`; a length above `i64::MAX` is `EFBIG`.
     fn set_len(&self, len: u64) -> io::Result<()> {
         let len = to_off_t(len)?;

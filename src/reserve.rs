@@ -10,6 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::decision::{Condition, Observed, Plan, decide};
 use crate::error::{Error, Operation, Result};
+use crate::record::{Remembered, record_name};
 use crate::{
     CancelToken, DirHandle, DirLock, FileHandle, HostFs, OpenOptions, ReserveConfig, Space,
     Strategy,
@@ -200,6 +201,9 @@ struct Done {
 /// A progress callback for long allocations: `(bytes done, bytes to do)`.
 pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
+/// A callback run once when a call has waited a second for the home's lock.
+pub type LockWaitFn = dyn Fn() + Send + Sync;
+
 /// A structural disk reserve in one home directory.
 ///
 /// Every call opens the home directory once and works relative to that open directory,
@@ -226,6 +230,9 @@ pub struct Reserve<F: HostFs> {
     progress: Option<Arc<ProgressFn>>,
     cancel: CancelToken,
     settle: Duration,
+    lock_timeout: Option<Duration>,
+    on_lock_wait: Option<Arc<LockWaitFn>>,
+    remember: bool,
 }
 
 impl<F: HostFs> fmt::Debug for Reserve<F> {
@@ -305,6 +312,9 @@ impl<F: HostFs> Reserve<F> {
             progress: None,
             cancel: CancelToken::new(),
             settle: DEFAULT_SETTLE,
+            lock_timeout: None,
+            on_lock_wait: None,
+            remember: false,
         })
     }
 
@@ -329,6 +339,73 @@ impl<F: HostFs> Reserve<F> {
     pub fn settle_time(mut self, limit: Duration) -> Self {
         self.settle = limit;
         self
+    }
+
+    /// Bounds how long `ensure` and `release` wait for the home's lock (rule 8, 10):
+    /// past `limit` they give up with [`Error::LockTimeout`], having changed nothing.
+    /// `None` (the default) waits as long as it takes.
+    pub fn lock_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.lock_timeout = limit;
+        self
+    }
+
+    /// Calls `waiting()` once when a call has waited a second for the home's lock (held
+    /// by another `ensure`, or by a program that `flock`s its home) — for telling the
+    /// operator who holds it. Without one, the wait is logged as a warning.
+    pub fn on_lock_wait(mut self, waiting: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_lock_wait = Some(Arc::new(waiting));
+        self
+    }
+
+    /// After each `ensure` that succeeds (deferring included), keeps the configured size
+    /// and headroom as the home's record (`<file name>.conf`, see [`Remembered`]), for a
+    /// later call to find with [`remembered`](Reserve::remembered). Off by default. The
+    /// record is written only when it changes; failing to write it (a full disk) is a
+    /// warning, never the call's error.
+    pub fn remember(mut self, on: bool) -> Self {
+        self.remember = on;
+        self
+    }
+
+    /// The size and headroom last kept for this home by an `ensure` with
+    /// [`remember`](Reserve::remember) on; `None` when there is no record. Needs no free
+    /// space, survives `release`.
+    ///
+    /// # Errors
+    /// The home is missing or not a directory; the record cannot be read or is damaged
+    /// (`InvalidData`); the backend keeps no file contents (`EOPNOTSUPP`, [`SimFs`](crate::SimFs)).
+    pub fn remembered(&self) -> Result<Option<Remembered>> {
+        let dir = self.open_home()?;
+        let name = record_name(&self.name);
+        crate::record::read(&*dir, &name)
+            .map_err(|e| Error::io(Operation::ReadRecord, self.home.join(&name), e))
+    }
+
+    /// Keeps the configuration as the home's record when [`remember`](Reserve::remember)
+    /// is on and it changed; best effort, under the home's lock.
+    fn keep_record(&self, dir: &dyn DirHandle) {
+        if !self.remember {
+            return;
+        }
+        let name = record_name(&self.name);
+        let record = Remembered::of(&self.config);
+        if let Ok(Some(old)) = crate::record::read(dir, &name)
+            && old == record
+        {
+            return;
+        }
+        let kept = self.lock_home(dir).and_then(|_lock| {
+            crate::record::write(dir, &name, record)
+                .map_err(|e| Error::io(Operation::Create, self.home.join(&name), e))
+        });
+        match kept {
+            Ok(_) => {
+                tracing::debug!(path = %self.home.join(&name), "kept the size and headroom for this home")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not keep the size and headroom for this home; a later ensure without a size will not know them")
+            }
+        }
     }
 
     /// The reserve file's path.
@@ -369,7 +446,9 @@ impl<F: HostFs> Reserve<F> {
     /// removed, a file it grew is cut back to its old length.
     pub fn ensure(&self) -> Result<Ensured> {
         let dir = self.open_home()?;
-        self.ensure_in(&*dir).map(|done| done.outcome)
+        let done = self.ensure_in(&*dir)?;
+        self.keep_record(&*dir);
+        Ok(done.outcome)
     }
 
     /// [`ensure`](Reserve::ensure), returning with the outcome the figures its decision
@@ -383,6 +462,7 @@ impl<F: HostFs> Reserve<F> {
     pub fn ensure_report(&self) -> Result<EnsureReport> {
         let dir = self.open_home()?;
         let done = self.ensure_in(&*dir)?;
+        self.keep_record(&*dir);
         let space = match (done.outcome, done.space) {
             (Ensured::Deferred { .. }, Some(space)) => space,
             _ => self.space(&*dir)?,
@@ -552,9 +632,31 @@ impl<F: HostFs> Reserve<F> {
     /// The home is missing or not a directory; something not a regular file is at the
     /// reserve path (left untouched); `unlink` failed (read-only, permission, `EBUSY`…).
     pub fn release(&self) -> Result<Released> {
+        self.release_in(true)
+    }
+
+    /// [`release`](Reserve::release) without taking the home's lock: for an operator
+    /// when the lock is held for good (a program that `flock`s its home as an instance
+    /// lock, a hung `ensure`). Unlinking is still safe; what it gives up is the ordering
+    /// with a concurrent `ensure`, which may be mid-write and then finish its reserve
+    /// under another name's blocks or fail and roll back, and the tidying of a replacement
+    /// an interrupted `ensure` left behind.
+    ///
+    /// # Errors
+    /// As [`release`](Reserve::release), without [`Error::LockTimeout`].
+    pub fn release_forced(&self) -> Result<Released> {
+        self.release_in(false)
+    }
+
+    fn release_in(&self, lock: bool) -> Result<Released> {
         let dir = self.open_home()?;
-        let _lock = self.lock_home(&*dir)?;
-        self.tidy(&*dir);
+        let _lock = if lock {
+            let lock = self.lock_home(&*dir)?;
+            self.tidy(&*dir);
+            Some(lock)
+        } else {
+            None
+        };
         let observed = self.observe(&*dir)?;
         let releasable_bytes = match observed {
             Observed::Absent => {
@@ -1091,7 +1193,8 @@ impl<F: HostFs> Reserve<F> {
     }
 
     /// Takes the home's lock, polling so that a cancel interrupts the wait (rule 10, 14);
-    /// a wait of more than a second is logged.
+    /// a wait of more than a second is logged and reported to the lock-wait callback;
+    /// past the lock timeout it gives up.
     fn lock_home(&self, dir: &dyn DirHandle) -> Result<DirLock> {
         let started = Instant::now();
         let mut pause = LOCK_POLL_FIRST;
@@ -1103,9 +1206,23 @@ impl<F: HostFs> Reserve<F> {
                 Ok(None) => {}
                 Err(e) => return Err(Error::io(Operation::Lock, self.home.clone(), e)),
             }
-            if !warned && started.elapsed() >= LOCK_WAIT_WARN {
+            let waited = started.elapsed();
+            if let Some(limit) = self.lock_timeout
+                && waited >= limit
+            {
+                return Err(Error::LockTimeout {
+                    path: self.home.clone(),
+                    waited,
+                });
+            }
+            if !warned && waited >= LOCK_WAIT_WARN {
                 warned = true;
-                tracing::warn!(path = %self.home, "waiting for another process that holds the lock on the home directory");
+                match &self.on_lock_wait {
+                    Some(waiting) => waiting(),
+                    None => {
+                        tracing::warn!(path = %self.home, "waiting for another process that holds the lock on the home directory");
+                    }
+                }
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(LOCK_POLL_MAX);

@@ -464,7 +464,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
     );
     assert!(line.contains(" free of "), "{line}");
     assert!(
-        line.trim_end().ends_with("ensure would create it"),
+        line.trim_end()
+            .ends_with("ensure would create it; size from --size"),
         "{line}"
     );
     assert!(!reserve.exists(), "status writes nothing");
@@ -480,7 +481,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
         "{line}"
     );
     assert!(
-        line.trim_end().ends_with("ensure would top it up"),
+        line.trim_end()
+            .ends_with("ensure would top it up; size from --size"),
         "{line}"
     );
 
@@ -498,7 +500,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
         "{line}"
     );
     assert!(
-        line.trim_end().ends_with("ensure would do nothing"),
+        line.trim_end()
+            .ends_with("ensure would do nothing; size from --size"),
         "{line}"
     );
 
@@ -508,7 +511,8 @@ fn status_names_each_condition_and_what_ensure_would_do() {
         "{line}"
     );
     assert!(
-        line.trim_end().ends_with("ensure would shrink it"),
+        line.trim_end()
+            .ends_with("ensure would shrink it; size from --size"),
         "{line}"
     );
 
@@ -1420,5 +1424,515 @@ fn out_of_space_with_a_partial_reserve_names_its_bytes() {
         fs::metadata(&reserve).unwrap().len(),
         MIB,
         "rule 5: cut back to its old length"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Interrupts: SIGINT, SIGTERM, SIGHUP mid-write roll back, then the process dies by them
+
+/// The interrupted reserve: three write chunks, so the signal lands with two to come.
+const INTERRUPTED_SIZE: u64 = 3 * disk_reserve::WRITE_CHUNK_BYTES;
+
+/// Runs `ensure --strategy write --size 96MiB` in `home` with the CLI's test pause, sends
+/// `signal` at the first pause (after one chunk, with two still to come), then answers
+/// every pause until the command ends; returns its exit status and stderr.
+fn ensure_interrupted_by(home: &Path, signal: i32) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let size = INTERRUPTED_SIZE.to_string();
+    let mut child = Command::new(BIN)
+        .args(["ensure", "--strategy", "write", "--size", &size, "--home"])
+        .arg(home)
+        .env_remove("RUST_LOG")
+        .env("DISK_RESERVE_TEST_PAUSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn disk-reserve");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut errors = io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let mut signalled = false;
+    loop {
+        let mut line = String::new();
+        if errors.read_line(&mut line).expect("read its stderr") == 0 {
+            break;
+        }
+        said.push_str(&line);
+        if line.starts_with("disk-reserve: test pause after ") {
+            if !signalled {
+                signalled = true;
+                let pid = libc::pid_t::try_from(child.id()).unwrap();
+                // SAFETY: kill(2) with a pid this test spawned and still waits for.
+                let sent = unsafe { libc::kill(pid, signal) };
+                assert_eq!(sent, 0, "kill: {}", io::Error::last_os_error());
+            }
+            // Released after the signal: the next cancel check (before the next chunk)
+            // sees it. A pause it did not stop at is answered too, so nothing hangs.
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+    assert!(signalled, "ensure never paused:\n{said}");
+    drop(stdin);
+    (child.wait().expect("wait for disk-reserve"), said)
+}
+
+/// The process died by `signal` and said, in exactly one line, that it rolled back.
+#[track_caller]
+fn assert_died_rolled_back(status: std::process::ExitStatus, said: &str, signal: i32, name: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(signal),
+        "rule 5 / CLI contract: killed by {name} re-raised, not {status:?}\n{said}"
+    );
+    let lines: Vec<&str> = said
+        .lines()
+        .filter(|line| !line.starts_with("disk-reserve: test pause after "))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line says it was interrupted, nothing else:\n{said}"
+    );
+    assert!(
+        lines[0].starts_with(&format!(
+            "disk-reserve: interrupted by {name}; the allocation was rolled back"
+        )),
+        "{said}"
+    );
+}
+
+#[test]
+fn each_interrupt_mid_write_rolls_back_a_new_reserve_and_dies_by_the_signal() {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let home = home();
+        let (status, said) = ensure_interrupted_by(home.path(), signal);
+        assert_died_rolled_back(status, &said, signal, name);
+        assert!(
+            !reserve_of(&home).exists(),
+            "rule 5: a reserve the interrupted ensure created is removed ({name})"
+        );
+        assert_eq!(
+            fs::read_dir(home.path()).unwrap().count(),
+            0,
+            "nothing left in the home ({name})"
+        );
+    }
+}
+
+#[test]
+fn each_interrupt_mid_top_up_cuts_the_reserve_back_to_its_old_length() {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let home = home();
+        let reserve = reserve_of(&home);
+        write_dense(&reserve, 8 * MIB);
+        let (status, said) = ensure_interrupted_by(home.path(), signal);
+        assert_died_rolled_back(status, &said, signal, name);
+        let meta = fs::symlink_metadata(&reserve).expect("the partial reserve is still there");
+        assert_eq!(
+            meta.len(),
+            8 * MIB,
+            "rule 5: a reserve the interrupted top-up grew is cut back to its old length ({name})"
+        );
+        assert!(allocated(&reserve) <= 8 * MIB + 64 * KIB, "{name}");
+    }
+}
+
+#[test]
+fn a_second_signal_during_the_rollback_is_ignored() {
+    let home = home();
+    let size = INTERRUPTED_SIZE.to_string();
+    let mut child = Command::new(BIN)
+        .args(["ensure", "--strategy", "write", "--size", &size, "--home"])
+        .arg(home.path())
+        .env_remove("RUST_LOG")
+        .env("DISK_RESERVE_TEST_PAUSE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn disk-reserve");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut errors = io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    loop {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if errors.read_line(&mut line).expect("read its stderr") == 0 {
+            break;
+        }
+        said.push_str(&line);
+        if line.starts_with("disk-reserve: test pause after ") {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGINT] {
+                // SAFETY: kill(2) with a pid this test spawned and still waits for.
+                let sent = unsafe { libc::kill(pid, signal) };
+                assert_eq!(sent, 0);
+            }
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert_died_rolled_back(status, &said, libc::SIGINT, "SIGINT");
+    assert!(!reserve_of(&home).exists(), "rule 5");
+}
+
+// ---------------------------------------------------------------------------------------
+// release speaks to the operator: the next step, who holds the lock, --timeout, --force
+
+/// Holds an exclusive `flock` on `dir` (as another `ensure`, or a runtime using its home
+/// as an instance lock, would) until dropped.
+fn hold_lock(dir: &Path) -> File {
+    use std::os::fd::AsRawFd;
+    let file = File::open(dir).expect("open the home");
+    // SAFETY: flock(2) on a descriptor `file` owns for the duration of the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(rc, 0, "flock: {}", io::Error::last_os_error());
+    file
+}
+
+/// `/proc/self/comm` of this test process, as the lock holder is named.
+fn own_command() -> String {
+    fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim_end()
+        .to_owned()
+}
+
+#[test]
+fn release_tells_the_next_step_with_the_absolute_home() {
+    let home = home();
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    // A relative --home: every path printed is absolute, to paste from anywhere.
+    let parent = home.path().parent().unwrap();
+    let name = home.path().file_name().unwrap();
+    let out = Command::new(BIN)
+        .args(["release", "--home"])
+        .arg(name)
+        .current_dir(parent)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    let h = home.path().display();
+    assert!(
+        line.starts_with(&format!("released {h}/.reserve: expected to free 1 MiB, ")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(
+            "now clean up, then run `disk-reserve ensure --home {h}`, which lays the reserve down again once there is room (until then it defers, exit 75)"
+        )),
+        "rule 8: release tells the operator the next step: {line}"
+    );
+    assert_eq!(line.lines().count(), 1);
+}
+
+#[test]
+fn release_waiting_for_the_lock_names_the_holder_and_timeout_bounds_it() {
+    let home = home();
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    let lock = hold_lock(home.path());
+    let started = std::time::Instant::now();
+    let out = sub("release", home.path(), &["--timeout", "1.5"]);
+    let waited = started.elapsed();
+    assert_exit(&out, 1);
+    assert!(
+        waited >= std::time::Duration::from_millis(1400),
+        "waited {waited:?}"
+    );
+    let err = stderr(&out);
+    let h = home.path().display();
+    let holder = format!("held by process {} ({})", std::process::id(), own_command());
+    assert!(
+        err.contains(&format!(
+            "disk-reserve: waiting for the lock on {h}, {holder}; "
+        )),
+        "rule 8: a wait of more than a second says for which process: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "error: gave up after 1.5s waiting for another process's lock on home `{h}`; nothing was changed"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the lock on {h} is {holder}; run `disk-reserve release --home {h} --force`"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("WARN"),
+        "one notice, not a log line too: {err}"
+    );
+    assert!(
+        reserve_of(&home).exists(),
+        "a timed-out release changed nothing"
+    );
+
+    // Under a second: no waiting notice, just the error.
+    let out = sub("release", home.path(), &["--timeout", "0.2"]);
+    assert_exit(&out, 1);
+    assert!(
+        !stderr(&out).contains("waiting for the lock"),
+        "{}",
+        stderr(&out)
+    );
+
+    // --force removes it without the lock.
+    let out = sub("release", home.path(), &["--force"]);
+    assert_exit(&out, 0);
+    assert!(stdout(&out).starts_with("released "), "{}", stdout(&out));
+    assert!(
+        !reserve_of(&home).exists(),
+        "rule 8: an operator can force it"
+    );
+    drop(lock);
+}
+
+#[test]
+fn release_waits_for_the_lock_then_releases() {
+    let home = home();
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    let lock = hold_lock(home.path());
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(lock);
+    });
+    let out = sub("release", home.path(), &[]);
+    holder.join().unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("waiting for the lock on"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!reserve_of(&home).exists());
+}
+
+#[test]
+fn release_timeout_and_force_are_checked_as_usage() {
+    let home = home();
+    for extra in [
+        &["--timeout", "-1"][..],
+        &["--timeout", "soon"],
+        &["--timeout", "1", "--force"],
+    ] {
+        let out = sub("release", home.path(), extra);
+        assert_exit(&out, 2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rule 5 / issue 11: a rollback is only spoken of when something had changed
+
+/// Runs `chattr FLAGS path`; false when this machine cannot (no chattr, not root, a
+/// filesystem without the flag), and the test then skips that case.
+fn chattr(flags: &str, path: &Path) -> bool {
+    Command::new("chattr")
+        .arg(flags)
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// The error lines of a refused ensure: the refusal, and no rollback talk.
+#[track_caller]
+fn assert_refused_without_rollback(out: &Output, cause: &str) {
+    assert_exit(out, 1);
+    let err = stderr(out);
+    assert!(err.contains(cause), "{err}");
+    assert!(
+        !err.contains("roll back") && !err.contains("rolled back"),
+        "rule 5: nothing had changed, so nothing is said about rolling back: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn immutable_home_or_reserve_is_refused_without_rollback_talk() {
+    let home = home();
+    if !chattr("+i", home.path()) {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    }
+    let out = sub("ensure", home.path(), &["--size", "1MiB"]);
+    assert!(chattr("-i", home.path()));
+    assert_refused_without_rollback(&out, "permission denied");
+    assert!(!reserve_of(&home).exists());
+
+    let reserve = reserve_of(&home);
+    write_dense(&reserve, MIB);
+    if !chattr("+i", &reserve) {
+        return;
+    }
+    for strategy in ["auto", "write"] {
+        let out = sub(
+            "ensure",
+            home.path(),
+            &["--size", "4MiB", "--strategy", strategy],
+        );
+        assert_refused_without_rollback(&out, "permission denied");
+    }
+    assert!(chattr("-i", &reserve));
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), MIB, "left as it was");
+}
+
+#[test]
+fn read_only_bind_mount_is_refused_without_rollback_talk() {
+    let home = home();
+    let target = home.path().join("ro");
+    let source = home.path().join("rw");
+    fs::create_dir(&target).unwrap();
+    fs::create_dir(&source).unwrap();
+    let mounted = Command::new("mount")
+        .args(["--bind", "-o", "ro"])
+        .arg(&source)
+        .arg(&target)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted {
+        eprintln!("skipped: no read-only bind mount here (needs root)");
+        return;
+    }
+    let out = sub("ensure", &target, &["--size", "1MiB"]);
+    let _ = Command::new("umount").arg(&target).status();
+    assert_refused_without_rollback(&out, "read-only");
+    assert_eq!(fs::read_dir(&source).unwrap().count(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Remembered configuration: the size and headroom an ensure was given are kept for the home
+
+fn status_json(home: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let out = sub("status", home, &args);
+    assert_exit(&out, 0);
+    json(&out)
+}
+
+#[test]
+fn a_custom_size_is_remembered_through_ensure_status_and_release() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    let record = home.path().join(".reserve.conf");
+
+    let value = status_json(home.path(), &[]);
+    assert_eq!(value["size_source"], "default", "{value}");
+    assert_eq!(value["size_bytes"], 64 * MIB, "{value}");
+    assert!(!record.exists(), "status writes nothing");
+
+    assert_exit(
+        &sub(
+            "ensure",
+            home.path(),
+            &["--size", "4MiB", "--headroom", "3MiB"],
+        ),
+        0,
+    );
+    let text = fs::read_to_string(&record).expect("ensure kept its size for the home");
+    assert!(
+        text.contains("size=4194304\n") && text.contains("headroom=3145728\n"),
+        "{text}"
+    );
+
+    // The runbook's commands, without --size, neither shrink the custom reserve…
+    let out = sub("status", home.path(), &[]);
+    assert_exit(&out, 0);
+    let line = stdout(&out);
+    assert!(
+        line.trim_end().ends_with(
+            "headroom 3 MiB; ensure would do nothing; size remembered from an earlier ensure"
+        ),
+        "CLI contract: status without --size uses the remembered size: {line}"
+    );
+    let value = status_json(home.path(), &[]);
+    assert_eq!(value["size_source"], "remembered", "{value}");
+    assert_eq!(value["size_bytes"], 4 * MIB, "{value}");
+    assert_eq!(value["headroom_bytes"], 3 * MIB, "{value}");
+    let out = sub("ensure", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "present", "not shrunk: {value}");
+    assert_eq!(value["size_source"], "remembered", "{value}");
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 * MIB);
+
+    // …nor recreate it at the default after a release.
+    assert_exit(&sub("release", home.path(), &[]), 0);
+    assert!(record.exists(), "the record survives release");
+    let out = sub("ensure", home.path(), &["--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "created", "{value}");
+    assert_eq!(
+        value["size_bytes"],
+        4 * MIB,
+        "CLI contract: ensure without --size recreates the remembered size: {value}"
+    );
+    assert_eq!(fs::metadata(&reserve).unwrap().len(), 4 * MIB);
+
+    // An explicit --size replaces it.
+    let out = sub("ensure", home.path(), &["--size", "2MiB", "--json"]);
+    assert_exit(&out, 0);
+    let value = json(&out);
+    assert_eq!(value["outcome"], "shrunk", "{value}");
+    assert_eq!(value["size_source"], "explicit", "{value}");
+    let value = status_json(home.path(), &[]);
+    assert_eq!(value["size_bytes"], 2 * MIB, "{value}");
+    assert_eq!(
+        value["headroom_bytes"],
+        2 * MIB,
+        "the headroom follows: {value}"
+    );
+    assert_eq!(value["ensure_would"], "nothing", "{value}");
+    let text = fs::read_to_string(&record).unwrap();
+    assert!(!text.contains("headroom="), "{text}");
+
+    // status --size looks at another size without changing the record.
+    let value = status_json(home.path(), &["--size", "1MiB"]);
+    assert_eq!(value["size_source"], "explicit", "{value}");
+    assert_eq!(value["ensure_would"], "shrink", "{value}");
+    assert_eq!(fs::read_to_string(&record).unwrap(), text);
+}
+
+#[test]
+fn a_damaged_record_is_an_error_naming_it_not_a_silent_default() {
+    let home = home();
+    let record = home.path().join(".reserve.conf");
+    fs::write(&record, "size=lots\n").unwrap();
+    let out = sub("ensure", home.path(), &[]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "read the remembered configuration `{}`",
+            record.display()
+        )),
+        "{err}"
+    );
+    assert!(!reserve_of(&home).exists());
+    // An explicit size still works, and replaces the record.
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    assert!(
+        fs::read_to_string(&record)
+            .unwrap()
+            .contains("size=1048576\n")
     );
 }

@@ -13,6 +13,8 @@ pub struct Failure {
     error: Error,
     path: Option<Utf8PathBuf>,
     hint: Option<String>,
+    /// More lines for stderr after the error (who holds a lock).
+    more: Vec<String>,
 }
 
 impl Failure {
@@ -22,24 +24,44 @@ impl Failure {
             error,
             path: None,
             hint: None,
+            more: Vec::new(),
         }
     }
 
     /// An error from `reserve`; when it is out-of-space, the hint names the bytes the
     /// reserve holds on disk right now (or says there is none).
     pub fn of<F: HostFs>(error: Error, reserve: &Reserve<F>) -> Failure {
-        let hint = is_out_of_space(&error).then(|| reserve.out_of_space_hint());
+        let hint = is_out_of_space(&error).then(|| {
+            let hint = reserve.out_of_space_hint();
+            if is_quota(&error) {
+                hint.replacen(
+                    "the disk is full",
+                    "the disk quota is exhausted (EDQUOT)",
+                    1,
+                )
+            } else {
+                hint
+            }
+        });
         Failure {
             error,
             path: Some(reserve.path().to_owned()),
             hint,
+            more: Vec::new(),
         }
+    }
+
+    /// The failure with one more line for stderr after the error.
+    pub fn with_line(mut self, line: String) -> Failure {
+        self.more.push(line);
+        self
     }
 
     /// The lines for stderr: `error: …` and, when out of space, the hint; control
     /// characters (a newline in a path) escaped, so each stays one line.
     pub fn lines(&self) -> Vec<String> {
         let mut lines = vec![format!("error: {}", self.error)];
+        lines.extend(self.more.iter().cloned());
         lines.extend(self.hint.clone());
         lines
             .into_iter()
@@ -57,6 +79,14 @@ impl Failure {
             "hint": self.hint,
         })
     }
+}
+
+/// Whether the cause is a quota (`EDQUOT`), not a full filesystem: the hint says so, as
+/// the operator's cleanup differs (the quota's owner, not the whole disk).
+fn is_quota(error: &Error) -> bool {
+    error
+        .io_error()
+        .is_some_and(|io| io.raw_os_error() == Some(libc::EDQUOT))
 }
 
 #[cfg(test)]
@@ -109,6 +139,31 @@ mod tests {
         let json = Failure::of(enospc_on(&reserve), &reserve).to_json();
         assert_eq!(json["out_of_space"], true);
         assert_eq!(json["hint"], lines[1]);
+    }
+
+    #[test]
+    fn a_quota_is_called_a_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = Reserve::new(
+            RealFs::new(),
+            dir.path(),
+            ReserveConfig::with_size_bytes(1 << 20),
+        )
+        .unwrap();
+        reserve.ensure().unwrap();
+        let home = reserve.home().to_owned();
+        let edquot = Error::io(
+            Operation::Allocate,
+            reserve.path(),
+            io::Error::from_raw_os_error(libc::EDQUOT),
+        );
+        let lines = Failure::of(edquot, &reserve).lines();
+        assert_eq!(
+            lines[1],
+            format!(
+                "hint: the disk quota is exhausted (EDQUOT); run `disk-reserve release --home {home}` to free 1.0 MiB, then clean up and run `disk-reserve ensure --home {home}`"
+            )
+        );
     }
 
     #[test]

@@ -24,8 +24,41 @@ pub struct Report {
     pub total_bytes: u64,
     /// Free bytes ensure always leaves (release: 0).
     pub headroom_bytes: u64,
+    /// Where the size came from (ensure, status).
+    pub size_source: Option<SizeSource>,
     /// What happened.
     pub what: What,
+}
+
+/// Where the size an `ensure` or `status` used came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeSource {
+    /// `--size` (or `--headroom`) on the command line.
+    Explicit,
+    /// The record an earlier `ensure` left for the home.
+    Remembered,
+    /// Neither: the default size.
+    Default,
+}
+
+impl SizeSource {
+    /// The JSON word: `explicit`, `remembered`, `default`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SizeSource::Explicit => "explicit",
+            SizeSource::Remembered => "remembered",
+            SizeSource::Default => "default",
+        }
+    }
+
+    /// How the human line says it.
+    fn phrase(self) -> &'static str {
+        match self {
+            SizeSource::Explicit => "size from --size",
+            SizeSource::Remembered => "size remembered from an earlier ensure",
+            SizeSource::Default => "default size",
+        }
+    }
 }
 
 /// The subcommand's own outcome.
@@ -48,7 +81,12 @@ pub enum What {
 
 impl Report {
     /// A report of the state `status` read after (or instead of) an action.
-    pub fn from_status(path: Utf8PathBuf, status: &Status, what: What) -> Report {
+    pub fn from_status(
+        path: Utf8PathBuf,
+        status: &Status,
+        size_source: SizeSource,
+        what: What,
+    ) -> Report {
         Report {
             path,
             size_bytes: status.size_bytes,
@@ -56,6 +94,7 @@ impl Report {
             free_bytes: status.space.free_bytes,
             total_bytes: status.space.total_bytes,
             headroom_bytes: status.headroom_bytes,
+            size_source: Some(size_source),
             what,
         }
     }
@@ -128,6 +167,9 @@ impl Report {
         if let (Value::Object(object), Value::Object(extra)) = (&mut object, extra) {
             object.extend(extra);
         }
+        if let (Value::Object(object), Some(source)) = (&mut object, self.size_source) {
+            object.insert("size_source".to_owned(), source.as_str().into());
+        }
         object
     }
 }
@@ -196,7 +238,12 @@ impl fmt::Display for Report {
                         " (less than expected: other writers took space meanwhile, or the filesystem still holds the blocks — a snapshot, a copy sharing them, a lower overlay layer)"
                     )?;
                 }
-                Ok(())
+                let home = shell_word(self.path.parent().map_or("", |home| home.as_str()));
+                write!(
+                    f,
+                    "; now clean up, then run `disk-reserve ensure --home {}`, which lays the reserve down again once there is room (until then it defers, exit 75)",
+                    escape_controls(&home)
+                )
             }
             What::Released(Released::Absent) => {
                 write!(f, "absent {path}: no reserve to release, {free} free")
@@ -235,7 +282,11 @@ impl fmt::Display for Report {
                     natural(self.total_bytes),
                     natural(self.headroom_bytes),
                     plan_phrase(*plan)
-                )
+                )?;
+                if let Some(source) = self.size_source {
+                    write!(f, "; {}", source.phrase())?;
+                }
+                Ok(())
             }
         }
     }
@@ -265,6 +316,20 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(escaped)
+}
+
+/// `text` as one shell word: as it is when it is plain, else in single quotes (as the
+/// library's out-of-space hint writes a home).
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%=,".contains(&b));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// The status word: `present absent partial sparse oversized`, `not a regular file`.
