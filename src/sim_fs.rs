@@ -986,14 +986,27 @@ impl State {
     }
 
     fn snapshot(&self) -> SimSnapshot {
+        // Every name's link count in one pass, not one pass per name.
+        let mut names: HashMap<u64, u64> = HashMap::new();
+        for node in self.nodes.values() {
+            if let Node::Directory { live, .. } = node {
+                for &child in live.values() {
+                    *names.entry(child).or_insert(0) += 1;
+                }
+            }
+        }
         let mut entries = BTreeMap::new();
         let mut queue = vec![(Utf8PathBuf::from("/"), ROOT_INO)];
         while let Some((path, ino)) = queue.pop() {
             let node = self.node(ino);
-            if let Node::Directory { live, .. } = node {
-                queue.extend(live.iter().map(|(name, &child)| (path.join(name), child)));
-            }
-            entries.insert(path, self.probe_ino(ino));
+            let links = match node {
+                Node::Directory { live, .. } => {
+                    queue.extend(live.iter().map(|(name, &child)| (path.join(name), child)));
+                    1
+                }
+                _ => names.get(&ino).copied().unwrap_or(0),
+            };
+            entries.insert(path, node.probe(self.block_size, links));
         }
         SimSnapshot {
             entries,
