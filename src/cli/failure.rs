@@ -33,7 +33,15 @@ impl Failure {
     pub fn of<F: HostFs>(error: Error, reserve: &Reserve<F>) -> Failure {
         let hint = is_out_of_space(&error).then(|| {
             let hint = reserve.out_of_space_hint();
-            if is_quota(&error) {
+            let out_of_inodes = reserve
+                .space_now()
+                .is_ok_and(|space| space.free_inodes == Some(0));
+            if out_of_inodes {
+                format!(
+                    "hint: the filesystem is out of inodes, not bytes: releasing the reserve will not help; delete files under {} (or elsewhere on this filesystem) to free inodes",
+                    reserve.home()
+                )
+            } else if is_quota(&error) {
                 hint.replacen(
                     "the disk is full",
                     "the disk quota is exhausted (EDQUOT)",
@@ -103,6 +111,41 @@ mod tests {
             reserve.path(),
             io::Error::from_raw_os_error(libc::ENOSPC),
         )
+    }
+
+    /// A filesystem out of inodes, not bytes: the hint says releasing will not help.
+    #[test]
+    fn out_of_inodes_hint_says_release_will_not_help() {
+        let dir = tempfile::tempdir().unwrap();
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,nr_inodes=4", "tmpfs"])
+            .arg(&mount)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            println!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        for i in 0.. {
+            if std::fs::File::create(mount.join(format!("f{i}"))).is_err() {
+                break;
+            }
+        }
+        let reserve = Reserve::new(
+            RealFs::new(),
+            &mount,
+            ReserveConfig::with_size_bytes(1 << 20),
+        )
+        .unwrap();
+        let lines = Failure::of(enospc_on(&reserve), &reserve).lines();
+        let _ = std::process::Command::new("umount").arg(&mount).status();
+        assert!(
+            lines[1].contains("out of inodes") && lines[1].contains("will not help"),
+            "{lines:?}"
+        );
     }
 
     #[test]
