@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The real-filesystem matrix: runs every test of tests/real_mount.rs on small, freshly
 # made filesystems — loop-mounted ext4, xfs, btrfs, btrfs compress-force=zstd, ext2 (whose
-# fallocate really returns EOPNOTSUPP, so the write fallback runs for real), a tmpfs and a
-# read-only ext4 — one test at a time, and prints a table filesystem × test → pass / fail /
-# skip, then the statvfs free-space drop per filesystem and strategy.
+# fallocate really returns EOPNOTSUPP, so the write fallback runs for real), a tmpfs, a
+# full read-only ext4, and two FUSE filesystems without fallocate (fusefat, exfat-fuse) —
+# one test at a time, and prints a table filesystem × test → pass / fail / skip ("-": not
+# run on that row), then the statvfs free-space drop per filesystem and strategy. The FUSE
+# rows run only fuse_write_path: the other tests would only take minutes there.
 #
 # Needs root and loop devices, as CI has; without them it says so in one line and exits 0.
-# Installs xfsprogs and btrfs-progs with apt-get when mkfs.xfs or mkfs.btrfs is missing.
+# Installs xfsprogs, btrfs-progs, fusefat, dosfstools, exfat-fuse and exfatprogs with
+# apt-get when a tool is missing.
 # Always unmounts and detaches what it set up. Exits 1 when any test failed.
 #
 #   sudo bash scripts/mount-matrix.sh
@@ -21,8 +24,10 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 IMAGE_MIB=${MOUNT_MATRIX_IMAGE_MIB:-512}
 TEST_TIMEOUT=${MOUNT_MATRIX_TEST_TIMEOUT:-300}
-TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut})
-FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro})
+TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut reflink_release snapshot quota late_free never_fits overlay fuse_write_path})
+FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro fusefat exfat-fuse})
+# Rows that run only some of the tests (the others show "-").
+declare -A ROW_TESTS=([fusefat]="fuse_write_path" [exfat-fuse]="fuse_write_path")
 # The read-only mount's preparation; tests/real_mount.rs names the same homes and size.
 RO_COMPLETE_HOME=complete
 RO_EMPTY_HOME=empty
@@ -40,14 +45,21 @@ if [ ! -e /dev/loop-control ] || ! losetup -f >/dev/null 2>&1; then
     exit 0
 fi
 
-if ! command -v mkfs.xfs >/dev/null || ! command -v mkfs.btrfs >/dev/null; then
+missing=()
+command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
+command -v fusefat >/dev/null || missing+=(fusefat)
+command -v mkfs.vfat >/dev/null || missing+=(dosfstools)
+command -v mount.exfat-fuse >/dev/null || missing+=(exfat-fuse)
+command -v mkfs.exfat >/dev/null || missing+=(exfatprogs)
+if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null; then
-        say "installing xfsprogs and btrfs-progs"
+        say "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        { apt-get update -qq && apt-get install -y -qq xfsprogs btrfs-progs; } </dev/null >/dev/null ||
-            loud "could not install xfsprogs/btrfs-progs; their rows will be skipped"
+        { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; } </dev/null >/dev/null ||
+            loud "could not install ${missing[*]}; their rows will be skipped"
     else
-        loud "mkfs.xfs or mkfs.btrfs is missing and there is no apt-get; those rows will be skipped"
+        loud "${missing[*]} missing and there is no apt-get; those rows will be skipped"
     fi
 fi
 
@@ -65,6 +77,8 @@ if [ ! -x "$testbin" ] || [ ! -x "$clibin" ]; then
 fi
 
 work=$(mktemp -d)
+# The quota test runs the command as nobody, who must reach the mounts below.
+chmod 755 "$work"
 mkdir "$work/logs"
 mounted=()
 attached=()
@@ -99,23 +113,52 @@ setup_fs() {
         ext2) mkfs=(mkfs.ext2 -q -F -m 0 -b 4096) ;;
         xfs) mkfs=(mkfs.xfs -q -f) ;;
         btrfs | btrfs-zstd) mkfs=(mkfs.btrfs -q -f -M) ;;
+        fusefat) mkfs=(mkfs.vfat -F 32) ;;
+        exfat-fuse) mkfs=(mkfs.exfat) ;;
         *) echo "unknown filesystem $name" >"$log"; return 1 ;;
     esac
     if ! command -v "${mkfs[0]}" >/dev/null; then
         echo "${mkfs[0]} is not installed" >"$log"
         return 2
     fi
+    local mounter=
+    case $name in
+        fusefat) mounter=fusefat ;;
+        exfat-fuse) mounter=mount.exfat-fuse ;;
+    esac
+    if [ -n "$mounter" ] && ! command -v "$mounter" >/dev/null; then
+        echo "$mounter is not installed" >"$log"
+        return 2
+    fi
+    if [ -n "$mounter" ] && [ ! -c /dev/fuse ]; then
+        echo "no /dev/fuse here" >"$log"
+        return 1
+    fi
     truncate -s "${IMAGE_MIB}M" "$img"
     "${mkfs[@]}" "$img" >"$log" 2>&1 || return 1
+    if [ "$name" = fusefat ]; then
+        # fusefat works on the image itself; rw+ is its read-write mode.
+        fusefat -o rw+ "$img" "$mnt" >>"$log" 2>&1 || return 1
+        mounted+=("$mnt")
+        return 0
+    fi
     dev=$(losetup -f --show "$img" 2>>"$log") || return 1
     attached+=("$dev")
     local options=()
     [ "$name" = btrfs-zstd ] && options=(-o compress-force=zstd)
-    mount ${options[@]+"${options[@]}"} "$dev" "$mnt" 2>>"$log" || return 1
+    if [ "$name" = exfat-fuse ]; then
+        # The FUSE driver, not the kernel's exfat: it has no fallocate.
+        mount.exfat-fuse "$dev" "$mnt" >>"$log" 2>&1 || return 1
+    else
+        mount ${options[@]+"${options[@]}"} "$dev" "$mnt" 2>>"$log" || return 1
+    fi
     mounted+=("$mnt")
     if [ "$name" = ext4-ro ]; then
         mkdir "$mnt/$RO_COMPLETE_HOME" "$mnt/$RO_EMPTY_HOME"
         "$clibin" ensure --home "$mnt/$RO_COMPLETE_HOME" --size "$RO_SIZE" >>"$log" 2>&1 || return 1
+        # Full before it goes read-only: a space decision there would defer.
+        dd if=/dev/zero of="$mnt/filler" bs=1M >>"$log" 2>&1 || true
+        sync -f "$mnt"
         umount "$mnt" && mount -o ro "$dev" "$mnt" 2>>"$log" || return 1
     fi
 }
@@ -154,6 +197,10 @@ for fs in "${FILESYSTEMS[@]}"; do
     ro=
     [ "$fs" = ext4-ro ] && ro=1
     for t in "${TESTS[@]}"; do
+        if [ -n "${ROW_TESTS[$fs]:-}" ] && [[ " ${ROW_TESTS[$fs]} " != *" $t "* ]]; then
+            cell[$fs.$t]=-
+            continue
+        fi
         log="$work/logs/$fs.$t.log"
         started=$SECONDS
         rc=0
@@ -188,13 +235,14 @@ for fs in "${FILESYSTEMS[@]}"; do
 done
 
 # ---- the tables
+width() { local w=${#1}; [ "$w" -lt 4 ] && w=4; echo "$w"; }
 echo
 printf '%-12s' "filesystem"
-for t in "${TESTS[@]}"; do printf ' %-16s' "$t"; done
+for t in "${TESTS[@]}"; do printf ' %-*s' "$(width "$t")" "$t"; done
 echo
 for fs in "${FILESYSTEMS[@]}"; do
     printf '%-12s' "$fs"
-    for t in "${TESTS[@]}"; do printf ' %-16s' "${cell[$fs.$t]}"; done
+    for t in "${TESTS[@]}"; do printf ' %-*s' "$(width "$t")" "${cell[$fs.$t]}"; done
     [ -n "${row_note[$fs]:-}" ] && printf ' %s' "${row_note[$fs]}"
     echo
 done
@@ -204,6 +252,7 @@ echo "statvfs free-space drop after ensure of a 128 MiB reserve (rule 1; zeros: 
 printf '%-12s %-20s %-20s %-20s %-20s\n' filesystem fallocate write auto zeros-for-comparison
 for fs in "${FILESYSTEMS[@]}"; do
     [ "$fs" = ext4-ro ] && continue
+    [ -n "${ROW_TESTS[$fs]:-}" ] && [[ " ${ROW_TESTS[$fs]} " != *" blocks_are_real "* ]] && continue
     printf '%-12s' "$fs"
     for s in fallocate write auto zeros-for-comparison; do
         line=$(grep -E "^FREE_DROP fs=$fs strategy=$s " "$work/free_drop" 2>/dev/null | tail -n 1 || true)
