@@ -1054,8 +1054,10 @@ impl<F: HostFs> Reserve<F> {
         Ok((size, headroom))
     }
 
+    /// A filesystem that reports no size at all (`f_blocks == 0`: some FUSE filesystems,
+    /// fusefat on FAT32) cannot say: the allocation itself will.
     fn check_fits(&self, size: u64, space: Space) -> Result<()> {
-        if size > space.total_bytes {
+        if space.total_bytes > 0 && size > space.total_bytes {
             return Err(Error::SizeExceedsFilesystem {
                 path: self.path.clone(),
                 size_bytes: size,
@@ -1069,7 +1071,7 @@ impl<F: HostFs> Reserve<F> {
     /// ever use is an error, not a deferral that would repeat forever.
     fn check_can_ever_fit(&self, size: u64, headroom: u64, space: Space) -> Result<()> {
         let needed = space.round_up(size).saturating_add(headroom);
-        if needed > space.usable_bytes {
+        if space.total_bytes > 0 && needed > space.usable_bytes {
             return Err(Error::NeverFits {
                 path: self.path.clone(),
                 size_bytes: size,

@@ -41,10 +41,10 @@ they neither shrink a custom reserve nor recreate it at the default 64MiB.
   free_bytes      free bytes on the filesystem now
   total_bytes     size of the filesystem
   headroom_bytes  free bytes ensure always leaves (release: 0)
-plus from_allocated_bytes (topped_up), from_len_bytes (shrunk), needed_bytes (deferred),
-freed_bytes (released), size_source (ensure, status: explicit, remembered or default: where
+plus from_allocated_bytes (topped_up), from_len_bytes (shrunk), needed_bytes and reason
+(deferred: low_space quota ran_out), releasable_bytes and freed_bytes (released), size_source (ensure, status: explicit, remembered or default: where
 the size came from), and for status: condition (present absent partial sparse oversized
-not_a_regular_file), len_bytes, kind, ensure_would (nothing create top_up shrink defer refuse).
+shared hard-linked not_a_regular_file), releasable_bytes, len_bytes, kind, ensure_would (nothing create top_up shrink defer refuse).
 On an error (exit 1) stdout still holds one object, {\"outcome\": \"error\", \"error\": MESSAGE,
 \"path\": PATH or null, \"out_of_space\": BOOL, \"hint\": TEXT or null}, and the error is also
 printed on stderr. Usage errors (exit 2) print nothing on stdout.
@@ -92,8 +92,8 @@ Waiting more than a second for the home's lock says which process holds it (/pro
 --timeout bounds the wait, --force does without the lock.")]
     Release(ReleaseArgs),
 
-    /// Show the reserve (present, absent, partial, sparse, not a regular file), the free
-    /// space, and what an ensure would do now. Changes nothing.
+    /// Show the reserve (present, absent, partial, sparse, oversized, shared, hard-linked,
+    /// not a regular file), the free space, and what an ensure would do now. Changes nothing.
     #[command(after_help = "\
 Example:
   disk-reserve status --home /srv/app --size 1GiB

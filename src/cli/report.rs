@@ -369,7 +369,7 @@ fn plan_phrase(plan: Plan) -> String {
 
 fn len_bytes(observed: Observed) -> u64 {
     match observed {
-        Observed::Regular { len, .. } => len,
+        Observed::Regular { len, .. } | Observed::Shared { len, .. } => len,
         _ => 0,
     }
 }
