@@ -370,6 +370,17 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
         Ok(FsKind::Other(0))
     }
 
+    /// Whether the regular file `name` lives in a lower, read-only layer of an overlay
+    /// filesystem (a container image's layer): deleting it through the overlay only hides
+    /// it and frees nothing. The default body says `false`.
+    ///
+    /// # Errors
+    /// Whatever reading the mount table or the upper layer returns.
+    fn in_lower_layer(&self, name: &str) -> io::Result<bool> {
+        let _ = name;
+        Ok(false)
+    }
+
     /// Asks the filesystem to make pending work visible — `syncfs(2)`: btrfs frees
     /// unlinked extents at the transaction commit it forces. The default body does
     /// nothing.

@@ -263,6 +263,25 @@ impl DirHandle for RealDir {
         Ok(FsKind::from_magic(stat.f_type as u64 & 0xFFFF_FFFF))
     }
 
+    /// On overlayfs: the file is in the upper layer when the upper directory
+    /// (`upperdir=` of the overlay's mount in `/proc/self/mountinfo`) holds it at the same
+    /// place; otherwise it is a lower layer's. Elsewhere `false`.
+    fn in_lower_layer(&self, name: &str) -> io::Result<bool> {
+        check_name(name)?;
+        let here = std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        let Some((mount_point, upper)) = overlay_upper_of(&mountinfo, &here) else {
+            return Ok(false);
+        };
+        let relative = here.strip_prefix(&mount_point).unwrap_or(&here);
+        let in_upper = upper.join(relative).join(name);
+        match std::fs::symlink_metadata(&in_upper) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `syncfs(2)` of the filesystem holding the directory.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn sync_fs(&self) -> io::Result<()> {
@@ -493,6 +512,70 @@ impl FileHandle for RealFile {
     }
 }
 
+/// The overlay mount holding `path` (the longest mount point that is a prefix of it) and
+/// its upper directory, from the text of `/proc/self/mountinfo`; `None` when the nearest
+/// mount is not an overlay or has no upper layer.
+fn overlay_upper_of(
+    mountinfo: &str,
+    path: &std::path::Path,
+) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let mut best: Option<(std::path::PathBuf, Option<std::path::PathBuf>)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(mount_point), Some(fstype), Some(options)) =
+            (fields.get(4), fields.get(dash + 1), fields.get(dash + 3))
+        else {
+            continue;
+        };
+        let mount_point = std::path::PathBuf::from(unescape_mountinfo(mount_point));
+        if !path.starts_with(&mount_point)
+            || best
+                .as_ref()
+                .is_some_and(|(b, _)| b.as_os_str().len() > mount_point.as_os_str().len())
+        {
+            continue;
+        }
+        let upper = (*fstype == "overlay")
+            .then(|| {
+                options
+                    .split(',')
+                    .find_map(|o| o.strip_prefix("upperdir="))
+                    .map(|u| std::path::PathBuf::from(unescape_mountinfo(u)))
+            })
+            .flatten();
+        best = Some((mount_point, upper));
+    }
+    let (mount_point, upper) = best?;
+    Some((mount_point, upper?))
+}
+
+/// Undoes `/proc/self/mountinfo`'s octal escapes (`\040` for a space, …).
+fn unescape_mountinfo(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `_IOWR('f', 11, struct fiemap)`.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
@@ -568,5 +651,33 @@ fn fiemap_shared_bytes(fd: &OwnedFd) -> io::Result<Option<u64>> {
         map.start = next;
         map.length = u64::MAX - next;
         map.mapped_extents = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::overlay_upper_of;
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+90 22 0:50 / /var/lib/app rw,relatime shared:40 - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/srv/up\\040per,workdir=/srv/work
+91 90 0:51 / /var/lib/app/tmp rw,relatime shared:41 - tmpfs tmpfs rw
+";
+
+    /// The nearest mount decides: a home under the overlay gets its upper directory
+    /// (unescaped), one under a mount inside it or outside it gets none.
+    #[test]
+    fn the_nearest_mount_decides_and_its_upper_directory_is_unescaped() {
+        assert_eq!(
+            overlay_upper_of(MOUNTINFO, Path::new("/var/lib/app/home")),
+            Some((PathBuf::from("/var/lib/app"), PathBuf::from("/srv/up per")))
+        );
+        assert_eq!(
+            overlay_upper_of(MOUNTINFO, Path::new("/var/lib/app/tmp/x")),
+            None
+        );
+        assert_eq!(overlay_upper_of(MOUNTINFO, Path::new("/home")), None);
     }
 }

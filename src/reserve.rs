@@ -1158,6 +1158,17 @@ impl<F: HostFs> Reserve<F> {
         let kind = dir
             .fs_kind()
             .map_err(|e| Error::io(Operation::ReadSpace, self.home.clone(), e))?;
+        if kind == crate::FsKind::Overlay {
+            // A lower layer's file: deleting it through the overlay frees nothing.
+            let lower = dir
+                .in_lower_layer(&self.name)
+                .map_err(|e| self.err(Operation::Probe, e))?;
+            return Ok(if lower {
+                Extents::Shared(u64::MAX)
+            } else {
+                Extents::Unknown
+            });
+        }
         if !kind.may_share_extents() {
             return Ok(Extents::Unknown);
         }
