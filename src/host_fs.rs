@@ -404,6 +404,27 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
     /// # Errors
     /// `ENOLCK`, `EIO`, whatever `flock` returns other than `EWOULDBLOCK`.
     fn try_lock(&self) -> io::Result<Option<DirLock>>;
+
+    /// Takes the exclusive lock, waiting for it at most `wait`: `Ok(None)` when another
+    /// holder still has it then. Callers wait in slices so that a cancel can interrupt the
+    /// wait between two. The default body polls [`try_lock`](DirHandle::try_lock) every
+    /// millisecond; a backend that can be woken when the lock is released does better.
+    ///
+    /// # Errors
+    /// As [`try_lock`](DirHandle::try_lock).
+    fn lock_within(&self, wait: std::time::Duration) -> io::Result<Option<DirLock>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(lock) = self.try_lock()? {
+                return Ok(Some(lock));
+            }
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(1)));
+        }
+    }
 }
 
 /// An open regular file: every call goes to the one descriptor it was opened as.

@@ -1214,7 +1214,12 @@ impl<F: HostFs> Reserve<F> {
         let mut warned = false;
         loop {
             self.check_cancel()?;
-            match retry_eintr(|| dir.try_lock()) {
+            // Never wait past the timeout in one go.
+            let wait = match self.lock_timeout {
+                Some(limit) => pause.min(limit.saturating_sub(started.elapsed())),
+                None => pause,
+            };
+            match retry_eintr(|| dir.lock_within(wait)) {
                 Ok(Some(lock)) => return Ok(lock),
                 Ok(None) => {}
                 Err(e) => return Err(Error::io(Operation::Lock, self.home.clone(), e)),
@@ -1237,7 +1242,6 @@ impl<F: HostFs> Reserve<F> {
                     }
                 }
             }
-            std::thread::sleep(pause);
             pause = (pause * 2).min(LOCK_POLL_MAX);
         }
     }

@@ -109,7 +109,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
@@ -269,6 +269,8 @@ pub struct SimFs {
 
 struct Inner {
     state: Mutex<State>,
+    /// Signalled when a directory lock is released or the lock table is emptied.
+    lock_released: Condvar,
 }
 
 /// Allocated blocks of one file: disjoint, non-adjacent `[start, end)` block ranges keyed
@@ -1032,6 +1034,7 @@ impl Drop for SimLockGuard {
             .unwrap_or_else(PoisonError::into_inner);
         if state.locks.get(&self.dir_ino) == Some(&self.token) {
             state.locks.remove(&self.dir_ino);
+            self.inner.lock_released.notify_all();
         }
     }
 }
@@ -1080,6 +1083,7 @@ impl SimFs {
         SimFs {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new(capacity_bytes, block_size)),
+                lock_released: Condvar::new(),
             }),
         }
     }
@@ -1302,6 +1306,7 @@ impl SimFs {
     /// is lost. Every directory lock is dropped; guards still held release nothing.
     pub fn crash(&self) {
         self.state().crash();
+        self.inner.lock_released.notify_all();
     }
 
     /// Plans a power cut: the `n`-th next call of any operation (1-based) crashes the
@@ -1844,6 +1849,29 @@ impl DirHandle for SimDir {
         state.pending_free = 0;
         state.pending_seen = false;
         Ok(())
+    }
+
+    /// Waits on the lock table, woken as soon as a holder lets go: no wall-clock polling.
+    fn lock_within(&self, wait: std::time::Duration) -> io::Result<Option<DirLock>> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(lock) = self.try_lock()? {
+                return Ok(Some(lock));
+            }
+            let state = self.fs.state();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            if state.locks.contains_key(&self.ino) {
+                let _ = self
+                    .fs
+                    .inner
+                    .lock_released
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
     }
 
     fn try_lock(&self) -> io::Result<Option<DirLock>> {

@@ -54,8 +54,8 @@ fn roomy_dir() -> MockDirHandle {
     let mut dir = ext4_dir();
     // Under the lock, each call first looks for a replacement an interrupted call left.
     dir.expect_probe().with(eq(TEMP)).returning(|_| Ok(None));
-    dir.expect_try_lock()
-        .returning(|| Ok(Some(DirLock::detached())));
+    dir.expect_lock_within()
+        .returning(|_| Ok(Some(DirLock::detached())));
     dir.expect_space().returning(|| Ok(plenty()));
     dir
 }
@@ -239,7 +239,7 @@ fn rule4_complete_reserve_ensures_without_statvfs() {
     dir.expect_probe()
         .returning(|_| Ok(Some(regular(SIZE, SIZE))));
     dir.expect_space().never();
-    dir.expect_try_lock().never();
+    dir.expect_lock_within().never();
     assert_eq!(
         reserve(dir).ensure().unwrap(),
         Ensured::Present {
@@ -253,8 +253,8 @@ fn rule4_complete_reserve_ensures_without_statvfs() {
 fn rule11_statvfs_failure_names_the_home() {
     let mut dir = ext4_dir();
     dir.expect_probe().returning(|_| Ok(None));
-    dir.expect_try_lock()
-        .returning(|| Ok(Some(DirLock::detached())));
+    dir.expect_lock_within()
+        .returning(|_| Ok(Some(DirLock::detached())));
     dir.expect_space().returning(|| Err(errno(libc::EIO)));
     dir.expect_open_file().never();
     let err = reserve(dir).ensure().unwrap_err();
@@ -268,8 +268,8 @@ fn rule11_statvfs_failure_names_the_home() {
 #[test]
 fn rule11_unlink_ebusy_is_a_clear_error() {
     let mut dir = ext4_dir();
-    dir.expect_try_lock()
-        .returning(|| Ok(Some(DirLock::detached())));
+    dir.expect_lock_within()
+        .returning(|_| Ok(Some(DirLock::detached())));
     dir.expect_probe().with(eq(TEMP)).returning(|_| Ok(None));
     dir.expect_probe()
         .with(eq(NAME))
