@@ -495,6 +495,16 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// Marks the file "no dump" (`FS_NODUMP_FL`, what `chattr +d` sets): backup tools that
+    /// honour it (dump, and restic, borg and rsync when asked) skip it. `Ok(false)` when
+    /// the filesystem has no such flag; the default body says so.
+    ///
+    /// # Errors
+    /// Whatever `ioctl(FS_IOC_SETFLAGS)` returns other than "not supported".
+    fn set_no_dump(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// `fsync(2)`: the file's data and length are durable when it returns.
     ///
     /// # Errors

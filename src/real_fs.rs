@@ -506,11 +506,54 @@ impl FileHandle for RealFile {
         fiemap_shared_bytes(&self.fd)
     }
 
+    /// `FS_IOC_GETFLAGS`, then `FS_IOC_SETFLAGS` with `FS_NODUMP_FL` added. `ENOTTY`,
+    /// `EOPNOTSUPP`, `EINVAL` (no such flags here: tmpfs, FAT, FUSE) are `Ok(false)`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn set_no_dump(&self) -> io::Result<bool> {
+        let unsupported = |err: &io::Error| {
+            matches!(
+                err.raw_os_error(),
+                Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL)
+            )
+        };
+        let mut flags: libc::c_int = 0;
+        // SAFETY: `self.fd` is open; the ioctl writes one `int` into the live `flags`.
+        let got = unsafe { libc::ioctl(self.fd.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) };
+        if let Err(err) = check(got) {
+            return if unsupported(&err) {
+                Ok(false)
+            } else {
+                Err(err)
+            };
+        }
+        if flags & FS_NODUMP_FL != 0 {
+            return Ok(true);
+        }
+        flags |= FS_NODUMP_FL;
+        // SAFETY: as above; the ioctl reads one `int` from the live `flags`.
+        let set = unsafe { libc::ioctl(self.fd.as_raw_fd(), FS_IOC_SETFLAGS as _, &flags) };
+        match check(set) {
+            Ok(()) => Ok(true),
+            Err(err) if unsupported(&err) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
     /// `fsync(2)`.
     fn sync_all(&self) -> io::Result<()> {
         fsync(&self.fd)
     }
 }
+
+/// `_IOR('f', 1, long)` and `_IOW('f', 2, long)`: the inode flags (the kernel reads and
+/// writes an `int` whatever the macro says).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+/// "Do not dump this file" (`chattr +d`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const FS_NODUMP_FL: libc::c_int = 0x40;
 
 /// The overlay mount holding `path` (the longest mount point that is a prefix of it) and
 /// its upper directory, from the text of `/proc/self/mountinfo`; `None` when the nearest

@@ -847,6 +847,11 @@ impl<F: HostFs> Reserve<F> {
             }
             _ => unreachable!("fill is only called for allocating plans"),
         };
+        // Backups need not carry the reserve's bytes (a write-path reserve is incompressible
+        // data): best effort, where the filesystem has the flag.
+        if let Err(error) = file.set_no_dump() {
+            tracing::debug!(path = %self.path, %error, "could not mark the reserve no-dump");
+        }
         match self.fill_file(dir, &*file, plan, from, size) {
             Ok(allocated_bytes) => Ok(Filled::Done(allocated_bytes)),
             Err(error) => {

@@ -41,6 +41,13 @@ fn reserve(dir: MockDirHandle) -> Reserve<MockHostFs> {
     Reserve::new(fs, HOME, ReserveConfig::with_size_bytes(SIZE)).unwrap()
 }
 
+/// A file handle that accepts being marked no-dump (best effort in the lifecycle).
+fn mock_file() -> MockFileHandle {
+    let mut file = MockFileHandle::new();
+    file.expect_set_no_dump().returning(|| Ok(true));
+    file
+}
+
 /// A directory on ext4: its files share no blocks, so no `FIEMAP` is read.
 fn ext4_dir() -> MockDirHandle {
     let mut dir = MockDirHandle::new();
@@ -78,7 +85,7 @@ fn rule5_fsync_eio_after_allocation_rolls_back_the_created_file() {
         .with(eq(NAME))
         .times(2)
         .returning(|_| Ok(None));
-    let mut file = MockFileHandle::new();
+    let mut file = mock_file();
     file.expect_allocate()
         .with(eq(0), eq(SIZE))
         .times(1)
@@ -120,7 +127,7 @@ fn rule5_fsync_eio_after_top_up_truncates_back() {
         .with(eq(NAME))
         .times(2)
         .returning(|_| Ok(Some(regular(SIZE / 4, SIZE / 4))));
-    let mut file = MockFileHandle::new();
+    let mut file = mock_file();
     let mut seq = Sequence::new();
     // Checked on the open descriptor: still the partial reserve that was looked at.
     file.expect_probe()
@@ -158,7 +165,7 @@ fn rule7_file_linked_between_probe_and_open_is_not_written() {
         .times(2)
         .in_sequence(&mut seq)
         .returning(|_| Ok(Some(regular(2 * SIZE, 2 * SIZE))));
-    let mut linked = MockFileHandle::new();
+    let mut linked = mock_file();
     linked.expect_probe().returning(|| {
         Ok(Probe {
             links: 2,
@@ -179,7 +186,7 @@ fn rule7_file_linked_between_probe_and_open_is_not_written() {
             }))
         });
     dir.expect_remove_file().never();
-    let mut fresh = MockFileHandle::new();
+    let mut fresh = mock_file();
     fresh.expect_allocate().returning(|_, _| Ok(()));
     fresh.expect_probe().returning(|| Ok(regular(SIZE, SIZE)));
     fresh.expect_sync_all().returning(|| Ok(()));
@@ -208,7 +215,7 @@ fn rule2_fallocate_eintr_is_retried() {
         .with(eq(NAME))
         .times(2)
         .returning(|_| Ok(None));
-    let mut file = MockFileHandle::new();
+    let mut file = mock_file();
     let mut seq = Sequence::new();
     file.expect_allocate()
         .times(3)
@@ -302,7 +309,7 @@ fn rule2_no_fallback_on_hard_errors() {
     ] {
         let mut dir = roomy_dir();
         dir.expect_probe().with(eq(NAME)).returning(|_| Ok(None));
-        let mut file = MockFileHandle::new();
+        let mut file = mock_file();
         file.expect_allocate()
             .returning(move |_, _| Err(errno(code)));
         file.expect_write_fill().never();
@@ -318,7 +325,7 @@ fn rule2_no_fallback_on_hard_errors() {
     for code in [libc::EINVAL, libc::EIO] {
         let mut dir = roomy_dir();
         dir.expect_probe().with(eq(NAME)).returning(|_| Ok(None));
-        let mut file = MockFileHandle::new();
+        let mut file = mock_file();
         file.expect_allocate()
             .returning(move |_, _| Err(errno(code)));
         file.expect_write_fill().never();
@@ -343,7 +350,7 @@ fn rule2_fallback_on_unsupported() {
             .with(eq(NAME))
             .times(2)
             .returning(|_| Ok(None));
-        let mut file = MockFileHandle::new();
+        let mut file = mock_file();
         file.expect_allocate()
             .returning(move |_, _| Err(errno(code)));
         file.expect_write_fill()
@@ -376,7 +383,7 @@ fn rule2_refused_trim_after_writing_does_not_fail_the_reserve() {
         .with(eq(NAME))
         .times(2)
         .returning(|_| Ok(None));
-    let mut file = MockFileHandle::new();
+    let mut file = mock_file();
     file.expect_allocate()
         .returning(|_, _| Err(errno(libc::EOPNOTSUPP)));
     file.expect_write_fill().returning(|_, _| Ok(()));

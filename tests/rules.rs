@@ -1079,3 +1079,27 @@ fn rule14_cancel_interrupts_the_lock_wait_real() {
     let (_tmp, home) = tempdir();
     cancel_interrupts_the_lock_wait(RealFs::new(), &home);
 }
+
+/// Backups: a reserve is marked no-dump (`chattr +d`, `FS_NODUMP_FL`) where the filesystem
+/// has the flag, so dump (and restic, borg, rsync when told) skip its incompressible bytes.
+#[test]
+fn new_reserve_is_marked_no_dump_real() {
+    let (_dir, home) = tempdir();
+    let reserve = Reserve::new(RealFs::new(), &home, config()).unwrap();
+    reserve.ensure().unwrap();
+    let Ok(out) = std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(home.join(".reserve").as_str())
+        .output()
+    else {
+        println!("skipped: no lsattr here");
+        return;
+    };
+    if !out.status.success() {
+        println!("skipped: this filesystem has no inode flags");
+        return;
+    }
+    let attrs = String::from_utf8_lossy(&out.stdout);
+    let flags = attrs.split_whitespace().next().unwrap_or("");
+    assert!(flags.contains('d'), "the reserve must be no-dump: {attrs}");
+}
