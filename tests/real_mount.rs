@@ -927,6 +927,9 @@ enum Op {
     Truncate(u64),
     /// Whatever is at the reserve path is replaced by a sparse file of this length.
     PlantSparse(u64),
+    /// Whatever is at the reserve path is replaced by a second name of one of the other
+    /// writer's files (by index): `ln file home/.reserve`, a hard-link backup.
+    LinkExternal(u64),
 }
 
 /// What a step did, in terms both backends can give: the outcome's name and the bytes it
@@ -1134,6 +1137,23 @@ impl Differential {
                 let sim = Outcome::io(self.sim_fs.write_sparse(&path, len));
                 (real, sim)
             }
+            Op::LinkExternal(index) => {
+                if self.externals.is_empty() {
+                    return (Outcome::named("no-file"), Outcome::named("no-file"));
+                }
+                let external =
+                    self.externals[(index % self.externals.len() as u64) as usize].clone();
+                let path = self.path().to_owned();
+                if self.real.probe().unwrap().is_some() {
+                    fs::remove_file(&path).unwrap();
+                }
+                let real = Outcome::io(fs::hard_link(&external, &path));
+                if self.sim_fs.lookup(&path).unwrap().is_some() {
+                    self.sim_fs.remove(&path).unwrap();
+                }
+                let sim = Outcome::io(self.sim_fs.hard_link(&external, &path));
+                (real, sim)
+            }
         }
     }
 
@@ -1225,6 +1245,7 @@ fn op_name(op: Op) -> &'static str {
         Op::ExternalDelete(_) => "external_delete",
         Op::Truncate(_) => "truncate",
         Op::PlantSparse(_) => "plant_sparse",
+        Op::LinkExternal(_) => "link_external",
     }
 }
 
@@ -1284,6 +1305,7 @@ fn random_op(rng: &mut Rng) -> Op {
             3 => blocks(rng, 2 * size),
             _ => ragged(rng, 2 * size),
         }),
+        11 if rng.below(2) == 0 => Op::LinkExternal(rng.below(8)),
         _ => Op::PlantSparse(match rng.below(4) {
             0 => size,
             1 => size / 2,
