@@ -7,6 +7,10 @@
 //!   loop is measured twice: writing zeros (the floor) and writing the incompressible
 //!   pattern generated per chunk as our write path does, which shows what the pattern
 //!   costs over zeros. `pattern_fill` times generating 64 MiB of pattern alone.
+//! * The write comparison runs twice: `create_write` on the machine as it is, and
+//!   `create_write_busy` with a thread of this process spinning for the whole group, so
+//!   on two cores the write path has one core to itself at best (the case the issue
+//!   measured: a second core busy with other builds).
 //!
 //! Every sample starts with no reserve: the file is unlinked (and the directory synced)
 //! in the untimed setup.
@@ -14,6 +18,8 @@
 mod common;
 
 use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -146,8 +152,51 @@ fn create_fallocate(c: &mut Criterion, filesystems: &[Scratch]) {
     group.finish();
 }
 
-fn create_write(c: &mut Criterion, filesystems: &[Scratch]) {
-    let mut group = slow_group(c, "create_write");
+/// A thread spinning until dropped: keeps one core busy while a group runs.
+struct BusyCore {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCore {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        });
+        BusyCore {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for BusyCore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The group name of the write comparison, idle or with a core kept busy.
+fn write_group(busy: bool) -> &'static str {
+    if busy {
+        "create_write_busy"
+    } else {
+        "create_write"
+    }
+}
+
+fn create_write(c: &mut Criterion, filesystems: &[Scratch], busy: bool) {
+    let name = write_group(busy);
+    let _busy = busy.then(BusyCore::start);
+    let mut group = slow_group(c, name);
     for fs in filesystems {
         let home = fs.path();
         let reserve = reserve_on(&home, Strategy::Write);
@@ -175,12 +224,12 @@ fn create_write(c: &mut Criterion, filesystems: &[Scratch]) {
                 });
             })
         };
-        let key = format!("create_write/{}", fs.label);
-        for (side, name) in ["ours", "floor_zeros", "floor_pattern"]
+        let key = format!("{name}/{}", fs.label);
+        for (side, side_name) in ["ours", "floor_zeros", "floor_pattern"]
             .into_iter()
             .enumerate()
         {
-            group.bench_function(BenchmarkId::new(name, fs.label), |b| {
+            group.bench_function(BenchmarkId::new(side_name, fs.label), |b| {
                 b.iter_custom(|n| {
                     interleaved(&key, side, n, &mut [&mut ours, &mut zeros, &mut pattern])
                 });
@@ -188,7 +237,9 @@ fn create_write(c: &mut Criterion, filesystems: &[Scratch]) {
         }
     }
     group.finish();
+}
 
+fn pattern_fill(c: &mut Criterion) {
     let mut group = slow_group(c, "pattern_fill");
     let mut buf = vec![0u8; WRITE_BUFFER_BYTES];
     group.bench_function("64MiB", |b| {
@@ -209,7 +260,9 @@ fn main() {
     let mut c = common::criterion();
     let filesystems = common::scratch_filesystems("create");
     create_fallocate(&mut c, &filesystems);
-    create_write(&mut c, &filesystems);
+    create_write(&mut c, &filesystems, false);
+    create_write(&mut c, &filesystems, true);
+    pattern_fill(&mut c);
     c.final_summary();
 
     let mut pairs = Vec::new();
@@ -223,36 +276,40 @@ fn main() {
             Goal::TimeRatioAtMost(1.15),
         ));
     }
-    for fs in &filesystems {
-        let (l, t) = (fs.label, fs.fs_type);
-        let key = format!("create_write/{l}");
-        pairs.push(Pair::new(
-            format!("3. `ensure --strategy write` 64 MiB vs zeros loop ({t})"),
-            &key,
-            format!("create_write/ours/{l}"),
-            format!("create_write/floor_zeros/{l}"),
-            Goal::ThroughputAtLeast(0.9),
-        ));
-        pairs.push(
-            Pair::new(
-                format!("3. `ensure --strategy write` 64 MiB vs pattern loop ({t})"),
+    for busy in [false, true] {
+        let group = write_group(busy);
+        let load = if busy { ", second core busy" } else { "" };
+        for fs in &filesystems {
+            let (l, t) = (fs.label, fs.fs_type);
+            let key = format!("{group}/{l}");
+            pairs.push(Pair::new(
+                format!("3. `ensure --strategy write` 64 MiB vs zeros loop ({t}{load})"),
                 &key,
-                format!("create_write/ours/{l}"),
-                format!("create_write/floor_pattern/{l}"),
+                format!("{group}/ours/{l}"),
+                format!("{group}/floor_zeros/{l}"),
                 Goal::ThroughputAtLeast(0.9),
-            )
-            .sides(0, 2),
-        );
-        pairs.push(
-            Pair::new(
-                format!("3. write loop: pattern over zeros ({t})"),
-                &key,
-                format!("create_write/floor_pattern/{l}"),
-                format!("create_write/floor_zeros/{l}"),
-                Goal::None,
-            )
-            .sides(2, 1),
-        );
+            ));
+            pairs.push(
+                Pair::new(
+                    format!("3. `ensure --strategy write` 64 MiB vs pattern loop ({t}{load})"),
+                    &key,
+                    format!("{group}/ours/{l}"),
+                    format!("{group}/floor_pattern/{l}"),
+                    Goal::ThroughputAtLeast(0.9),
+                )
+                .sides(0, 2),
+            );
+            pairs.push(
+                Pair::new(
+                    format!("3. write loop: pattern over zeros ({t}{load})"),
+                    &key,
+                    format!("{group}/floor_pattern/{l}"),
+                    format!("{group}/floor_zeros/{l}"),
+                    Goal::None,
+                )
+                .sides(2, 1),
+            );
+        }
     }
     common::report(started, &pairs);
 }

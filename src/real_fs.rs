@@ -45,7 +45,6 @@ use std::ffi::CString;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::mpsc;
 
 use camino::Utf8Path;
 
@@ -424,46 +423,22 @@ impl FileHandle for RealFile {
     }
 
     /// `pwrite(2)` of the pattern in chunks of at most 1 MiB, each chunk generated for its
-    /// absolute offset; short writes continue and `EINTR` is retried. A range of more than
-    /// one chunk is generated on a second thread while this one writes (two buffers in
-    /// flight), so the pattern costs no wall time next to the write itself.
+    /// absolute offset into one reused buffer; short writes continue and `EINTR` is
+    /// retried. Generating a chunk costs a few percent of writing it (see
+    /// [`pattern`](crate::pattern)), so this runs on the calling thread alone and keeps its
+    /// speed when the other cores are busy.
     fn write_fill(&self, offset: u64, len: u64) -> io::Result<()> {
         let end = offset.checked_add(len).ok_or_else(|| errno(libc::EFBIG))?;
         to_off_t(end)?;
-        let fd = &self.fd;
-        if len <= FILL_CHUNK_BYTES {
-            let mut buf = vec![0u8; len as usize];
-            pattern::fill(&mut buf, self.seed, offset);
-            return pwrite_all(fd, &buf, offset);
+        let mut buf = vec![0u8; len.min(FILL_CHUNK_BYTES) as usize];
+        let mut pos = offset;
+        while pos < end {
+            let chunk = &mut buf[..(end - pos).min(FILL_CHUNK_BYTES) as usize];
+            pattern::fill(chunk, self.seed, pos);
+            pwrite_all(&self.fd, chunk, pos)?;
+            pos += chunk.len() as u64;
         }
-        let seed = self.seed;
-        std::thread::scope(|scope| {
-            // Filled chunks go one way, emptied buffers come back: two buffers in all.
-            let (filled_tx, filled_rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(1);
-            let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-            for _ in 0..2 {
-                let _ = empty_tx.send(vec![0u8; FILL_CHUNK_BYTES as usize]);
-            }
-            scope.spawn(move || {
-                let mut pos = offset;
-                // Either channel closing means the writer stopped (done or failed).
-                while pos < end {
-                    let Ok(mut buf) = empty_rx.recv() else { return };
-                    buf.truncate((end - pos).min(FILL_CHUNK_BYTES) as usize);
-                    pattern::fill(&mut buf, seed, pos);
-                    let n = buf.len() as u64;
-                    if filled_tx.send((pos, buf)).is_err() {
-                        return;
-                    }
-                    pos += n;
-                }
-            });
-            for (pos, buf) in filled_rx {
-                pwrite_all(fd, &buf, pos)?;
-                let _ = empty_tx.send(buf);
-            }
-            Ok(())
-        })
+        Ok(())
     }
 
     /// `pread(2)`, retrying `EINTR`.

@@ -372,23 +372,23 @@ fn assert_only_reserve(home: &Path) {
     assert!(names.is_empty(), "stray files in the home: {names:?}");
 }
 
-/// A seeded generator for the random tests: the library's own pattern stream
-/// ([`pattern::fill`]), read eight bytes at a time.
+/// A seeded generator for the random tests: SplitMix64 (the generator the fill pattern
+/// draws its keys from), one 64-bit word per call.
 struct Rng {
-    seed: u64,
-    index: u64,
+    state: u64,
 }
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng { seed, index: 0 }
+        Rng { state: seed }
     }
 
     fn next(&mut self) -> u64 {
-        let mut word = [0u8; 8];
-        pattern::fill(&mut word, self.seed, self.index * 8);
-        self.index += 1;
-        u64::from_le_bytes(word)
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
     }
 
     /// A number in `0..n`.
