@@ -106,7 +106,7 @@ pub(crate) struct Model {
 }
 
 fn div_ceil(a: u64, b: u64) -> u64 {
-    a / b + u64::from(a % b != 0)
+    a.div_ceil(b)
 }
 
 impl Model {
