@@ -468,8 +468,8 @@ impl FileHandle for RealFile {
     }
 
     /// `pwrite(2)` of all of `buf`; short writes continue and `EINTR` is retried.
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        pwrite_all(&self.fd, buf, offset)
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        pwrite_all(&self.fd, buf, offset).map(|()| buf.len())
     }
 
     /// `ftruncate(2)`; a length above `i64::MAX` is `EFBIG`.
