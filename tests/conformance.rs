@@ -1167,3 +1167,90 @@ fn real_short_write_then_enospc_on_a_1_mib_tmpfs() {
     // Measured: tmpfs gives every page of its size to file data, as SimFs does.
     assert_eq!(written, MIB, "tmpfs fills every page");
 }
+
+// ---- a read-only filesystem: SimFs against a tmpfs remounted read-only ----
+
+/// On a read-only filesystem holding the file `f` ("data"), the empty directory `d` and
+/// the directory `e` holding `inner`: reads work, every change is `EROFS` — except where
+/// the kernel reports a taken name first (mkdir of an existing name is `EEXIST`).
+fn read_only_refuses_changes(dir: &dyn DirHandle) {
+    let file = dir.open_file("f", OpenOptions::read()).unwrap();
+    assert_eq!(contents(&*file), b"data");
+    assert_eq!(
+        entries(dir),
+        BTreeSet::from([
+            ("f".to_owned(), FileKind::Regular),
+            ("d".to_owned(), FileKind::Directory),
+            ("e".to_owned(), FileKind::Directory),
+        ])
+    );
+    assert_eq!(entries(&*dir.open_subdir("e").unwrap()).len(), 1);
+    for options in [
+        OpenOptions::write(),
+        OpenOptions::read_write(),
+        OpenOptions::append(),
+        OpenOptions::create(),
+    ] {
+        assert_eq!(
+            errno(dir.open_file("f", options)),
+            libc::EROFS,
+            "{options:?}"
+        );
+    }
+    assert_eq!(
+        errno(dir.open_file("new", OpenOptions::create())),
+        libc::EROFS
+    );
+    assert_eq!(errno(dir.create_dir("x")), libc::EROFS);
+    assert_eq!(
+        errno(dir.create_dir("d")),
+        libc::EEXIST,
+        "a taken name first"
+    );
+    assert_eq!(errno(dir.remove_dir("d")), libc::EROFS);
+    assert_eq!(errno(dir.remove_dir("e")), libc::EROFS);
+    assert_eq!(
+        errno(dir.remove_dir("missing")),
+        libc::EROFS,
+        "before the lookup"
+    );
+    assert_eq!(errno(dir.remove_file("f")), libc::EROFS);
+    assert_eq!(errno(dir.rename("f", "g")), libc::EROFS);
+    assert!(dir.space().unwrap().read_only);
+    assert_eq!(probe(dir, "f").len, 4);
+}
+
+#[test]
+fn sim_read_only_refuses_changes() {
+    let fs = SimFs::with_home(MIB, "/ro");
+    fs.mkdir_all("/ro/d").unwrap();
+    fs.mkdir_all("/ro/e").unwrap();
+    fs.write_file("/ro/e/inner", 1).unwrap();
+    let dir = fs.open_dir("/ro".into()).unwrap();
+    dir.open_file("f", OpenOptions::create_new())
+        .unwrap()
+        .write_all_at(0, b"data")
+        .unwrap();
+    fs.set_read_only(true);
+    read_only_refuses_changes(&*dir);
+}
+
+#[test]
+fn real_read_only_refuses_changes_on_a_read_only_tmpfs() {
+    let Some(tmpfs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let root = tmpfs.path();
+    std::fs::write(root.join("f"), b"data").unwrap();
+    std::fs::create_dir(root.join("d")).unwrap();
+    std::fs::create_dir(root.join("e")).unwrap();
+    std::fs::write(root.join("e/inner"), b"x").unwrap();
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(root.as_std_path())
+        .status()
+        .unwrap();
+    assert!(remounted.success(), "remount read-only");
+    let dir = RealFs::new().open_dir(&root).unwrap();
+    read_only_refuses_changes(&*dir);
+}
