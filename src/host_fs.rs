@@ -551,7 +551,8 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     /// contents.
     ///
     /// # Errors
-    /// `EBADF` when opened for writing only, `EOPNOTSUPP` when unsupported, `EIO`…
+    /// `EBADF` when opened for writing only, `EINVAL` when the offset or the end is past
+    /// `i64::MAX`, `EOPNOTSUPP` when unsupported, `EIO`…
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let _ = (offset, buf);
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
@@ -566,7 +567,8 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// `EOPNOTSUPP` when unsupported, `EBADF` when not opened for writing, `ENOSPC`,
-    /// `EDQUOT` when not a byte could be written, `EFBIG`, `EIO`…
+    /// `EDQUOT` when not a byte could be written, `EINVAL` when the offset or the end is
+    /// past `i64::MAX`, `EFBIG` past the filesystem's largest file, `EIO`…
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
         let _ = (offset, buf);
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))

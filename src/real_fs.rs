@@ -110,6 +110,12 @@ fn to_off_t(value: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(value).map_err(|_| errno(libc::EFBIG))
 }
 
+/// A read or write offset as an `off_t`: past `i64::MAX` it would be negative, which
+/// `pread`/`pwrite` refuse with `EINVAL`.
+fn offset_arg(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| errno(libc::EINVAL))
+}
+
 /// Turns a `-1` return into the `errno` it left. Call it right after the libc call.
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == -1 {
@@ -532,7 +538,7 @@ impl FileHandle for RealFile {
 
     /// `pread(2)`, retrying `EINTR`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let at = to_off_t(offset)?;
+        let at = offset_arg(offset)?;
         loop {
             // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` writable
             // bytes.
@@ -552,7 +558,7 @@ impl FileHandle for RealFile {
 
     /// One `pwrite(2)`, retrying `EINTR`: a short count is returned as the kernel gave it.
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
-        let at = to_off_t(offset)?;
+        let at = offset_arg(offset)?;
         loop {
             // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` readable
             // bytes.

@@ -1153,6 +1153,17 @@ fn checked_end(offset: u64, len: u64) -> io::Result<u64> {
         .ok_or_else(|| errno(libc::EFBIG))
 }
 
+/// The end of a `pread`/`pwrite` of `len` bytes at `offset`: `EINVAL` when the offset or
+/// the end is past `i64::MAX` (a negative `loff_t`), as the kernel's `rw_verify_area`
+/// says. (The kernel's `EFBIG` past a filesystem's largest file is not modelled: a
+/// `SimFs` file may reach `i64::MAX`, as on tmpfs and btrfs; ext4 stops at 16 TiB.)
+fn rw_range(offset: u64, len: usize) -> io::Result<u64> {
+    offset
+        .checked_add(len as u64)
+        .filter(|&end| end <= MAX_FILE_BYTES)
+        .ok_or_else(|| errno(libc::EINVAL))
+}
+
 impl SimFs {
     /// An empty filesystem of `capacity_bytes` with 4096-byte blocks; only `/` exists.
     ///
@@ -2255,9 +2266,7 @@ impl FileHandle for SimFile {
         if !self.read {
             return Err(errno(libc::EBADF));
         }
-        if offset > MAX_FILE_BYTES {
-            return Err(errno(libc::EINVAL));
-        }
+        rw_range(offset, buf.len())?;
         let block_size = state.block_size;
         Ok(state.file_mut(self.ino).load(offset, buf, block_size))
     }
@@ -2275,10 +2284,10 @@ impl FileHandle for SimFile {
         } else {
             offset
         };
+        let end = rw_range(offset, buf.len())?;
         if buf.is_empty() {
             return Ok(0);
         }
-        let end = checked_end(offset, buf.len() as u64)?;
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
         let gaps = state.file_mut(ino).blocks.gaps(first, last);

@@ -770,6 +770,25 @@ fn write_at_read_at_round_trip(fx: &impl Fixture) {
     assert_eq!(contents(&*again), b"heLLO W\0\0\0world");
 }
 
+fn offsets_past_i64_max_are_einval(fx: &impl Fixture) {
+    let dir = home(fx);
+    let file = dir.open_file("f", OpenOptions::create()).unwrap();
+    // Past i64::MAX an offset is a negative loff_t, and so is an end past it: EINVAL,
+    // as the kernel's rw_verify_area says, for reads and writes alike. (EFBIG, for an
+    // offset past the filesystem's largest file, differs between filesystems: not here.)
+    assert_eq!(errno(file.write_at(1 << 63, b"x")), libc::EINVAL);
+    assert_eq!(errno(file.read_at(1 << 63, &mut [0; 1])), libc::EINVAL);
+    let near_end = i64::MAX as u64 - 1;
+    assert_eq!(errno(file.write_at(near_end, b"xyz")), libc::EINVAL);
+    assert_eq!(errno(file.read_at(near_end, &mut [0; 3])), libc::EINVAL);
+    assert_eq!(
+        file.read_at(near_end, &mut [0; 1]).unwrap(),
+        0,
+        "in range: the end"
+    );
+    assert_eq!(file.probe().unwrap().len, 0, "nothing written");
+}
+
 fn bytes_span_blocks_and_fallocated_blocks_read_as_zeros(fx: &impl Fixture) {
     let dir = home(fx);
     let file = dir.open_file("f", OpenOptions::create()).unwrap();
@@ -1047,6 +1066,7 @@ conformance!(
     lifecycle_refuses_symlink,
     lifecycle_home_errors,
     write_at_read_at_round_trip,
+    offsets_past_i64_max_are_einval,
     bytes_span_blocks_and_fallocated_blocks_read_as_zeros,
     set_len_cuts_bytes_and_growing_back_reads_zeros,
     access_modes_are_enforced,
