@@ -93,8 +93,14 @@ impl Fixture for Sim {
 struct Real(tempfile::TempDir);
 
 impl Real {
+    /// A temp dir under `DISK_RESERVE_CONFORMANCE_DIR` when it is set (to run the suite
+    /// on a mount of one's choice: `DISK_RESERVE_CONFORMANCE_DIR=/mnt/xfs cargo test
+    /// --test conformance real::`), under the system's temp dir otherwise.
     fn new() -> Self {
-        Real(tempfile::tempdir().unwrap())
+        Real(match std::env::var_os("DISK_RESERVE_CONFORMANCE_DIR") {
+            Some(base) => tempfile::tempdir_in(base).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        })
     }
 }
 
