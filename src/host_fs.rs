@@ -10,6 +10,13 @@
 //! re-pointing the directory, or swapping the file, between two calls therefore cannot
 //! redirect any of them — the property `cap-std` and the `*at` system calls give.
 //!
+//! The same handles are a general file API for storage code — positional and appending
+//! reads and writes ([`FileHandle::read_at`], [`FileHandle::write_at`]), `set_len`,
+//! `sync_all`/`sync_data`, rename, link, remove, `mkdir`/`rmdir`, `read_dir`, subdirectory
+//! handles — and [`File`](crate::File) adds a cursor for `io::Read`/`Write`/`Seek`. A
+//! write-ahead log written once against them runs on the kernel and, in tests, on a full,
+//! failing or crashing [`SimFs`](crate::SimFs).
+//!
 //! Every method returns an [`io::Result`] whose error keeps the raw errno
 //! (`io::Error::from_raw_os_error`), so callers and the
 //! [`is_out_of_space`](crate::is_out_of_space) classifier can tell `ENOSPC` from `EDQUOT`
@@ -39,7 +46,7 @@ use std::io;
 use camino::Utf8Path;
 
 /// What kind of thing a name is, as `lstat(2)` reports it (links are not followed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum FileKind {
     /// A regular file.
@@ -210,11 +217,32 @@ impl FsKind {
 /// `OpenOptions`) say. A symlink at the name is never followed (`ELOOP`), a fifo or socket
 /// never blocks (`ENXIO`), a directory is `EISDIR`, a device `EINVAL`: only regular files
 /// are opened.
+///
+/// The access mode: `read` and `write` (or `append`) together are `O_RDWR`; `write` or
+/// `append` alone `O_WRONLY`, where [`read_at`](FileHandle::read_at) is `EBADF`; anything
+/// else `O_RDONLY`, where writes are `EBADF`.
+///
+/// ```
+/// use disk_reserve::OpenOptions;
+///
+/// // A log: created if missing, every write at its end.
+/// let log = OpenOptions::append();
+/// // A file rewritten from scratch, then read back through the same handle.
+/// let scratch = OpenOptions { truncate: true, ..OpenOptions::create() };
+/// # let _ = (log, scratch);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OpenOptions {
-    /// Open for writing (`O_WRONLY`); otherwise read-only, which is enough for `fstat`
-    /// and `fsync` and works on a read-only filesystem.
+    /// Open for reading too when writing (`O_RDWR`); a handle opened for neither reading
+    /// nor writing is read-only (`O_RDONLY`), which is enough for `fstat` and `fsync` and
+    /// works on a read-only filesystem.
+    pub read: bool,
+    /// Open for writing (`O_WRONLY`, or `O_RDWR` with `read`).
     pub write: bool,
+    /// Every write goes to the end of the file, wherever the caller asked (`O_APPEND`;
+    /// implies `write`). As on Linux, [`write_at`](FileHandle::write_at)'s offset is
+    /// ignored then.
+    pub append: bool,
     /// Create the file if it is missing (`O_CREAT`, mode `0600`).
     pub create: bool,
     /// Create the file and fail with `EEXIST` if anything — even a dangling symlink — is
@@ -228,18 +256,45 @@ impl OpenOptions {
     /// An existing file, read-only.
     pub const fn read() -> Self {
         OpenOptions {
+            read: true,
             write: false,
+            append: false,
             create: false,
             create_new: false,
             truncate: false,
         }
     }
 
-    /// An existing file, for writing.
+    /// An existing file, for writing only.
     pub const fn write() -> Self {
+        OpenOptions {
+            read: false,
+            write: true,
+            ..OpenOptions::read()
+        }
+    }
+
+    /// An existing file, for reading and writing.
+    pub const fn read_write() -> Self {
         OpenOptions {
             write: true,
             ..OpenOptions::read()
+        }
+    }
+
+    /// A file for reading and writing, created if missing, kept as it is otherwise.
+    pub const fn create() -> Self {
+        OpenOptions {
+            create: true,
+            ..OpenOptions::read_write()
+        }
+    }
+
+    /// A file for reading and appending, created if missing: every write at its end.
+    pub const fn append() -> Self {
+        OpenOptions {
+            append: true,
+            ..OpenOptions::create()
         }
     }
 
@@ -250,6 +305,25 @@ impl OpenOptions {
             ..OpenOptions::write()
         }
     }
+
+    /// Whether the handle may write: `write` or `append`.
+    pub const fn writes(&self) -> bool {
+        self.write || self.append
+    }
+
+    /// Whether the handle may read: `read`, or not writing at all (`O_RDONLY`).
+    pub const fn reads(&self) -> bool {
+        self.read || !self.writes()
+    }
+}
+
+/// One name in a directory, as [`DirHandle::read_dir`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DirEntry {
+    /// The name, one component.
+    pub name: String,
+    /// What the name is (a symlink is not followed).
+    pub kind: FileKind,
 }
 
 /// An exclusive lock on a directory, released when dropped.
@@ -361,6 +435,53 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
     /// `ENOENT`, `EEXIST`, `EPERM` for a directory, `EROFS`, `ENOSPC`.
     fn link(&self, existing: &str, new: &str) -> io::Result<()>;
 
+    /// `mkdirat(2)`: creates the empty directory `name` (mode `0777` less the umask). The
+    /// new name is durable once this directory is [synced](DirHandle::sync). The default
+    /// body returns `EOPNOTSUPP`.
+    ///
+    /// # Errors
+    /// `EEXIST` when anything — even a dangling symlink — is at the name; `ENOENT` in a
+    /// removed directory; `ENOSPC`, `EDQUOT`, `EROFS`, `EACCES`.
+    fn create_dir(&self, name: &str) -> io::Result<()> {
+        let _ = name;
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// `unlinkat(2)` with `AT_REMOVEDIR`: removes the empty directory `name` (a symlink
+    /// is not followed). The default body returns `EOPNOTSUPP`.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR` for anything not a directory, `ENOTEMPTY`, `EROFS`, `EACCES`,
+    /// `EBUSY`.
+    fn remove_dir(&self, name: &str) -> io::Result<()> {
+        let _ = name;
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Every name in this directory but `.` and `..`, with its kind, in no particular
+    /// order (compare as a set). The default body returns `EOPNOTSUPP`.
+    ///
+    /// A removed directory lists as empty (`getdents(2)` says `ENOENT` there, and
+    /// `readdir(3)` ends the listing on it).
+    ///
+    /// # Errors
+    /// `EIO`, `ENOMEM`…; `EILSEQ` on [`RealFs`](crate::RealFs) for a name that is not UTF-8.
+    fn read_dir(&self) -> io::Result<Vec<DirEntry>> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Opens the subdirectory `name` as a handle of its own
+    /// (`openat(O_DIRECTORY | O_NOFOLLOW)`): a symlink at the name is not followed. The
+    /// default body returns `EOPNOTSUPP`.
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR` for anything not a directory — a symlink too, even to a
+    /// directory (Linux checks `O_DIRECTORY` before `O_NOFOLLOW`'s `ELOOP`) — `EACCES`.
+    fn open_subdir(&self, name: &str) -> io::Result<Box<dyn DirHandle>> {
+        let _ = name;
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
     /// The kind of filesystem holding this directory (`fstatfs(2)`'s `f_type`). The
     /// default body says [`FsKind::Other`]`(0)`.
     ///
@@ -457,25 +578,52 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     fn write_fill(&self, offset: u64, len: u64) -> io::Result<()>;
 
     /// Reads up to `buf.len()` bytes at `offset` (`pread(2)`), returning how many were
-    /// read (0 at the end of the file). Needs no free space. The default body returns
-    /// `EOPNOTSUPP`, for backends that keep no file contents ([`SimFs`](crate::SimFs)).
+    /// read (0 at the end of the file; fewer than asked only at the end). Needs no free
+    /// space. The default body returns `EOPNOTSUPP`, for backends that keep no file
+    /// contents.
     ///
     /// # Errors
-    /// `EOPNOTSUPP` when unsupported, `EIO`…
+    /// `EBADF` when opened for writing only, `EINVAL` when the offset or the end is past
+    /// `i64::MAX`, `EOPNOTSUPP` when unsupported, `EIO`…
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let _ = (offset, buf);
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 
-    /// Writes all of `buf` at `offset` (`pwrite(2)`, continuing after short writes). The
-    /// default body returns `EOPNOTSUPP`, as [`read_at`](FileHandle::read_at).
+    /// Writes up to `buf.len()` bytes at `offset` (one `pwrite(2)`; at the end of the
+    /// file instead when opened with [`append`](OpenOptions::append)), returning how many
+    /// were written. As on the kernel, a write that runs out of space part-way returns
+    /// the short count of what it did write; the next one fails with `ENOSPC` or `EDQUOT`.
+    /// [`write_all_at`](FileHandle::write_all_at) loops over it. The default body
+    /// returns `EOPNOTSUPP`, as [`read_at`](FileHandle::read_at).
     ///
     /// # Errors
     /// `EOPNOTSUPP` when unsupported, `EBADF` when not opened for writing, `ENOSPC`,
-    /// `EDQUOT`, `EIO`…
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    /// `EDQUOT` when not a byte could be written, `EINVAL` when the offset or the end is
+    /// past `i64::MAX`, `EFBIG` past the filesystem's largest file, `EIO`…
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
         let _ = (offset, buf);
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// Writes all of `buf` at `offset`, calling [`write_at`](FileHandle::write_at) until
+    /// it is done and retrying `EINTR`. On error, a prefix of `buf` may have been written.
+    ///
+    /// # Errors
+    /// As `write_at`; `EIO` when a write makes no progress.
+    fn write_all_at(&self, mut offset: u64, mut buf: &[u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write_at(offset, buf) {
+                Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset = offset.saturating_add(n as u64);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Sets the length (`ftruncate(2)`): shrinking frees the blocks past `len`; growing
@@ -510,6 +658,16 @@ pub trait FileHandle: Send + Sync + fmt::Debug {
     /// # Errors
     /// `EIO` when the data could not be made durable.
     fn sync_all(&self) -> io::Result<()>;
+
+    /// `fdatasync(2)`: the file's data, and its length when it grew, are durable when it
+    /// returns (other metadata such as timestamps may not be). The default body calls
+    /// [`sync_all`](FileHandle::sync_all).
+    ///
+    /// # Errors
+    /// `EIO` when the data could not be made durable.
+    fn sync_data(&self) -> io::Result<()> {
+        self.sync_all()
+    }
 }
 
 /// Forwarding so a `&F`, `Box<F>` or `Arc<F>` can stand where a backend is expected.

@@ -65,6 +65,7 @@ mod classify;
 mod config;
 mod decision;
 mod error;
+mod file;
 mod host_fs;
 pub mod pattern;
 mod real_fs;
@@ -79,8 +80,10 @@ pub use classify::{is_out_of_space, out_of_space_hint};
 pub use config::{DEFAULT_FILE_NAME, DEFAULT_SIZE_BYTES, ReserveConfig, Strategy};
 pub use decision::{Condition, Observed, Plan, decide};
 pub use error::{Error, Operation, Result};
+pub use file::File;
 pub use host_fs::{
-    DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space, check_name,
+    DirEntry, DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space,
+    check_name,
 };
 #[cfg(feature = "mock")]
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};

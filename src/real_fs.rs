@@ -49,7 +49,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use camino::Utf8Path;
 
 use crate::host_fs::{
-    DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space, check_name,
+    DirEntry, DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space,
+    check_name,
 };
 use crate::pattern;
 
@@ -106,6 +107,12 @@ fn c_name(name: &str) -> io::Result<CString> {
 /// `value` as an `off_t`; anything the type cannot hold is `EFBIG` (file too large).
 fn to_off_t(value: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(value).map_err(|_| errno(libc::EFBIG))
+}
+
+/// A read or write offset as an `off_t`: past `i64::MAX` it would be negative, which
+/// `pread`/`pwrite` refuse with `EINVAL`.
+fn offset_arg(offset: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(offset).map_err(|_| errno(libc::EINVAL))
 }
 
 /// Turns a `-1` return into the `errno` it left. Call it right after the libc call.
@@ -167,6 +174,19 @@ fn file_kind(mode: libc::mode_t) -> Option<FileKind> {
 fn fsync(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: `fd` is an open descriptor for the duration of the call.
     check(unsafe { libc::fsync(fd.as_raw_fd()) })
+}
+
+/// `fdatasync(2)` of `fd`.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: `fd` is an open descriptor for the duration of the call.
+    check(unsafe { libc::fdatasync(fd.as_raw_fd()) })
+}
+
+/// `fsync(2)` of `fd`, where there is no `fdatasync`.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
+    fsync(fd)
 }
 
 /// Writes all of `buf` at `offset` of `fd`, continuing after short writes and retrying
@@ -316,11 +336,14 @@ impl DirHandle for RealDir {
     /// `fstat`: anything but a regular file is closed again and refused.
     fn open_file(&self, name: &str, options: OpenOptions) -> io::Result<Box<dyn FileHandle>> {
         let c_name = c_name(name)?;
-        let mut flags = if options.write {
-            libc::O_WRONLY
-        } else {
-            libc::O_RDONLY
+        let mut flags = match (options.reads(), options.writes()) {
+            (true, true) => libc::O_RDWR,
+            (false, true) => libc::O_WRONLY,
+            _ => libc::O_RDONLY,
         };
+        if options.append {
+            flags |= libc::O_APPEND;
+        }
         flags |= libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
         if options.create_new {
             flags |= libc::O_CREAT | libc::O_EXCL;
@@ -366,6 +389,72 @@ impl DirHandle for RealDir {
         let dir = self.fd.as_raw_fd();
         // SAFETY: `dir` is open; both names are NUL-terminated and outlive the call.
         check(unsafe { libc::linkat(dir, c_existing.as_ptr(), dir, c_new.as_ptr(), 0) })
+    }
+
+    /// `mkdirat(dir, name, 0777)`; the umask applies.
+    fn create_dir(&self, name: &str) -> io::Result<()> {
+        let c_name = c_name(name)?;
+        let mode = 0o777 as libc::mode_t;
+        // SAFETY: `self.fd` is open; `c_name` is NUL-terminated and outlives the call.
+        check(unsafe { libc::mkdirat(self.fd.as_raw_fd(), c_name.as_ptr(), mode) })
+    }
+
+    /// `unlinkat(dir, name, AT_REMOVEDIR)`.
+    fn remove_dir(&self, name: &str) -> io::Result<()> {
+        let c_name = c_name(name)?;
+        // SAFETY: `self.fd` is open; `c_name` is NUL-terminated and outlives the call.
+        check(unsafe { libc::unlinkat(self.fd.as_raw_fd(), c_name.as_ptr(), libc::AT_REMOVEDIR) })
+    }
+
+    /// `openat(dir, ".")` — a fresh open file description, so listings do not share a
+    /// position — then `fdopendir` and `readdir` to the end, skipping `.` and `..`. A name
+    /// whose `d_type` is `DT_UNKNOWN` (some filesystems never fill it) is `fstatat`ed.
+    /// A name that is not UTF-8 cannot be addressed through this API: `EILSEQ`.
+    fn read_dir(&self) -> io::Result<Vec<DirEntry>> {
+        let dot = c".";
+        // SAFETY: `self.fd` is open; `dot` is a NUL-terminated static string.
+        let fd = adopt(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                dot.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        })?;
+        let stream = DirStream::new(fd)?;
+        let mut entries = Vec::new();
+        while let Some((name, d_type)) = stream.next()? {
+            if name.as_bytes() == b"." || name.as_bytes() == b".." {
+                continue;
+            }
+            let name = name.into_string().map_err(|_| errno(libc::EILSEQ))?;
+            let kind = match dirent_kind(d_type) {
+                Some(kind) => kind,
+                // Gone since it was listed: it is not in the directory any more.
+                None => match self.probe(&name)? {
+                    Some(probe) => probe.kind,
+                    None => continue,
+                },
+            };
+            entries.push(DirEntry { name, kind });
+        }
+        Ok(entries)
+    }
+
+    /// `openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)`.
+    fn open_subdir(&self, name: &str) -> io::Result<Box<dyn DirHandle>> {
+        let c_name = c_name(name)?;
+        // SAFETY: `self.fd` is open; `c_name` is NUL-terminated and outlives the call.
+        let fd = adopt(unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c_name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        Ok(Box::new(RealDir {
+            fd,
+            seed: self.seed,
+        }))
     }
 
     /// `fsync(2)` of the directory's descriptor.
@@ -443,7 +532,7 @@ impl FileHandle for RealFile {
 
     /// `pread(2)`, retrying `EINTR`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let at = to_off_t(offset)?;
+        let at = offset_arg(offset)?;
         loop {
             // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` writable
             // bytes.
@@ -461,9 +550,29 @@ impl FileHandle for RealFile {
         }
     }
 
-    /// `pwrite(2)` of all of `buf`; short writes continue and `EINTR` is retried.
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        pwrite_all(&self.fd, buf, offset)
+    /// One `pwrite(2)`, retrying `EINTR`: a short count is returned as the kernel gave it.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        let at = offset_arg(offset)?;
+        loop {
+            // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` readable
+            // bytes.
+            let written =
+                unsafe { libc::pwrite(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), at) };
+            if written == -1 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(err);
+            }
+            // `written` is neither -1 nor more than `buf.len()`, so it fits a usize.
+            return usize::try_from(written).map_err(|_| errno(libc::EIO));
+        }
+    }
+
+    /// `fdatasync(2)` (`fsync(2)` where there is none).
+    fn sync_data(&self) -> io::Result<()> {
+        fdatasync(&self.fd)
     }
 
     /// `ftruncate(2)`; a length above `i64::MAX` is `EFBIG`.
@@ -592,6 +701,98 @@ fn unescape_mountinfo(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The [`FileKind`] of a `d_type`, or `None` when the filesystem did not say
+/// (`DT_UNKNOWN`) or said something this crate does not know.
+fn dirent_kind(d_type: u8) -> Option<FileKind> {
+    Some(match d_type {
+        libc::DT_REG => FileKind::Regular,
+        libc::DT_DIR => FileKind::Directory,
+        libc::DT_LNK => FileKind::Symlink,
+        libc::DT_FIFO => FileKind::Fifo,
+        libc::DT_SOCK => FileKind::Socket,
+        libc::DT_BLK => FileKind::BlockDevice,
+        libc::DT_CHR => FileKind::CharDevice,
+        _ => return None,
+    })
+}
+
+/// Sets `errno` to 0, so a `NULL` from `readdir` can tell the end from an error.
+fn clear_errno() {
+    #[cfg(any(target_os = "linux", target_os = "emscripten", target_os = "redox"))]
+    // SAFETY: `__errno_location` returns this thread's `errno`, valid to write.
+    unsafe {
+        *libc::__errno_location() = 0;
+    }
+    #[cfg(target_os = "android")]
+    // SAFETY: `__errno` returns this thread's `errno`, valid to write.
+    unsafe {
+        *libc::__errno() = 0;
+    }
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    // SAFETY: `__error` returns this thread's `errno`, valid to write.
+    unsafe {
+        *libc::__error() = 0;
+    }
+}
+
+/// A `DIR *` from `fdopendir`, closed (with its descriptor) on drop.
+struct DirStream(std::ptr::NonNull<libc::DIR>);
+
+impl DirStream {
+    /// `fdopendir(fd)`: the stream owns the descriptor from then on.
+    fn new(fd: OwnedFd) -> io::Result<DirStream> {
+        use std::os::fd::IntoRawFd;
+        let raw = fd.into_raw_fd();
+        // SAFETY: `raw` is an open directory descriptor nothing else owns; on success the
+        // stream owns it.
+        let dir = unsafe { libc::fdopendir(raw) };
+        match std::ptr::NonNull::new(dir) {
+            Some(dir) => Ok(DirStream(dir)),
+            None => {
+                let err = io::Error::last_os_error();
+                // SAFETY: `fdopendir` failed, so `raw` is still ours to adopt and close.
+                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                Err(err)
+            }
+        }
+    }
+
+    /// The next entry's name and `d_type`, `None` at the end.
+    fn next(&self) -> io::Result<Option<(CString, u8)>> {
+        clear_errno();
+        // SAFETY: `self.0` is an open `DIR *` used by this thread only (`&self` of a
+        // value that is neither `Send` nor `Sync`).
+        let entry = unsafe { libc::readdir(self.0.as_ptr()) };
+        if entry.is_null() {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(0) | None => Ok(None),
+                Some(_) => Err(err),
+            };
+        }
+        // SAFETY: `readdir` returned a valid entry, live until the next call on the
+        // stream; `d_name` is NUL-terminated. The name is copied out before that.
+        let (name, d_type) = unsafe {
+            let entry = &*entry;
+            (
+                std::ffi::CStr::from_ptr(entry.d_name.as_ptr()).to_owned(),
+                entry.d_type,
+            )
+        };
+        Ok(Some((name, d_type)))
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is an open `DIR *` closed nowhere else; `closedir` also closes
+        // its descriptor.
+        unsafe {
+            libc::closedir(self.0.as_ptr());
+        }
+    }
 }
 
 /// `_IOWR('f', 11, struct fiemap)`.

@@ -157,13 +157,11 @@ pub fn write(dir: &dyn DirHandle, name: &str, record: Remembered) -> io::Result<
     }
     let temp = temp_name(name);
     let options = OpenOptions {
-        write: true,
-        create: true,
         truncate: true,
-        create_new: false,
+        ..OpenOptions::create()
     };
     let written = dir.open_file(&temp, options).and_then(|file| {
-        file.write_at(0, record.to_text().as_bytes())?;
+        file.write_all_at(0, record.to_text().as_bytes())?;
         file.sync_all()?;
         dir.rename(&temp, name)
     });

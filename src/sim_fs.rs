@@ -10,9 +10,12 @@
 //! one that other writers fill between any two calls, and one that crashes and forgets
 //! whatever was not fsynced. It returns the errnos the Linux kernel returns.
 //!
-//! Memory does not grow with simulated sizes: a file is a length and a set of allocated
-//! block ranges, never a buffer, so a 1 PiB disk holding a 1 TiB file costs a few hundred
-//! bytes. `SimFs` is a cheap [`Clone`] handle: clones share one filesystem, and it is
+//! Memory does not grow with simulated sizes: a file is a length, a set of allocated
+//! block ranges and the blocks a caller wrote with [`FileHandle::write_at`], so a 1 PiB
+//! disk holding a 1 TiB fallocated file costs a few hundred bytes, and written bytes cost
+//! what they are (rounded to whole blocks). Blocks allocated by
+//! [`allocate`](FileHandle::allocate) or written by [`write_fill`](FileHandle::write_fill)
+//! read back as zeros: the fill pattern is not kept. `SimFs` is a cheap [`Clone`] handle: clones share one filesystem, and it is
 //! `Send + Sync`, so threads can race on it.
 //!
 //! # Examples
@@ -90,9 +93,10 @@
 //!
 //! # Not modelled
 //!
-//! Permissions and ownership (no `EACCES`), inode limits, timestamps, the data itself
-//! (reads are not part of [`FileHandle`]), directories' own blocks (directories and
-//! symlinks take no space), and directories' link counts (1, as btrfs reports them). A
+//! Permissions and ownership (no `EACCES`), inode limits, timestamps, the fill pattern
+//! (reads of [`write_fill`](FileHandle::write_fill)'s blocks give zeros), torn writes (a
+//! crash keeps a file exactly as it was at its last sync), directories' own blocks
+//! (directories and symlinks take no space), and directories' link counts (1, as btrfs reports them). A
 //! trailing `/` in a setup path is treated as a trailing `/.`.
 //!
 //! Free space is exactly capacity minus files' blocks minus other writers. Real
@@ -114,7 +118,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::host_fs::{
-    DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space, check_name,
+    DirEntry, DirHandle, DirLock, FileHandle, FileKind, FsKind, HostFs, OpenOptions, Probe, Space,
+    check_name,
 };
 
 /// Block size of [`SimFs::new`], the common one on Linux filesystems.
@@ -168,6 +173,20 @@ pub enum SimOp {
     Link,
     /// [`DirHandle::try_lock`].
     LockDir,
+    /// [`FileHandle::read_at`].
+    ReadAt,
+    /// [`FileHandle::write_at`].
+    WriteAt,
+    /// [`FileHandle::sync_data`].
+    SyncData,
+    /// [`DirHandle::create_dir`].
+    CreateDir,
+    /// [`DirHandle::remove_dir`].
+    RemoveDir,
+    /// [`DirHandle::read_dir`].
+    ReadDir,
+    /// [`DirHandle::open_subdir`].
+    OpenSubdir,
 }
 
 impl SimOp {
@@ -186,6 +205,13 @@ impl SimOp {
         SimOp::Rename,
         SimOp::Link,
         SimOp::LockDir,
+        SimOp::ReadAt,
+        SimOp::WriteAt,
+        SimOp::SyncData,
+        SimOp::CreateDir,
+        SimOp::RemoveDir,
+        SimOp::ReadDir,
+        SimOp::OpenSubdir,
     ];
 }
 
@@ -334,7 +360,7 @@ impl Extents {
     }
 }
 
-/// Length and allocated blocks of a regular file.
+/// Length, allocated blocks and written bytes of a regular file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct FileData {
     len: u64,
@@ -342,6 +368,69 @@ struct FileData {
     /// How many of its first blocks are shared with a snapshot ([`SimFs::snapshot_file`]):
     /// freeing them does not give space back.
     shared: u64,
+    /// The bytes of the blocks a caller wrote with [`FileHandle::write_at`], by block
+    /// index, each one block long; every other byte reads as zero. Only written blocks
+    /// cost memory, never allocated ones, and a clone (a sync) shares them until one side
+    /// writes again. Bytes past `len` in the last block are kept zero.
+    data: BTreeMap<u64, Arc<Vec<u8>>>,
+}
+
+impl FileData {
+    /// Copies `bytes` into the file at `offset`, block by block.
+    fn store(&mut self, offset: u64, bytes: &[u8], block_size: u64) {
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let at = offset + done as u64;
+            let (block, within) = (at / block_size, (at % block_size) as usize);
+            let n = (block_size as usize - within).min(bytes.len() - done);
+            let stored = self
+                .data
+                .entry(block)
+                .or_insert_with(|| Arc::new(vec![0; block_size as usize]));
+            Arc::make_mut(stored)[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Reads from `offset` into `buf`, up to the length: what was written, zeros elsewhere.
+    fn load(&self, offset: u64, buf: &mut [u8], block_size: u64) -> usize {
+        let available = self.len.saturating_sub(offset);
+        let n = usize::try_from(available).map_or(buf.len(), |a| a.min(buf.len()));
+        let buf = &mut buf[..n];
+        buf.fill(0);
+        let (first, last) = (
+            offset / block_size,
+            (offset + n as u64).div_ceil(block_size),
+        );
+        for (&block, bytes) in self.data.range(first..last) {
+            let block_start = block * block_size;
+            let from = offset.max(block_start);
+            let to = (offset + n as u64).min(block_start + block_size);
+            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                &bytes[(from - block_start) as usize..(to - block_start) as usize],
+            );
+        }
+        n
+    }
+
+    /// Forgets the written bytes in `[start, end)`: they read as zeros again.
+    fn zero(&mut self, start: u64, end: u64, block_size: u64) {
+        if start >= end {
+            return;
+        }
+        let (first, last) = (start / block_size, end.div_ceil(block_size));
+        let touched: Vec<u64> = self.data.range(first..last).map(|(&b, _)| b).collect();
+        for block in touched {
+            let block_start = block * block_size;
+            let (from, to) = (start.max(block_start), end.min(block_start + block_size));
+            if from == block_start && to == block_start + block_size {
+                self.data.remove(&block);
+            } else if let Some(bytes) = self.data.get_mut(&block) {
+                Arc::make_mut(bytes)[(from - block_start) as usize..(to - block_start) as usize]
+                    .fill(0);
+            }
+        }
+    }
 }
 
 /// One inode. Directories and files keep a live state and the state a crash returns to.
@@ -396,9 +485,11 @@ struct Lookup {
     ino: Option<u64>,
 }
 
-/// A pending fault plan: the `calls_left`-th next call of `op` fails with `errno`.
+/// A pending fault plan: the `calls_left`-th next call of `op` (on `name`, when given)
+/// fails with `errno`.
 struct Fault {
     op: SimOp,
+    name: Option<String>,
     calls_left: u32,
     errno: i32,
 }
@@ -439,6 +530,9 @@ struct State {
     /// Held directory locks: directory inode → token of the holder.
     locks: HashMap<u64, u64>,
     next_lock_token: u64,
+    /// Directories whose name was removed (`rmdir`, or a rename over them): their handles
+    /// can no longer create or find anything, as the kernel's dead directories.
+    removed_dirs: std::collections::HashSet<u64>,
 }
 
 /// Component of a path being resolved.
@@ -494,6 +588,7 @@ impl State {
             space_changes: VecDeque::new(),
             locks: HashMap::new(),
             next_lock_token: 1,
+            removed_dirs: std::collections::HashSet::new(),
         }
     }
 
@@ -577,6 +672,7 @@ impl State {
         };
         let before = live.blocks.block_count();
         live.blocks.truncate(first_freed);
+        live.data.split_off(&first_freed);
         let after = live.blocks.block_count();
         let freed = before - after;
         let still_shared = live.shared.min(after);
@@ -629,7 +725,7 @@ impl State {
     /// Counts the call, applies the next scheduled space change, fires a due fault plan.
     /// A call cut by a planned power cut, or made through a handle from before a crash,
     /// never reaches the filesystem: it is not counted and fires no fault.
-    fn begin(&mut self, op: SimOp) -> io::Result<()> {
+    fn begin(&mut self, op: SimOp, names: &[&str]) -> io::Result<()> {
         self.maybe_move();
         if self.crash_countdown > 0 {
             self.crash_countdown -= 1;
@@ -647,7 +743,9 @@ impl State {
             }
         }
         let mut fired = None;
-        for fault in self.faults.iter_mut().filter(|f| f.op == op) {
+        let applies =
+            |f: &Fault| f.op == op && f.name.as_deref().is_none_or(|name| names.contains(&name));
+        for fault in self.faults.iter_mut().filter(|f| applies(f)) {
             fault.calls_left -= 1;
             if fault.calls_left == 0 && fired.is_none() {
                 fired = Some(fault.errno);
@@ -878,6 +976,7 @@ impl State {
             }
         }
         self.open_files.clear();
+        self.removed_dirs.clear();
         self.generation += 1;
         self.crash_countdown = 0;
         self.collect_garbage();
@@ -932,15 +1031,18 @@ impl State {
 
     /// The prelude of a handle's call: `EIO` for a handle from before a crash, then
     /// [`begin`](State::begin).
-    fn begin_on(&mut self, op: SimOp, generation: u64) -> io::Result<()> {
+    fn begin_on(&mut self, op: SimOp, names: &[&str], generation: u64) -> io::Result<()> {
         if generation != self.generation {
             return Err(errno(libc::EIO));
         }
-        self.begin(op)
+        self.begin(op, names)
     }
 
     /// The directory `ino` of a handle: `ENOENT` once it has been removed.
     fn open_directory(&self, ino: u64) -> io::Result<&BTreeMap<String, u64>> {
+        if self.removed_dirs.contains(&ino) {
+            return Err(errno(libc::ENOENT));
+        }
         match self.nodes.get(&ino) {
             Some(Node::Directory { live, .. }) => Ok(live),
             _ => Err(errno(libc::ENOENT)),
@@ -964,6 +1066,9 @@ impl State {
     /// last name with no handle open gives its blocks back.
     fn unlink_entry(&mut self, dir: u64, name: &str, ino: u64) {
         self.entries_mut(dir).remove(name);
+        if let Node::Directory { .. } = self.node(ino) {
+            self.removed_dirs.insert(ino);
+        }
         if self.links(ino) == 0
             && !self.open_files.contains_key(&ino)
             && let Node::Regular { .. } = self.node(ino)
@@ -1051,6 +1156,17 @@ fn checked_end(offset: u64, len: u64) -> io::Result<u64> {
         .ok_or_else(|| errno(libc::EFBIG))
 }
 
+/// The end of a `pread`/`pwrite` of `len` bytes at `offset`: `EINVAL` when the offset or
+/// the end is past `i64::MAX` (a negative `loff_t`), as the kernel's `rw_verify_area`
+/// says. (The kernel's `EFBIG` past a filesystem's largest file is not modelled: a
+/// `SimFs` file may reach `i64::MAX`, as on tmpfs and btrfs; ext4 stops at 16 TiB.)
+fn rw_range(offset: u64, len: usize) -> io::Result<u64> {
+    offset
+        .checked_add(len as u64)
+        .filter(|&end| end <= MAX_FILE_BYTES)
+        .ok_or_else(|| errno(libc::EINVAL))
+}
+
 impl SimFs {
     /// An empty filesystem of `capacity_bytes` with 4096-byte blocks; only `/` exists.
     ///
@@ -1118,9 +1234,9 @@ impl SimFs {
     }
 
     /// The state after the prelude every [`HostFs`] call goes through.
-    fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
+    fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<MutexGuard<'_, State>> {
         let mut state = self.state();
-        state.begin(op)?;
+        state.begin(op, names)?;
         Ok(state)
     }
 
@@ -1283,6 +1399,42 @@ impl SimFs {
         assert!(n >= 1, "SimFs::fail_nth counts calls from 1");
         self.state().faults.push(Fault {
             op,
+            name: None,
+            calls_left: n,
+            errno,
+        });
+    }
+
+    /// Makes the `n`-th next call of `op` on `name` (1-based, counting from now) fail with
+    /// `errno` and have no effect: "the third write to `wal` fails with `EIO`". Calls on
+    /// other names are not counted. A call is on `name` when it is: a [`DirHandle`] call
+    /// given `name` (either of [`rename`](DirHandle::rename)'s or
+    /// [`link`](DirHandle::link)'s two), a [`FileHandle`] call on a handle opened by
+    /// `name` (whatever the file is called since), or [`HostFs::open_dir`] of the path
+    /// `name`.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs, SimOp};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// let data = fs.open_dir("/data".into())?;
+    /// fs.fail_nth_on(SimOp::WriteAt, "wal", 2, libc::EIO);
+    /// let other = data.open_file("other", OpenOptions::create_new())?;
+    /// let wal = data.open_file("wal", OpenOptions::append())?;
+    /// wal.write_at(0, b"one")?;
+    /// other.write_at(0, b"not counted")?;
+    /// assert_eq!(wal.write_at(0, b"two").unwrap_err().raw_os_error(), Some(libc::EIO));
+    /// wal.write_at(0, b"three")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// If `n` is 0.
+    pub fn fail_nth_on(&self, op: SimOp, name: &str, n: u32, errno: i32) {
+        assert!(n >= 1, "SimFs::fail_nth_on counts calls from 1");
+        self.state().faults.push(Fault {
+            op,
+            name: Some(name.to_owned()),
             calls_left: n,
             errno,
         });
@@ -1300,10 +1452,15 @@ impl SimFs {
     }
 
     /// Simulates a power cut: every directory goes back to the entries it had at its last
-    /// [`sync`](DirHandle::sync) and every file to its state at its last
-    /// [`sync_all`](FileHandle::sync_all) (setup methods count as synced). A created but
-    /// unsynced file vanishes, an unlinked but unsynced one comes back, unsynced growth
-    /// is lost. Every directory lock is dropped; guards still held release nothing.
+    /// [`sync`](DirHandle::sync) and every file to its length, blocks and bytes at its last
+    /// [`sync_all`](FileHandle::sync_all) or [`sync_data`](FileHandle::sync_data) (setup
+    /// methods count as synced). A created but unsynced file or directory vanishes, an
+    /// unlinked or renamed but unsynced one comes back, unsynced growth and bytes are lost.
+    ///
+    /// This is deliberately pessimistic: on ext4 and XFS a journal commit often makes
+    /// earlier directory changes durable along with a later `fsync` of a file; here only a
+    /// sync of the directory itself does. Code that survives these crashes follows the
+    /// rules the ALICE and CrashMonkey studies found applications breaking. Every directory lock is dropped; guards still held release nothing.
     pub fn crash(&self) {
         self.state().crash();
         self.inner.lock_released.notify_all();
@@ -1367,8 +1524,7 @@ impl SimFs {
         }
         let mut data = FileData {
             len,
-            blocks: Extents::default(),
-            shared: 0,
+            ..FileData::default()
         };
         data.blocks.insert(0, blocks);
         let node = Node::Regular {
@@ -1387,8 +1543,7 @@ impl SimFs {
         let len = checked_end(0, len)?;
         let data = FileData {
             len,
-            blocks: Extents::default(),
-            shared: 0,
+            ..FileData::default()
         };
         let node = Node::Regular {
             live: data.clone(),
@@ -1644,7 +1799,7 @@ impl fmt::Debug for SimFs {
 
 impl HostFs for SimFs {
     fn open_dir(&self, path: &Utf8Path) -> io::Result<Box<dyn DirHandle>> {
-        let state = self.begin(SimOp::OpenDir)?;
+        let state = self.begin(SimOp::OpenDir, &[path.as_str()])?;
         let ino = state
             .resolve(path, true)?
             .ino
@@ -1676,16 +1831,16 @@ impl fmt::Debug for SimDir {
 }
 
 impl SimDir {
-    fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
+    fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<MutexGuard<'_, State>> {
         let mut state = self.fs.state();
-        state.begin_on(op, self.generation)?;
+        state.begin_on(op, names, self.generation)?;
         Ok(state)
     }
 }
 
 impl DirHandle for SimDir {
     fn space(&self) -> io::Result<Space> {
-        let mut state = self.begin(SimOp::Space)?;
+        let mut state = self.begin(SimOp::Space, &[])?;
         let free_bytes = state.read_space();
         state.max_free_reported = state.max_free_reported.max(free_bytes.saturating_add(1));
         Ok(Space {
@@ -1699,7 +1854,7 @@ impl DirHandle for SimDir {
     }
 
     fn probe(&self, name: &str) -> io::Result<Option<Probe>> {
-        let state = self.begin(SimOp::Probe)?;
+        let state = self.begin(SimOp::Probe, &[name])?;
         check_name(name)?;
         // In a removed directory nothing is found (`ENOENT`, so `None`), as on the kernel.
         let Ok(entries) = state.open_directory(self.ino) else {
@@ -1709,7 +1864,7 @@ impl DirHandle for SimDir {
     }
 
     fn open_file(&self, name: &str, options: OpenOptions) -> io::Result<Box<dyn FileHandle>> {
-        let mut state = self.begin(SimOp::OpenFile)?;
+        let mut state = self.begin(SimOp::OpenFile, &[name])?;
         let ino = match state.entry(self.ino, name)? {
             None if options.create || options.create_new => {
                 if state.read_only {
@@ -1733,10 +1888,10 @@ impl DirHandle for SimDir {
                         return Err(errno(libc::EINVAL));
                     }
                 }
-                if (options.write || options.truncate) && state.read_only {
+                if (options.writes() || options.truncate) && state.read_only {
                     return Err(errno(libc::EROFS));
                 }
-                if options.truncate && options.write {
+                if options.truncate && options.writes() {
                     *state.file_mut(ino) = FileData::default();
                 }
                 ino
@@ -1746,13 +1901,16 @@ impl DirHandle for SimDir {
         Ok(Box::new(SimFile {
             fs: self.fs.clone(),
             ino,
-            write: options.write,
+            name: name.to_owned(),
+            read: options.reads(),
+            write: options.writes(),
+            append: options.append,
             generation: self.generation,
         }))
     }
 
     fn remove_file(&self, name: &str) -> io::Result<()> {
-        let mut state = self.begin(SimOp::RemoveFile)?;
+        let mut state = self.begin(SimOp::RemoveFile, &[name])?;
         check_name(name)?;
         // unlinkat(2) takes write access to the mount before it looks the name up.
         if state.read_only {
@@ -1770,7 +1928,7 @@ impl DirHandle for SimDir {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let mut state = self.begin(SimOp::Rename)?;
+        let mut state = self.begin(SimOp::Rename, &[from, to])?;
         check_name(from)?;
         check_name(to)?;
         // renameat(2), too, takes write access before looking either name up.
@@ -1805,7 +1963,7 @@ impl DirHandle for SimDir {
     }
 
     fn link(&self, existing: &str, new: &str) -> io::Result<()> {
-        let mut state = self.begin(SimOp::Link)?;
+        let mut state = self.begin(SimOp::Link, &[existing, new])?;
         let ino = state
             .entry(self.ino, existing)?
             .ok_or_else(|| errno(libc::ENOENT))?;
@@ -1824,8 +1982,79 @@ impl DirHandle for SimDir {
         Ok(())
     }
 
+    fn create_dir(&self, name: &str) -> io::Result<()> {
+        let mut state = self.begin(SimOp::CreateDir, &[name])?;
+        // mkdirat(2) reports a taken name before a read-only mount.
+        if state.entry(self.ino, name)?.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        let dir = Node::Directory {
+            live: BTreeMap::new(),
+            durable: BTreeMap::new(),
+        };
+        state.link_new(self.ino, name.to_owned(), dir, false);
+        Ok(())
+    }
+
+    fn remove_dir(&self, name: &str) -> io::Result<()> {
+        let mut state = self.begin(SimOp::RemoveDir, &[name])?;
+        check_name(name)?;
+        // rmdir(2) takes write access to the mount before it looks the name up.
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        let ino = state
+            .entry(self.ino, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        match state.node(ino) {
+            Node::Directory { live, .. } if !live.is_empty() => {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+            Node::Directory { .. } => {}
+            _ => return Err(errno(libc::ENOTDIR)),
+        }
+        state.unlink_entry(self.ino, name, ino);
+        state.collect_garbage();
+        Ok(())
+    }
+
+    fn read_dir(&self) -> io::Result<Vec<DirEntry>> {
+        let state = self.begin(SimOp::ReadDir, &[])?;
+        // A removed directory lists as empty: getdents(2) says `ENOENT` there, and
+        // readdir(3) turns that into the end of the listing.
+        let Ok(entries) = state.open_directory(self.ino) else {
+            return Ok(Vec::new());
+        };
+        Ok(entries
+            .iter()
+            .map(|(name, &ino)| DirEntry {
+                name: name.clone(),
+                kind: state.node(ino).kind(),
+            })
+            .collect())
+    }
+
+    fn open_subdir(&self, name: &str) -> io::Result<Box<dyn DirHandle>> {
+        let state = self.begin(SimOp::OpenSubdir, &[name])?;
+        let ino = state
+            .entry(self.ino, name)?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        // `O_DIRECTORY` is checked before `O_NOFOLLOW`: a symlink is `ENOTDIR` too.
+        if !matches!(state.node(ino), Node::Directory { .. }) {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok(Box::new(SimDir {
+            fs: self.fs.clone(),
+            ino,
+            generation: self.generation,
+        }))
+    }
+
     fn sync(&self) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SyncDir)?;
+        let mut state = self.begin(SimOp::SyncDir, &[])?;
         // A removed directory's descriptor still syncs (there is nothing left to make
         // durable in it).
         if let Some(Node::Directory { live, durable }) = state.nodes.get_mut(&self.ino) {
@@ -1875,7 +2104,7 @@ impl DirHandle for SimDir {
     }
 
     fn try_lock(&self) -> io::Result<Option<DirLock>> {
-        let mut state = self.begin(SimOp::LockDir)?;
+        let mut state = self.begin(SimOp::LockDir, &[])?;
         // `openat(dir, ".")` and `flock` work on a removed directory too.
         if state.locks.contains_key(&self.ino) {
             return Ok(None);
@@ -1895,7 +2124,11 @@ impl DirHandle for SimDir {
 struct SimFile {
     fs: SimFs,
     ino: u64,
+    /// The name it was opened by, for fault plans on a name ([`SimFs::fail_nth_on`]).
+    name: String,
+    read: bool,
     write: bool,
+    append: bool,
     generation: u64,
 }
 
@@ -1903,7 +2136,10 @@ impl fmt::Debug for SimFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimFile")
             .field("ino", &self.ino)
+            .field("name", &self.name)
+            .field("read", &self.read)
             .field("write", &self.write)
+            .field("append", &self.append)
             .finish()
     }
 }
@@ -1920,7 +2156,7 @@ impl Drop for SimFile {
 impl SimFile {
     fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
         let mut state = self.fs.state();
-        state.begin_on(op, self.generation)?;
+        state.begin_on(op, &[&self.name], self.generation)?;
         Ok(state)
     }
 
@@ -2000,6 +2236,8 @@ impl FileHandle for SimFile {
         if written_end > offset {
             file.len = file.len.max(written_end);
         }
+        // The pattern is not kept: what it overwrote reads as zeros.
+        file.zero(offset, written_end, block_size);
         match stopped_at {
             Some(_) => Err(errno(out_of_space)),
             None => Ok(()),
@@ -2012,7 +2250,10 @@ impl FileHandle for SimFile {
             return Err(errno(libc::EINVAL));
         }
         let block_size = state.block_size;
-        state.file_mut(self.ino).len = len;
+        let file = state.file_mut(self.ino);
+        // Bytes cut off read as zeros if the file grows back over them, as on the kernel.
+        file.zero(len, file.len.max(len), block_size);
+        file.len = len;
         state.free_blocks_from(self.ino, len.div_ceil(block_size));
         Ok(())
     }
@@ -2033,6 +2274,71 @@ impl FileHandle for SimFile {
             durable.clone_from(live);
         }
         Ok(())
+    }
+
+    /// As [`sync_all`](FileHandle::sync_all): the simulator has no metadata that
+    /// `fdatasync` would leave behind.
+    fn sync_data(&self) -> io::Result<()> {
+        let mut state = self.begin(SimOp::SyncData)?;
+        if let Node::Regular { live, durable } = state.node_mut(self.ino) {
+            durable.clone_from(live);
+        }
+        Ok(())
+    }
+
+    /// What [`write_at`](FileHandle::write_at) wrote; zeros for holes and for blocks
+    /// allocated by [`allocate`](FileHandle::allocate) or written by
+    /// [`write_fill`](FileHandle::write_fill) (the simulator does not keep the pattern).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut state = self.begin(SimOp::ReadAt)?;
+        if !self.read {
+            return Err(errno(libc::EBADF));
+        }
+        rw_range(offset, buf.len())?;
+        let block_size = state.block_size;
+        Ok(state.file_mut(self.ino).load(offset, buf, block_size))
+    }
+
+    /// Allocates the blocks the range needs and keeps the bytes. When space runs out
+    /// part-way the write stops at the first block it could not have and returns what it
+    /// wrote before it; with not a byte written it fails with `ENOSPC` (or `EDQUOT` when
+    /// the quota is the tighter limit).
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
+        let mut state = self.begin_write(SimOp::WriteAt, libc::EBADF)?;
+        let ino = self.ino;
+        // `O_APPEND`: the offset is ignored, as Linux's pwrite(2) ignores it.
+        let offset = if self.append {
+            state.file_mut(ino).len
+        } else {
+            offset
+        };
+        let end = rw_range(offset, buf.len())?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let block_size = state.block_size;
+        let (first, last) = (offset / block_size, end.div_ceil(block_size));
+        let gaps = state.file_mut(ino).blocks.gaps(first, last);
+        let (mut budget, out_of_space) = state.allocation_budget();
+        let file = state.file_mut(ino);
+        let mut stopped_at = None;
+        for (start, gap_end) in gaps {
+            let taken = budget.min(gap_end - start);
+            file.blocks.insert(start, start + taken);
+            budget -= taken;
+            if start + taken < gap_end {
+                stopped_at = Some(start + taken);
+                break;
+            }
+        }
+        let written_end = stopped_at.map_or(end, |block| (block * block_size).max(offset));
+        if written_end == offset {
+            return Err(errno(out_of_space));
+        }
+        let written = (written_end - offset) as usize;
+        file.store(offset, &buf[..written], block_size);
+        file.len = file.len.max(written_end);
+        Ok(written)
     }
 }
 

@@ -6,9 +6,12 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
+use std::collections::BTreeSet;
+use std::io::{Read, Seek, SeekFrom, Write};
+
 use disk_reserve::{
-    DirHandle, Ensured, Error, FileKind, HostFs, OpenOptions, RealFs, Released, Reserve,
-    ReserveConfig, SimFs, Strategy,
+    DirEntry, DirHandle, Ensured, Error, File, FileHandle, FileKind, HostFs, OpenOptions, RealFs,
+    Released, Reserve, ReserveConfig, SimFs, Strategy,
 };
 
 const MIB: u64 = 1 << 20;
@@ -90,8 +93,14 @@ impl Fixture for Sim {
 struct Real(tempfile::TempDir);
 
 impl Real {
+    /// A temp dir under `DISK_RESERVE_CONFORMANCE_DIR` when it is set (to run the suite
+    /// on a mount of one's choice: `DISK_RESERVE_CONFORMANCE_DIR=/mnt/xfs cargo test
+    /// --test conformance real::`), under the system's temp dir otherwise.
     fn new() -> Self {
-        Real(tempfile::tempdir().unwrap())
+        Real(match std::env::var_os("DISK_RESERVE_CONFORMANCE_DIR") {
+            Some(base) => tempfile::tempdir_in(base).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        })
     }
 }
 
@@ -712,6 +721,317 @@ fn lifecycle_home_errors(fx: &impl Fixture) {
     assert!(matches!(file.status(), Err(Error::HomeNotDirectory { .. })));
 }
 
+// ---- the file API ----
+
+/// All of `file` from offset 0, read through `read_at`.
+fn contents(file: &dyn FileHandle) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1000];
+    loop {
+        match file.read_at(out.len() as u64, &mut buf).unwrap() {
+            0 => return out,
+            n => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn entries(dir: &dyn DirHandle) -> BTreeSet<(String, FileKind)> {
+    dir.read_dir()
+        .unwrap()
+        .into_iter()
+        .map(|DirEntry { name, kind }| (name, kind))
+        .collect()
+}
+
+fn write_at_read_at_round_trip(fx: &impl Fixture) {
+    let dir = home(fx);
+    let file = dir.open_file("f", OpenOptions::create()).unwrap();
+    assert_eq!(file.write_at(0, b"hello").unwrap(), 5);
+    assert_eq!(file.write_at(10, b"world").unwrap(), 5);
+    assert_eq!(file.probe().unwrap().len, 15);
+    assert_eq!(
+        contents(&*file),
+        b"hello\0\0\0\0\0world",
+        "a hole reads as zeros"
+    );
+    let mut buf = [0xFFu8; 8];
+    assert_eq!(file.read_at(12, &mut buf).unwrap(), 3, "short at the end");
+    assert_eq!(&buf[..3], b"rld");
+    assert_eq!(file.read_at(15, &mut buf).unwrap(), 0, "0 at the end");
+    assert_eq!(
+        file.read_at(1 << 40, &mut buf).unwrap(),
+        0,
+        "0 past the end"
+    );
+    assert_eq!(file.write_at(3, b"").unwrap(), 0);
+    file.write_all_at(2, b"LLO W").unwrap();
+    assert_eq!(
+        contents(&*file),
+        b"heLLO W\0\0\0world",
+        "overwrites in place"
+    );
+    file.sync_data().unwrap();
+    // Another handle on the same file sees the same bytes.
+    let again = dir.open_file("f", OpenOptions::read()).unwrap();
+    assert_eq!(contents(&*again), b"heLLO W\0\0\0world");
+}
+
+fn offsets_past_i64_max_are_einval(fx: &impl Fixture) {
+    let dir = home(fx);
+    let file = dir.open_file("f", OpenOptions::create()).unwrap();
+    // Past i64::MAX an offset is a negative loff_t, and so is an end past it: EINVAL,
+    // as the kernel's rw_verify_area says, for reads and writes alike. (EFBIG, for an
+    // offset past the filesystem's largest file, differs between filesystems: not here.)
+    assert_eq!(errno(file.write_at(1 << 63, b"x")), libc::EINVAL);
+    assert_eq!(errno(file.read_at(1 << 63, &mut [0; 1])), libc::EINVAL);
+    let near_end = i64::MAX as u64 - 1;
+    assert_eq!(errno(file.write_at(near_end, b"xyz")), libc::EINVAL);
+    assert_eq!(errno(file.read_at(near_end, &mut [0; 3])), libc::EINVAL);
+    assert_eq!(
+        file.read_at(near_end, &mut [0; 1]).unwrap(),
+        0,
+        "in range: the end"
+    );
+    assert_eq!(file.probe().unwrap().len, 0, "nothing written");
+}
+
+fn bytes_span_blocks_and_fallocated_blocks_read_as_zeros(fx: &impl Fixture) {
+    let dir = home(fx);
+    let file = dir.open_file("f", OpenOptions::create()).unwrap();
+    file.allocate(0, 3 * 4096).unwrap();
+    assert_eq!(contents(&*file), vec![0u8; 3 * 4096]);
+    let pattern: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    file.write_all_at(100, &pattern).unwrap();
+    let all = contents(&*file);
+    assert_eq!(all.len(), 3 * 4096);
+    assert_eq!(&all[100..10_100], &pattern[..]);
+    assert!(all[..100].iter().chain(&all[10_100..]).all(|&b| b == 0));
+}
+
+fn set_len_cuts_bytes_and_growing_back_reads_zeros(fx: &impl Fixture) {
+    let dir = home(fx);
+    let file = dir.open_file("f", OpenOptions::create()).unwrap();
+    file.write_all_at(0, b"0123456789").unwrap();
+    file.set_len(4).unwrap();
+    assert_eq!(contents(&*file), b"0123");
+    file.set_len(8).unwrap();
+    assert_eq!(contents(&*file), b"0123\0\0\0\0");
+    file.write_all_at(6000, b"x").unwrap();
+    file.set_len(5000).unwrap();
+    file.set_len(6001).unwrap();
+    assert!(contents(&*file)[8..].iter().all(|&b| b == 0));
+}
+
+fn access_modes_are_enforced(fx: &impl Fixture) {
+    let dir = home(fx);
+    dir.open_file("f", OpenOptions::create())
+        .unwrap()
+        .write_all_at(0, b"data")
+        .unwrap();
+    let read_only = dir.open_file("f", OpenOptions::read()).unwrap();
+    assert_eq!(errno(read_only.write_at(0, b"x")), libc::EBADF);
+    let write_only = dir.open_file("f", OpenOptions::write()).unwrap();
+    assert_eq!(errno(write_only.read_at(0, &mut [0; 4])), libc::EBADF);
+    assert_eq!(write_only.write_at(0, b"D").unwrap(), 1);
+    let neither = OpenOptions {
+        read: false,
+        ..OpenOptions::read()
+    };
+    let plain = dir.open_file("f", neither).unwrap();
+    assert_eq!(
+        contents(&*plain),
+        b"Data",
+        "a handle opened for nothing reads"
+    );
+    let truncated = dir
+        .open_file(
+            "f",
+            OpenOptions {
+                truncate: true,
+                ..OpenOptions::create()
+            },
+        )
+        .unwrap();
+    assert_eq!(truncated.probe().unwrap().len, 0);
+    assert_eq!(contents(&*truncated), b"");
+}
+
+fn append_writes_at_the_end_whatever_the_offset(fx: &impl Fixture) {
+    let dir = home(fx);
+    let file = dir.open_file("log", OpenOptions::append()).unwrap();
+    assert_eq!(file.write_at(0, b"one ").unwrap(), 4);
+    assert_eq!(file.write_at(0, b"two ").unwrap(), 4);
+    assert_eq!(file.write_at(1 << 30, b"three").unwrap(), 5);
+    assert_eq!(file.probe().unwrap().len, 13, "no write went past the end");
+    assert_eq!(contents(&*file), b"one two three");
+    // Reopened for appending, existing bytes stay.
+    let again = dir.open_file("log", OpenOptions::append()).unwrap();
+    again.write_all_at(0, b"!").unwrap();
+    assert_eq!(contents(&*file), b"one two three!");
+}
+
+fn file_adapter_reads_writes_and_seeks(fx: &impl Fixture) {
+    let dir = home(fx);
+    let mut file = File::open(&*dir, "f", OpenOptions::create()).unwrap();
+    file.write_all(b"hello world").unwrap();
+    assert_eq!(file.stream_position().unwrap(), 11);
+    assert_eq!(file.seek(SeekFrom::Start(6)).unwrap(), 6);
+    file.write_all(b"WORLD").unwrap();
+    assert_eq!(file.seek(SeekFrom::Current(-5)).unwrap(), 6);
+    let mut word = [0u8; 5];
+    file.read_exact(&mut word).unwrap();
+    assert_eq!(&word, b"WORLD");
+    assert_eq!(file.seek(SeekFrom::Start(1)).unwrap(), 1);
+    assert_eq!(
+        file.seek(SeekFrom::End(-5)).unwrap(),
+        6,
+        "from the end, not the cursor"
+    );
+    assert_eq!(file.seek(SeekFrom::End(-11)).unwrap(), 0);
+    let mut text = String::new();
+    file.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "hello WORLD");
+    assert_eq!(file.read(&mut word).unwrap(), 0, "at the end");
+    assert_eq!(
+        file.seek(SeekFrom::Current(-100))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        file.stream_position().unwrap(),
+        11,
+        "a failed seek moves nothing"
+    );
+    file.seek(SeekFrom::End(4)).unwrap();
+    file.write_all(b"!").unwrap();
+    file.flush().unwrap();
+    file.sync_all().unwrap();
+    assert_eq!(file.metadata().unwrap().len, 16);
+    assert_eq!(contents(file.handle()), b"hello WORLD\0\0\0\0!");
+
+    let mut log = File::open(&*dir, "log", OpenOptions::append()).unwrap();
+    log.write_all(b"abc").unwrap();
+    log.seek(SeekFrom::Start(0)).unwrap();
+    log.write_all(b"def").unwrap();
+    assert_eq!(
+        log.stream_position().unwrap(),
+        6,
+        "the cursor follows the end"
+    );
+    log.seek(SeekFrom::Start(0)).unwrap();
+    let mut all = Vec::new();
+    log.read_to_end(&mut all).unwrap();
+    assert_eq!(all, b"abcdef");
+}
+
+fn rename_over_an_existing_file_keeps_the_new_bytes(fx: &impl Fixture) {
+    let dir = home(fx);
+    let old = dir.open_file("current", OpenOptions::create()).unwrap();
+    old.write_all_at(0, b"old contents, longer").unwrap();
+    let new = dir
+        .open_file("current.new", OpenOptions::create_new())
+        .unwrap();
+    new.write_all_at(0, b"new").unwrap();
+    new.sync_data().unwrap();
+    dir.rename("current.new", "current").unwrap();
+    dir.sync().unwrap();
+    let now = dir.open_file("current", OpenOptions::read()).unwrap();
+    assert_eq!(contents(&*now), b"new");
+    assert_eq!(dir.probe("current.new").unwrap(), None);
+    // The replaced file lives on through its open handle.
+    assert_eq!(contents(&*old), b"old contents, longer");
+    assert_eq!(old.probe().unwrap().links, 0);
+}
+
+fn dir_ops_create_list_open_and_remove(fx: &impl Fixture) {
+    let root = fx.root();
+    let dir = home(fx);
+    dir.create_dir("d").unwrap();
+    assert_eq!(probe(&*dir, "d").kind, FileKind::Directory);
+    let sub = dir.open_subdir("d").unwrap();
+    sub.open_file("inner", OpenOptions::create_new())
+        .unwrap()
+        .write_all_at(0, b"in d")
+        .unwrap();
+    sub.create_dir("nested").unwrap();
+    sub.sync().unwrap();
+    assert_eq!(
+        entries(&*sub),
+        BTreeSet::from([
+            ("inner".to_owned(), FileKind::Regular),
+            ("nested".to_owned(), FileKind::Directory),
+        ])
+    );
+    let through_path = fx.fs().open_dir(&root.join("d")).unwrap();
+    assert_eq!(probe(&*through_path, "inner").len, 4);
+
+    fx.symlink(&root.join("link"), &root.join("d"));
+    fx.mkfifo(&root.join("fifo"));
+    assert_eq!(
+        entries(&*dir),
+        BTreeSet::from([
+            ("d".to_owned(), FileKind::Directory),
+            ("link".to_owned(), FileKind::Symlink),
+            ("fifo".to_owned(), FileKind::Fifo),
+        ]),
+        "read_dir lists every name but . and .., links not followed"
+    );
+    assert_eq!(
+        entries(&*sub.open_subdir("nested").unwrap()),
+        BTreeSet::new()
+    );
+
+    assert_eq!(errno(dir.remove_dir("d")), libc::ENOTEMPTY);
+    sub.remove_file("inner").unwrap();
+    sub.remove_dir("nested").unwrap();
+    dir.remove_dir("d").unwrap();
+    assert_eq!(dir.probe("d").unwrap(), None);
+    // The handle of the removed directory finds and makes nothing.
+    assert_eq!(entries(&*sub), BTreeSet::new(), "readdir(3) ends at ENOENT");
+    assert_eq!(errno(sub.create_dir("x")), libc::ENOENT);
+    assert_eq!(errno(sub.open_subdir("x")), libc::ENOENT);
+    dir.sync().unwrap();
+}
+
+fn dir_ops_errors(fx: &impl Fixture) {
+    let root = fx.root();
+    fx.write_dense(&root.join("file"), 1);
+    fx.mkdir(&root.join("d"));
+    fx.symlink(&root.join("link"), &root.join("d"));
+    fx.symlink(&root.join("dangling"), &root.join("missing"));
+    let dir = home(fx);
+    for taken in ["file", "d", "link", "dangling"] {
+        assert_eq!(errno(dir.create_dir(taken)), libc::EEXIST, "mkdir {taken}");
+    }
+    assert_eq!(dir.probe("missing").unwrap(), None, "no symlink followed");
+    assert_eq!(errno(dir.remove_dir("file")), libc::ENOTDIR);
+    assert_eq!(errno(dir.remove_dir("link")), libc::ENOTDIR);
+    assert_eq!(errno(dir.remove_dir("missing")), libc::ENOENT);
+    assert_eq!(errno(dir.remove_file("d")), libc::EISDIR);
+    assert_eq!(errno(dir.open_file("d", OpenOptions::read())), libc::EISDIR);
+    assert_eq!(
+        errno(dir.open_file("d", OpenOptions::create())),
+        libc::EISDIR
+    );
+    assert_eq!(errno(dir.open_subdir("file")), libc::ENOTDIR);
+    assert_eq!(errno(dir.open_subdir("link")), libc::ENOTDIR);
+    assert_eq!(errno(dir.open_subdir("dangling")), libc::ENOTDIR);
+    assert_eq!(errno(dir.open_subdir("missing")), libc::ENOENT);
+    for name in ["", ".", "..", "a/b"] {
+        assert_eq!(errno(dir.create_dir(name)), libc::EINVAL, "mkdir {name:?}");
+        assert_eq!(errno(dir.remove_dir(name)), libc::EINVAL, "rmdir {name:?}");
+        assert_eq!(errno(dir.open_subdir(name)), libc::EINVAL, "open {name:?}");
+    }
+    assert_eq!(
+        probe(&*dir, "d").kind,
+        FileKind::Directory,
+        "all still there"
+    );
+    assert_eq!(probe(&*dir, "link").kind, FileKind::Symlink);
+    assert_eq!(probe(&*dir, "file").len, 1);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sim {
@@ -751,4 +1071,212 @@ conformance!(
     lifecycle_repairs_sparse_partial_and_oversized,
     lifecycle_refuses_symlink,
     lifecycle_home_errors,
+    write_at_read_at_round_trip,
+    offsets_past_i64_max_are_einval,
+    bytes_span_blocks_and_fallocated_blocks_read_as_zeros,
+    set_len_cuts_bytes_and_growing_back_reads_zeros,
+    access_modes_are_enforced,
+    append_writes_at_the_end_whatever_the_offset,
+    file_adapter_reads_writes_and_seeks,
+    rename_over_an_existing_file_keeps_the_new_bytes,
+    dir_ops_create_list_open_and_remove,
+    dir_ops_errors,
 );
+
+// ---- a full filesystem: SimFs against a 1 MiB tmpfs ----
+
+/// Writes chunks of 10,000 bytes (never a whole number of blocks) one after the other on
+/// a filesystem of `capacity` bytes until one is short; checks the kernel's way of running
+/// out: the write that fills the last free block returns its short count, the next one
+/// fails with `ENOSPC`, what was written reads back, and removing the file gives the
+/// space back. Returns the bytes written, for the caller to compare with the capacity.
+fn short_write_then_enospc(dir: &dyn DirHandle) -> u64 {
+    let file = dir.open_file("filler", OpenOptions::create()).unwrap();
+    let chunk: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8 + 1).collect();
+    let mut offset = 0u64;
+    let short = loop {
+        match file.write_at(offset, &chunk) {
+            Ok(n) if n == chunk.len() => offset += n as u64,
+            Ok(n) => {
+                assert!(n > 0, "a write that can do nothing fails instead");
+                offset += n as u64;
+                break n;
+            }
+            Err(e) => panic!("a write failed with {e} at {offset} before any short write"),
+        }
+    };
+    assert_eq!(
+        errno(file.write_at(offset, &chunk)),
+        libc::ENOSPC,
+        "the write after the short one ({short} bytes at {offset})"
+    );
+    assert_eq!(errno(file.write_at(offset, b"x")), libc::ENOSPC);
+    let p = file.probe().unwrap();
+    assert_eq!(
+        p.len, offset,
+        "the length covers what the short write wrote"
+    );
+    let mut tail = vec![0u8; short];
+    assert_eq!(
+        file.read_at(offset - short as u64, &mut tail).unwrap(),
+        short
+    );
+    let start = ((offset - short as u64) % chunk.len() as u64) as usize;
+    assert_eq!(
+        tail,
+        chunk[start..start + short],
+        "the short write's bytes are there"
+    );
+    // Overwriting allocated blocks needs no space.
+    assert_eq!(file.write_at(0, &chunk).unwrap(), chunk.len());
+    drop(file);
+    dir.remove_file("filler").unwrap();
+    let again = dir.open_file("again", OpenOptions::create_new()).unwrap();
+    assert_eq!(
+        again.write_at(0, &chunk).unwrap(),
+        chunk.len(),
+        "space is back"
+    );
+    offset
+}
+
+#[test]
+fn sim_short_write_then_enospc() {
+    let fs = SimFs::with_home(MIB, "/full");
+    let written = short_write_then_enospc(&*fs.open_dir("/full".into()).unwrap());
+    assert_eq!(written, MIB, "SimFs fills every block");
+}
+
+/// A tmpfs of `size` mounted on a temporary directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// `None` (and a note) when this process cannot mount (not root, no `mount`).
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> Utf8PathBuf {
+        Utf8PathBuf::try_from(self.dir.path().to_path_buf()).unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn real_short_write_then_enospc_on_a_1_mib_tmpfs() {
+    let Some(tmpfs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let dir = RealFs::new().open_dir(&tmpfs.path()).unwrap();
+    let written = short_write_then_enospc(&*dir);
+    drop(dir);
+    // Measured: tmpfs gives every page of its size to file data, as SimFs does.
+    assert_eq!(written, MIB, "tmpfs fills every page");
+}
+
+// ---- a read-only filesystem: SimFs against a tmpfs remounted read-only ----
+
+/// On a read-only filesystem holding the file `f` ("data"), the empty directory `d` and
+/// the directory `e` holding `inner`: reads work, every change is `EROFS` — except where
+/// the kernel reports a taken name first (mkdir of an existing name is `EEXIST`).
+fn read_only_refuses_changes(dir: &dyn DirHandle) {
+    let file = dir.open_file("f", OpenOptions::read()).unwrap();
+    assert_eq!(contents(&*file), b"data");
+    assert_eq!(
+        entries(dir),
+        BTreeSet::from([
+            ("f".to_owned(), FileKind::Regular),
+            ("d".to_owned(), FileKind::Directory),
+            ("e".to_owned(), FileKind::Directory),
+        ])
+    );
+    assert_eq!(entries(&*dir.open_subdir("e").unwrap()).len(), 1);
+    for options in [
+        OpenOptions::write(),
+        OpenOptions::read_write(),
+        OpenOptions::append(),
+        OpenOptions::create(),
+    ] {
+        assert_eq!(
+            errno(dir.open_file("f", options)),
+            libc::EROFS,
+            "{options:?}"
+        );
+    }
+    assert_eq!(
+        errno(dir.open_file("new", OpenOptions::create())),
+        libc::EROFS
+    );
+    assert_eq!(errno(dir.create_dir("x")), libc::EROFS);
+    assert_eq!(
+        errno(dir.create_dir("d")),
+        libc::EEXIST,
+        "a taken name first"
+    );
+    assert_eq!(errno(dir.remove_dir("d")), libc::EROFS);
+    assert_eq!(errno(dir.remove_dir("e")), libc::EROFS);
+    assert_eq!(
+        errno(dir.remove_dir("missing")),
+        libc::EROFS,
+        "before the lookup"
+    );
+    assert_eq!(errno(dir.remove_file("f")), libc::EROFS);
+    assert_eq!(errno(dir.rename("f", "g")), libc::EROFS);
+    assert!(dir.space().unwrap().read_only);
+    assert_eq!(probe(dir, "f").len, 4);
+}
+
+#[test]
+fn sim_read_only_refuses_changes() {
+    let fs = SimFs::with_home(MIB, "/ro");
+    fs.mkdir_all("/ro/d").unwrap();
+    fs.mkdir_all("/ro/e").unwrap();
+    fs.write_file("/ro/e/inner", 1).unwrap();
+    let dir = fs.open_dir("/ro".into()).unwrap();
+    dir.open_file("f", OpenOptions::create_new())
+        .unwrap()
+        .write_all_at(0, b"data")
+        .unwrap();
+    fs.set_read_only(true);
+    read_only_refuses_changes(&*dir);
+}
+
+#[test]
+fn real_read_only_refuses_changes_on_a_read_only_tmpfs() {
+    let Some(tmpfs) = Tmpfs::mount("1m") else {
+        return;
+    };
+    let root = tmpfs.path();
+    std::fs::write(root.join("f"), b"data").unwrap();
+    std::fs::create_dir(root.join("d")).unwrap();
+    std::fs::create_dir(root.join("e")).unwrap();
+    std::fs::write(root.join("e/inner"), b"x").unwrap();
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(root.as_std_path())
+        .status()
+        .unwrap();
+    assert!(remounted.success(), "remount read-only");
+    let dir = RealFs::new().open_dir(&root).unwrap();
+    read_only_refuses_changes(&*dir);
+}

@@ -985,8 +985,19 @@ fn calls_counts_every_call_per_op_failed_ones_included() {
     home_dir.link("g", "h").unwrap();
     home_dir.remove_file("g").unwrap();
     drop(home_dir.try_lock().unwrap());
+    let rw = home_dir.open_file("h", OpenOptions::read_write()).unwrap();
+    rw.write_at(0, b"x").unwrap();
+    rw.read_at(0, &mut [0; 1]).unwrap();
+    rw.sync_data().unwrap();
+    home_dir.create_dir("d").unwrap();
+    home_dir.open_subdir("d").unwrap();
+    home_dir.read_dir().unwrap();
+    home_dir.remove_dir("d").unwrap();
     let counts: Vec<u64> = SimOp::ALL.iter().map(|&op| fs.calls(op)).collect();
-    assert_eq!(counts, [1, 1, 3, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    assert_eq!(
+        counts,
+        [1, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    );
     // Clones share the counters.
     assert_eq!(fs.clone().calls(SimOp::Probe), 3);
 }
@@ -1110,4 +1121,178 @@ fn sim_fs_works_as_a_trait_object() {
             .unwrap()
             .is_some()
     );
+}
+
+// ---- the file API's bytes ----
+
+/// All of `file` from offset 0.
+fn read_all(file: &dyn FileHandle) -> Vec<u8> {
+    let len = file.probe().unwrap().len as usize;
+    let mut buf = vec![0u8; len + 1];
+    let n = file.read_at(0, &mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn write_at_past_the_quota_is_short_then_edquot() {
+    let fs = home();
+    fs.set_quota(Some(2 * BS));
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create()).unwrap();
+    assert_eq!(
+        file.write_at(100, &[7u8; 3 * BS as usize]).unwrap(),
+        2 * BS as usize - 100
+    );
+    assert_eq!(errno(file.write_at(2 * BS, b"x")), libc::EDQUOT);
+    assert_eq!(file.probe().unwrap().len, 2 * BS);
+    assert_eq!(
+        read_all(&*file)[100..],
+        vec![7u8; 2 * BS as usize - 100][..]
+    );
+    assert_eq!(
+        fs.free_bytes(),
+        MIB - 2 * BS,
+        "free space was not the limit"
+    );
+}
+
+#[test]
+fn write_at_at_zero_free_is_enospc_but_overwrites_allocated_blocks() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create()).unwrap();
+    file.allocate(0, BS).unwrap();
+    fs.set_free(0).unwrap();
+    assert_eq!(
+        file.write_at(0, &[1u8; 5000]).unwrap(),
+        BS as usize,
+        "the allocated block"
+    );
+    assert_eq!(errno(file.write_at(BS, b"x")), libc::ENOSPC);
+    assert_eq!(
+        errno(
+            data.open_file("g", OpenOptions::create())
+                .unwrap()
+                .write_at(0, b"x")
+        ),
+        libc::ENOSPC
+    );
+}
+
+#[test]
+fn crash_keeps_only_synced_bytes() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("wal", OpenOptions::append()).unwrap();
+    file.write_all_at(0, b"synced ").unwrap();
+    file.sync_data().unwrap();
+    data.sync().unwrap();
+    file.write_all_at(0, b"lost").unwrap();
+    let other = data.open_file("other", OpenOptions::create_new()).unwrap();
+    other.write_all_at(0, b"synced, name not").unwrap();
+    other.sync_all().unwrap();
+    data.create_dir("unsynced-dir").unwrap();
+    fs.crash();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("wal", OpenOptions::read()).unwrap();
+    assert_eq!(read_all(&*file), b"synced ");
+    assert_eq!(
+        data.probe("other").unwrap(),
+        None,
+        "its directory was never synced"
+    );
+    assert_eq!(data.probe("unsynced-dir").unwrap(), None);
+    // sync_all counts as well as sync_data; an overwrite not synced is undone.
+    let file = data.open_file("wal", OpenOptions::read_write()).unwrap();
+    file.write_all_at(0, b"SYNCED").unwrap();
+    file.sync_all().unwrap();
+    file.write_all_at(0, b"xxxxxx").unwrap();
+    fs.crash();
+    let file = dir(&fs, "/home")
+        .open_file("wal", OpenOptions::read())
+        .unwrap();
+    assert_eq!(read_all(&*file), b"SYNCED ");
+}
+
+#[test]
+fn a_removed_dir_comes_back_after_a_crash_until_its_parent_is_synced() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    data.create_dir("d").unwrap();
+    data.sync().unwrap();
+    data.remove_dir("d").unwrap();
+    fs.crash();
+    let data = dir(&fs, "/home");
+    let d = data.open_subdir("d").expect("the removal was not durable");
+    d.create_dir("inside").unwrap();
+    data.remove_dir("d").unwrap_err();
+    d.remove_dir("inside").unwrap();
+    data.remove_dir("d").unwrap();
+    data.sync().unwrap();
+    fs.crash();
+    assert_eq!(dir(&fs, "/home").probe("d").unwrap(), None);
+}
+
+#[test]
+fn faults_on_a_name_count_only_that_name() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    fs.fail_nth_on(SimOp::WriteAt, "wal", 2, libc::EIO);
+    fs.fail_nth_on(SimOp::SyncData, "wal", 1, libc::EIO);
+    fs.fail_nth_on(SimOp::Rename, "wal.1", 1, libc::EXDEV);
+    let wal = data.open_file("wal", OpenOptions::append()).unwrap();
+    let other = data.open_file("other", OpenOptions::append()).unwrap();
+    wal.write_all_at(0, b"a").unwrap();
+    for _ in 0..3 {
+        other.write_all_at(0, b"b").unwrap();
+        other.sync_data().unwrap();
+    }
+    assert_eq!(errno(wal.write_at(0, b"c")), libc::EIO);
+    assert_eq!(read_all(&*wal), b"a", "the failed write had no effect");
+    assert_eq!(errno(wal.sync_data()), libc::EIO);
+    wal.sync_data().unwrap();
+    data.rename("other", "other.1").unwrap();
+    assert_eq!(errno(data.rename("wal", "wal.1")), libc::EXDEV);
+    data.rename("wal", "wal.1").unwrap();
+    // The handle keeps the name it was opened by, for faults.
+    fs.fail_next(SimOp::ReadAt, libc::EIO);
+    assert_eq!(errno(wal.read_at(0, &mut [0; 1])), libc::EIO);
+    assert_eq!(fs.calls(SimOp::WriteAt), 5);
+}
+
+#[test]
+fn bytes_are_shared_not_copied_between_names_and_handles() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let a = data.open_file("a", OpenOptions::create()).unwrap();
+    a.write_all_at(0, b"one file").unwrap();
+    data.link("a", "b").unwrap();
+    let b = data.open_file("b", OpenOptions::read_write()).unwrap();
+    b.write_all_at(0, b"ONE").unwrap();
+    assert_eq!(read_all(&*a), b"ONE file");
+}
+
+#[test]
+fn write_fill_and_allocate_read_back_as_zeros() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create()).unwrap();
+    file.write_all_at(0, &[9u8; 3 * BS as usize]).unwrap();
+    file.write_fill(BS, BS).unwrap();
+    file.allocate(0, 4 * BS).unwrap();
+    let all = read_all(&*file);
+    assert_eq!(all.len(), 4 * BS as usize);
+    assert!(all[..BS as usize].iter().all(|&b| b == 9), "kept");
+    assert!(
+        all[BS as usize..2 * BS as usize].iter().all(|&b| b == 0),
+        "the pattern is not kept"
+    );
+    assert!(
+        all[2 * BS as usize..3 * BS as usize]
+            .iter()
+            .all(|&b| b == 9),
+        "fallocate keeps data"
+    );
+    assert!(all[3 * BS as usize..].iter().all(|&b| b == 0));
 }

@@ -1,6 +1,8 @@
 //! SimFs memory does not grow with simulated sizes: a 1 PiB disk holding a 1 TiB file
 //! costs about what a 1 MiB disk holding a 512 KiB file costs.
 //!
+//! Nor with the bytes callers write beyond those bytes (whole blocks).
+//!
 //! One test in its own binary, so no other test allocates while it measures.
 
 use std::sync::atomic::Ordering;
@@ -58,4 +60,25 @@ fn memory_does_not_grow_with_simulated_size() {
         "1 PiB case uses {huge} B, 1 MiB case {small} B"
     );
     assert!(huge < 64 * 1024, "1 PiB case uses {huge} B");
+
+    // Bytes a caller writes cost what they are (whole blocks), wherever they land, and a
+    // sync shares them with the durable copy instead of copying them.
+    let home = huge_fs.open_dir("/srv/app".into()).unwrap();
+    let file = home
+        .open_file(".reserve", OpenOptions::read_write())
+        .unwrap();
+    let before = LIVE_BYTES.load(Ordering::SeqCst);
+    for i in 0..16u64 {
+        file.write_all_at(i * (TIB / 16) + 4095, b"ab").unwrap();
+    }
+    file.sync_data().unwrap();
+    let written = LIVE_BYTES.load(Ordering::SeqCst).saturating_sub(before);
+    println!("live heap growth: 16 two-byte writes across blocks of the 1 TiB file = {written} B");
+    assert!(
+        (32 * 4096..=32 * 4096 + 16 * 1024).contains(&written),
+        "32 blocks written cost {written} B"
+    );
+    let mut back = [0u8; 2];
+    file.read_at(TIB / 16 + 4095, &mut back).unwrap();
+    assert_eq!(&back, b"ab");
 }
