@@ -403,3 +403,40 @@ fn rule2_refused_trim_after_writing_does_not_fail_the_reserve() {
         }
     );
 }
+
+/// Rule 7 and 13: the reserve replaced by a symlink between the look and the open (the
+/// open says ELOOP) is looked at again and refused, never reported as an open error.
+#[test]
+fn rule7_file_replaced_by_a_symlink_between_probe_and_open_is_refused() {
+    let mut dir = roomy_dir();
+    let mut seq = Sequence::new();
+    dir.expect_probe()
+        .with(eq(NAME))
+        .times(2)
+        .in_sequence(&mut seq)
+        .returning(|_| Ok(Some(regular(SIZE / 2, SIZE / 2))));
+    dir.expect_open_file()
+        .with(eq(NAME), eq(OpenOptions::write()))
+        .times(1)
+        .returning(|_, _| Err(errno(libc::ELOOP)));
+    dir.expect_probe()
+        .with(eq(NAME))
+        .in_sequence(&mut seq)
+        .returning(|_| {
+            Ok(Some(Probe {
+                kind: FileKind::Symlink,
+                ..regular(10, 0)
+            }))
+        });
+    let err = reserve(dir).ensure().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotARegularFile {
+                kind: FileKind::Symlink,
+                ..
+            }
+        ),
+        "rule 7: {err:?}"
+    );
+}

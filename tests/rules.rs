@@ -1103,3 +1103,58 @@ fn new_reserve_is_marked_no_dump_real() {
     let flags = attrs.split_whitespace().next().unwrap_or("");
     assert!(flags.contains('d'), "the reserve must be no-dump: {attrs}");
 }
+
+/// Rule 4: no inode (or no room for one) when creating the reserve is "not now": the
+/// create's ENOSPC defers with reason `ran_out`, for a new reserve and for the
+/// replacement of a hard-linked one.
+#[test]
+fn rule4_create_meeting_enospc_defers_sim() {
+    let fs = sim(64 * MIB);
+    fs.fail_next(SimOp::OpenFile, libc::ENOSPC);
+    let outcome = reserve_on(&fs, config()).ensure().unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Ensured::Deferred {
+                reason: DeferReason::RanOut,
+                ..
+            }
+        ),
+        "rule 4: {outcome:?}"
+    );
+    assert_eq!(probe(&fs, PATH), None);
+
+    fs.write_file("/srv/app/db", MIB).unwrap();
+    fs.hard_link("/srv/app/db", PATH).unwrap();
+    let before = fs.snapshot();
+    fs.fail_next(SimOp::OpenFile, libc::ENOSPC);
+    let outcome = reserve_on(&fs, config()).ensure().unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Ensured::Deferred {
+                reason: DeferReason::RanOut,
+                ..
+            }
+        ),
+        "rule 4: replacing a hard link: {outcome:?}"
+    );
+    assert_eq!(fs.snapshot(), before, "rule 5: the link is left as it was");
+}
+
+/// Rule 7: something at `.reserve.replacing` that an interrupted ensure cannot have left
+/// (a second name of another file) is never removed by the tidying under the lock.
+#[test]
+fn rule7_foreign_file_at_the_replacement_name_is_left_alone_sim() {
+    let fs = sim(64 * MIB);
+    fs.write_file("/srv/app/db", MIB).unwrap();
+    fs.hard_link("/srv/app/db", "/srv/app/.reserve.replacing")
+        .unwrap();
+    reserve_on(&fs, config()).ensure().unwrap();
+    assert!(
+        probe(&fs, "/srv/app/.reserve.replacing").is_some(),
+        "rule 7: a name of another file was removed"
+    );
+    reserve_on(&fs, config()).release().unwrap();
+    assert!(probe(&fs, "/srv/app/.reserve.replacing").is_some());
+}
