@@ -756,7 +756,7 @@ impl Driver {
         let snapshot = self.fs.snapshot();
         let probe = snapshot.get(RESERVE).copied();
         Before {
-            entry: entry_of_shared(probe.as_ref(), self.fs.shared_bytes_of(RESERVE)),
+            entry: entry_of_shared(probe.as_ref(), snapshot.shared_bytes_of(RESERVE)),
             probe,
             calls: self.calls(),
             free: self.true_free(),
@@ -838,7 +838,7 @@ impl Driver {
         // are counted until the next call under the lock removes it.
         let replacing = snapshot.get(REPLACING).map_or(0, |p| p.allocated_bytes);
         self.model.outside_bytes = self.bystander_bytes + replacing;
-        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
         self.check(entry == self.model.entry, Invariant::Model, || {
             format!("reserve path: model {:?}, disk {entry:?}", self.model.entry)
         })?;
@@ -994,7 +994,7 @@ impl Driver {
                         .expect("a regular file at the reserve path");
                     let snapshot = self.fs.snapshot();
                     self.model.entry =
-                        entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+                        entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
                     return self.settle(&snapshot, true);
                 }
                 Ok(())
@@ -1113,7 +1113,7 @@ impl Driver {
         let snapshot = self.fs.snapshot();
         self.set_entry(entry_of_shared(
             snapshot.get(RESERVE),
-            self.fs.shared_bytes_of(RESERVE),
+            snapshot.shared_bytes_of(RESERVE),
         ));
         if removed || self.model.entry != Entry::Absent {
             self.durable = Durable::exactly(self.model.entry);
@@ -1125,7 +1125,7 @@ impl Driver {
     fn crashed(&mut self, before: &Before, exact_space: bool) -> Result<(), Violation> {
         self.report.crashes += 1;
         let snapshot = self.fs.snapshot();
-        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
         let was_other = matches!(before.entry, Entry::Other(_));
         let allowed = if was_other {
             snapshot.get(RESERVE) == before.probe.as_ref()
@@ -1172,7 +1172,7 @@ impl Driver {
         }
         if failed && strict {
             // Other writers may have moved in the middle; what files hold is compared.
-            let entry = entry_of_shared(probe, self.fs.shared_bytes_of(RESERVE));
+            let entry = entry_of_shared(probe, snapshot.shared_bytes_of(RESERVE));
             let free = self.true_free();
             let files = file_bytes(snapshot);
             let restored = entry == before.entry && files == before.file_bytes;
@@ -1235,7 +1235,7 @@ impl Driver {
         disturbance: Disturbance,
     ) -> Result<(), Violation> {
         let snapshot = self.fs.snapshot();
-        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
         // With a fault as the only disturbance of a call the model expected to succeed,
         // the rollback itself runs undisturbed and must restore everything.
         // A deferral after running out of space has rolled back already: a fault in that
@@ -1398,7 +1398,7 @@ impl Driver {
             return self.crashed(&before, !disturbance.other_writer);
         }
         self.after_call(&before, &snapshot, result.is_err(), true, &[])?;
-        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
         let as_expected = match (&expected, &result) {
             (_, Err(_)) if disturbance.faults > 0 => entry == before.entry,
             // Rule 8's measured gain is only predictable on an undisturbed disk.
@@ -1449,7 +1449,7 @@ impl Driver {
         let disturbance = self.disturbance(&before);
         let snapshot = self.fs.snapshot();
         self.after_call(&before, &snapshot, true, true, &[])?;
-        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
         self.check(entry == before.entry, Invariant::Model, || {
             format!(
                 "status changed the reserve from {:?} to {entry:?}",
@@ -1566,7 +1566,7 @@ impl Driver {
         let disturbance = self.disturbance(&before);
         let snapshot = self.fs.snapshot();
         self.after_call(&before, &snapshot, false, false, &[])?;
-        let entry = entry_of_shared(snapshot.get(RESERVE), self.fs.shared_bytes_of(RESERVE));
+        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
         if let Err(error) = &released {
             self.check(
                 !is_out_of_space(error) || disturbance.out_of_space_faults > 0,

@@ -256,6 +256,9 @@ pub enum AllocateMode {
 pub struct SimSnapshot {
     /// Every path reachable from `/` (included), with its `lstat`.
     pub entries: BTreeMap<Utf8PathBuf, Probe>,
+    /// The regular files a snapshot shares blocks with ([`SimFs::snapshot_file`]), with
+    /// the bytes it shares; files sharing none are not listed.
+    pub shared_bytes: BTreeMap<Utf8PathBuf, u64>,
     /// Bytes held by other writers ([`SimFs::eat`]).
     pub other_writers_bytes: u64,
 }
@@ -266,6 +269,11 @@ impl SimSnapshot {
         let path = path.as_ref();
         self.entries.retain(|p, _| !p.starts_with(path));
         self
+    }
+
+    /// Bytes of the file at `path` a snapshot shares (0 when none or not there).
+    pub fn shared_bytes_of(&self, path: impl AsRef<Utf8Path>) -> u64 {
+        self.shared_bytes.get(path.as_ref()).copied().unwrap_or(0)
     }
 
     /// What the snapshot says of `path`, if it was there.
@@ -535,21 +543,21 @@ struct State {
     removed_dirs: std::collections::HashSet<u64>,
 }
 
-/// Component of a path being resolved.
-enum Component {
+/// Component of a path being resolved, borrowed from the path or a symlink's target.
+enum Component<'a> {
     Root,
     Current,
     Parent,
-    Normal(String),
+    Normal(&'a str),
 }
 
-fn components(path: &str) -> impl Iterator<Item = Component> + '_ {
+fn components(path: &str) -> impl Iterator<Item = Component<'_>> + '_ {
     let root = path.starts_with('/').then_some(Component::Root);
     let trailing_slash = (path.len() > 1 && path.ends_with('/')).then_some(Component::Current);
     let middle = path.split('/').filter(|c| !c.is_empty()).map(|c| match c {
         "." => Component::Current,
         ".." => Component::Parent,
-        name => Component::Normal(name.to_owned()),
+        name => Component::Normal(name),
     });
     root.into_iter().chain(middle).chain(trailing_slash)
 }
@@ -782,7 +790,7 @@ impl State {
 
     /// Resolves `path` component by component, following intermediate symlinks, and the
     /// last one too when `follow_last`.
-    fn resolve(&self, path: &Utf8Path, follow_last: bool) -> io::Result<Lookup> {
+    fn resolve<'a>(&'a self, path: &'a Utf8Path, follow_last: bool) -> io::Result<Lookup> {
         let text = path.as_str();
         if text.is_empty() {
             return Err(errno(libc::ENOENT));
@@ -816,10 +824,10 @@ impl State {
                 return Err(errno(libc::ENAMETOOLONG));
             }
             let dir = *stack.last().expect("resolution stack holds `/`");
-            let Some(&ino) = self.live_entries(dir).get(&name) else {
+            let Some(&ino) = self.live_entries(dir).get(name) else {
                 if is_last {
                     return Ok(Lookup {
-                        entry: Some((dir, name)),
+                        entry: Some((dir, name.to_owned())),
                         ino: None,
                     });
                 }
@@ -840,7 +848,7 @@ impl State {
                 }
                 _ if is_last => {
                     return Ok(Lookup {
-                        entry: Some((dir, name)),
+                        entry: Some((dir, name.to_owned())),
                         ino: Some(ino),
                     });
                 }
@@ -1103,6 +1111,7 @@ impl State {
             }
         }
         let mut entries = BTreeMap::new();
+        let mut shared_bytes = BTreeMap::new();
         let mut queue = vec![(Utf8PathBuf::from("/"), ROOT_INO)];
         while let Some((path, ino)) = queue.pop() {
             let node = self.node(ino);
@@ -1113,10 +1122,16 @@ impl State {
                 }
                 _ => names.get(&ino).copied().unwrap_or(0),
             };
+            if let Node::Regular { live, .. } = node
+                && live.shared > 0
+            {
+                shared_bytes.insert(path.clone(), live.shared * self.block_size);
+            }
             entries.insert(path, node.probe(self.block_size, links));
         }
         SimSnapshot {
             entries,
+            shared_bytes,
             other_writers_bytes: self.other_writers,
         }
     }
