@@ -50,11 +50,15 @@ fn a_wait_of_a_second_is_reported_once() {
     let fs = SimFs::with_home(1 << 30, HOME);
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
+    let started = Instant::now();
+    let said_after = Arc::new(std::sync::Mutex::new(None));
+    let said = Arc::clone(&said_after);
     let reserve = Reserve::new(fs.clone(), HOME, ReserveConfig::with_size_bytes(1 << 20))
         .unwrap()
         .lock_timeout(Some(Duration::from_millis(1300)))
         .on_lock_wait(move || {
             seen.fetch_add(1, Ordering::SeqCst);
+            *said.lock().unwrap() = Some(started.elapsed());
         });
     let dir = fs.open_dir(HOME.into()).unwrap();
     let held = dir.try_lock().unwrap().expect("nobody holds it yet");
@@ -63,6 +67,11 @@ fn a_wait_of_a_second_is_reported_once() {
         calls.load(Ordering::SeqCst),
         1,
         "rule 8: said once, after a second"
+    );
+    let after = said_after.lock().unwrap().expect("said");
+    assert!(
+        after >= Duration::from_secs(1),
+        "rule 8: not said before a second of waiting: {after:?}"
     );
     drop(held);
     reserve.ensure().unwrap();

@@ -1158,3 +1158,22 @@ fn rule7_foreign_file_at_the_replacement_name_is_left_alone_sim() {
     reserve_on(&fs, config()).release().unwrap();
     assert!(probe(&fs, "/srv/app/.reserve.replacing").is_some());
 }
+
+/// Rule 4 at the boundary of "can never fit": a size plus headroom exactly equal to what
+/// an unprivileged writer can ever use fits (and is laid down on an empty disk).
+#[test]
+fn rule4_size_plus_headroom_equal_to_the_filesystem_fits() {
+    let fs = sim(64 * MIB);
+    let cfg = ReserveConfig::with_size_bytes(32 * MIB).headroom(SizeSpec::Bytes(32 * MIB));
+    assert!(matches!(
+        reserve_on(&fs, cfg).ensure().unwrap(),
+        Ensured::Created { .. }
+    ));
+    let cfg = ReserveConfig::with_size_bytes(32 * MIB).headroom(SizeSpec::Bytes(32 * MIB + 1));
+    assert!(matches!(
+        Reserve::new(SimFs::with_home(64 * MIB, HOME), HOME, cfg)
+            .unwrap()
+            .ensure(),
+        Err(Error::NeverFits { .. })
+    ));
+}
