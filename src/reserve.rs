@@ -267,6 +267,16 @@ enum Filled {
     RanOut(DeferReason),
 }
 
+/// Whether opening the reserve failed because what is at the path is no longer what was
+/// looked at: removed (`ENOENT`), or replaced by a symlink (`ELOOP`), a directory
+/// (`EISDIR`), a fifo or socket (`ENXIO`) or a device (`EINVAL`). The caller looks again.
+fn changed_since_looked(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOENT | libc::ELOOP | libc::EISDIR | libc::ENXIO | libc::EINVAL)
+    )
+}
+
 /// `ENOSPC` → [`DeferReason::RanOut`], `EDQUOT` → [`DeferReason::Quota`].
 fn out_of_space(error: &io::Error) -> Option<DeferReason> {
     match error.raw_os_error() {
@@ -774,15 +784,7 @@ impl<F: HostFs> Reserve<F> {
     ) -> Result<Option<Box<dyn FileHandle>>> {
         let file = match dir.open_file(&self.name, OpenOptions::write()) {
             Ok(file) => file,
-            // Replaced by something else, or removed, since it was looked at.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT | libc::ELOOP | libc::EISDIR | libc::ENXIO | libc::EINVAL)
-                ) =>
-            {
-                return Ok(None);
-            }
+            Err(e) if changed_since_looked(&e) => return Ok(None),
             Err(e) => return Err(self.err(Operation::Open, e)),
         };
         let now = file.probe().map_err(|e| self.err(Operation::Probe, e))?;
@@ -1179,15 +1181,7 @@ impl<F: HostFs> Reserve<F> {
         }
         let file = match dir.open_file(&self.name, OpenOptions::read()) {
             Ok(file) => file,
-            // Gone or replaced since the look.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ENOENT | libc::ELOOP | libc::EISDIR | libc::ENXIO | libc::EINVAL)
-                ) =>
-            {
-                return Ok(Extents::Changed);
-            }
+            Err(e) if changed_since_looked(&e) => return Ok(Extents::Changed),
             // Not readable (EACCES): whether its blocks are its own cannot be known, and
             // guessing "yes" would call a reserve that frees nothing present.
             Err(e) => return Err(self.err(Operation::Open, e)),
