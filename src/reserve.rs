@@ -695,11 +695,10 @@ impl<F: HostFs> Reserve<F> {
             }
             Observed::Regular { .. } => observed.releasable_bytes(),
         };
-        // The baseline of the measured gain, once earlier frees show (a flush and a
-        // second read: see `settled_space`), so the gain is this release's own. Reading
-        // it needs no free space.
-        let _ = dir.sync_fs();
-        let before = dir.space().and_then(|_| dir.space()).ok();
+        // The baseline of the measured gain, once earlier frees show, so the gain is this
+        // release's own (seen on XFS: a file deleted just before counted 16 MiB into a
+        // release that freed nothing). Reading it needs no free space.
+        let before = self.steady_space(&*dir).ok();
         dir.remove_file(&self.name)
             .map_err(|e| self.err(Operation::Remove, e))?;
         // Best effort: at zero free some filesystems cannot commit the directory yet; the
@@ -1115,6 +1114,29 @@ impl<F: HostFs> Reserve<F> {
             pause *= 4;
         }
         Ok(space)
+    }
+
+    /// The free space once frees already made have shown: `syncfs`, then reads until two
+    /// in a row agree, 1, 4, 16… ms apart (the first read may only have started XFS's
+    /// worker), within [`settle_time`](Reserve::settle_time); with no time to wait, two
+    /// reads at once.
+    fn steady_space(&self, dir: &dyn DirHandle) -> Result<Space> {
+        let _ = dir.sync_fs();
+        let mut last = self.space(dir)?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if started.elapsed() + pause > self.settle {
+                return self.space(dir);
+            }
+            std::thread::sleep(pause);
+            let now = self.space(dir)?;
+            if now.free_bytes == last.free_bytes {
+                return Ok(now);
+            }
+            last = now;
+            pause *= 4;
+        }
     }
 
     /// Opens the home directory: once per call (rule 13).
