@@ -1936,3 +1936,23 @@ fn a_damaged_record_is_an_error_naming_it_not_a_silent_default() {
             .contains("size=1048576\n")
     );
 }
+
+/// Backups: `ensure` marks the reserve no-dump (`chattr +d`) where the filesystem has inode
+/// flags, so dump, and restic/borg/rsync when told, skip its bytes.
+#[test]
+fn ensure_marks_the_reserve_no_dump() {
+    let home = home();
+    let reserve = reserve_of(&home);
+    assert_exit(&sub("ensure", home.path(), &["--size", "1MiB"]), 0);
+    let Ok(out) = Command::new("lsattr").arg("-d").arg(&reserve).output() else {
+        println!("skipped: no lsattr here");
+        return;
+    };
+    if !out.status.success() {
+        println!("skipped: this filesystem has no inode flags");
+        return;
+    }
+    let attrs = String::from_utf8_lossy(&out.stdout);
+    let flags = attrs.split_whitespace().next().unwrap_or("");
+    assert!(flags.contains('d'), "the reserve must be no-dump: {attrs}");
+}
