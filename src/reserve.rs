@@ -1103,15 +1103,12 @@ impl<F: HostFs> Reserve<F> {
         }
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
-        let mut growing = true;
-        while space.free_bytes < want && growing && started.elapsed() + pause <= self.settle {
+        // Until the space is there or the time is up: a filesystem may give space back
+        // in steps with pauses between (seen on btrfs with compression).
+        while space.free_bytes < want && started.elapsed() + pause <= self.settle {
             std::thread::sleep(pause);
-            let again = self.space(dir)?;
-            // Past the first pauses, wait on only while the filesystem is still giving
-            // space back.
-            growing = pause < Duration::from_millis(10) || again.free_bytes > space.free_bytes;
-            space = again;
-            pause *= 4;
+            space = self.space(dir)?;
+            pause = (pause * 4).min(Duration::from_millis(250));
         }
         Ok(space)
     }
