@@ -115,6 +115,23 @@ fn offset_arg(offset: u64) -> io::Result<libc::off_t> {
     libc::off_t::try_from(offset).map_err(|_| errno(libc::EINVAL))
 }
 
+/// The byte count a `pread`/`pwrite`-like `call` returns, retrying `EINTR`; `-1` is the
+/// `errno` it left. Read `errno` right after the call.
+fn byte_count(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let count = call();
+        if count == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        // Neither -1 nor more than the buffer's length, so it fits a usize.
+        return usize::try_from(count).map_err(|_| errno(libc::EIO));
+    }
+}
+
 /// Turns a `-1` return into the `errno` it left. Call it right after the libc call.
 fn check(ret: libc::c_int) -> io::Result<()> {
     if ret == -1 {
@@ -533,41 +550,21 @@ impl FileHandle for RealFile {
     /// `pread(2)`, retrying `EINTR`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let at = offset_arg(offset)?;
-        loop {
+        byte_count(|| {
             // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` writable
             // bytes.
-            let read =
-                unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), at) };
-            if read == -1 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(err);
-            }
-            // `read` is neither -1 nor more than `buf.len()`, so it fits a usize.
-            return usize::try_from(read).map_err(|_| errno(libc::EIO));
-        }
+            unsafe { libc::pread(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), at) }
+        })
     }
 
     /// One `pwrite(2)`, retrying `EINTR`: a short count is returned as the kernel gave it.
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<usize> {
         let at = offset_arg(offset)?;
-        loop {
+        byte_count(|| {
             // SAFETY: `self.fd` is open, and `buf` is a live slice of `buf.len()` readable
             // bytes.
-            let written =
-                unsafe { libc::pwrite(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), at) };
-            if written == -1 {
-                let err = io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(err);
-            }
-            // `written` is neither -1 nor more than `buf.len()`, so it fits a usize.
-            return usize::try_from(written).map_err(|_| errno(libc::EIO));
-        }
+            unsafe { libc::pwrite(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), at) }
+        })
     }
 
     /// `fdatasync(2)` (`fsync(2)` where there is none).
