@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-filesystem matrix: runs every test of tests/real_mount.rs on small, freshly
+# The real-filesystem matrix: runs every test of cli/tests/real_mount.rs on small, freshly
 # made filesystems — loop-mounted ext4, xfs, btrfs, btrfs compress-force=zstd, ext2 (whose
 # fallocate really returns EOPNOTSUPP, so the write fallback runs for real), a tmpfs, a
 # full read-only ext4, and two FUSE filesystems without fallocate (fusefat, exfat-fuse) —
@@ -28,7 +28,7 @@ TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_onl
 FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro fusefat exfat-fuse})
 # Rows that run only some of the tests (the others show "-").
 declare -A ROW_TESTS=([fusefat]="fuse_write_path" [exfat-fuse]="fuse_write_path")
-# The read-only mount's preparation; tests/real_mount.rs names the same homes and size.
+# The read-only mount's preparation; cli/tests/real_mount.rs names the same homes and size.
 RO_COMPLETE_HOME=complete
 RO_EMPTY_HOME=empty
 RO_SIZE=16MiB
@@ -63,8 +63,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-say "building the test binary (cargo test --no-run --test real_mount)"
-artifacts=$(cargo test --no-run --test real_mount --message-format=json-render-diagnostics </dev/null)
+say "building the test binary (cargo test -p disk-reserve-cli --no-run --test real_mount)"
+artifacts=$(cargo test -p disk-reserve-cli --no-run --test real_mount --message-format=json-render-diagnostics </dev/null)
 executable_of() { # $1: a pattern the artifact's target must match
     printf '%s\n' "$artifacts" | grep '"reason":"compiler-artifact"' | grep -- "$1" |
         grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//' | tail -n 1

@@ -50,9 +50,12 @@
 //! [`HostFs`] is the one trait between the lifecycle and a filesystem; [`RealFs`] is the
 //! kernel (all `unsafe` lives there), [`SimFs`] a bounded in-memory filesystem with
 //! fault injection. [`Reserve`] is the lifecycle, [`decide`] its pure decision,
-//! [`Error`] the error type, [`is_out_of_space`] the classifier. [`scenario`] drives the
-//! lifecycle through random operation sequences on a [`SimFs`] and checks it against a
-//! reference model: the shared engine of the fuzz target and the property tests.
+//! [`Error`] the error type, [`is_out_of_space`] the classifier.
+//!
+//! The repository is a workspace: this library; the `disk-reserve` command in `cli/`
+//! (`cargo install --path cli`); and in `scenario/` (not published) the driver that runs
+//! the lifecycle through random operation sequences on a [`SimFs`] and checks it against a
+//! reference model, the shared engine of the fuzz target and the property tests.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -71,7 +74,6 @@ pub mod pattern;
 mod real_fs;
 mod record;
 mod reserve;
-pub mod scenario;
 pub mod sim_fs;
 mod size;
 

@@ -100,7 +100,7 @@
 //! trailing `/` in a setup path is treated as a trailing `/.`.
 //!
 //! Free space is exactly capacity minus files' blocks minus other writers. Real
-//! filesystems, measured by `tests/real_mount.rs`, also spend and hold back space the
+//! filesystems, measured by `cli/tests/real_mount.rs`, also spend and hold back space the
 //! simulator does not count: metadata (ext2's indirect blocks, which `st_blocks`
 //! includes; btrfs' checksums and extent items, and a metadata reserve that makes data
 //! writes fail with about 1.7 MiB of a 512 MiB filesystem still counted free), space

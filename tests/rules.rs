@@ -769,7 +769,7 @@ fn rule8_release_returns_bytes_real() {
                 "rule 8: expected {releasable_bytes}"
             );
             // The measured gain is only meaningful on a filesystem nobody else writes to
-            // meanwhile (tests/real_mount.rs checks it on mounts of its own); here the
+            // meanwhile (cli/tests/real_mount.rs checks it on mounts of its own); here the
             // other tests of this binary write to the same disk at the same time.
             let _ = freed_bytes;
         }

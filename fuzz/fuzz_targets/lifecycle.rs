@@ -1,8 +1,8 @@
 //! Fuzzes the reserve lifecycle: a random `SimFs` setup and operation sequence, checked
-//! after every step against the reference model in `disk_reserve::scenario`.
+//! after every step against the reference model in `disk_reserve_scenario`.
 #![no_main]
 
-use disk_reserve::scenario::{Scenario, run};
+use disk_reserve_scenario::{Scenario, run};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|scenario: Scenario| {

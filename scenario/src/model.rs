@@ -1,12 +1,12 @@
 //! The reference model: what each operation may do, predicted from plain numbers.
 //!
 //! Written from the design's rules, not from the lifecycle: it never calls
-//! [`decide`](crate::decide) or anything in `reserve.rs`. It knows a filesystem as a
+//! [`decide`](disk_reserve::decide) or anything in `reserve.rs`. It knows a filesystem as a
 //! capacity, a block size, a quota, the bytes other writers and other files hold, and the
 //! one thing at the reserve path, whose allocated blocks always form a prefix
 //! `[0, blocks)` (every way the scenario makes or changes a file keeps that shape).
 
-use crate::{DeferReason, Ensured, FileKind, Released, Strategy};
+use disk_reserve::{DeferReason, Ensured, FileKind, Released, Strategy};
 
 /// What is at the reserve path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -211,7 +211,7 @@ fn interrupted(
 }
 
 /// TEST-ONLY, not part of the CLI contract and not in `--help`: the real-mount tests
-/// (`tests/real_mount.rs`) set `DISK_RESERVE_TEST_PAUSE` (to anything) to stop `ensure`
+/// (`cli/tests/real_mount.rs`) set `DISK_RESERVE_TEST_PAUSE` (to anything) to stop `ensure`
 /// between two chunks of the write path and change the disk under it (re-point or rename
 /// the home) at a known moment, with no sleeping. After each chunk the command prints
 /// `disk-reserve: test pause after DONE of TOTAL bytes` on stderr and waits for one line

@@ -47,8 +47,8 @@ use std::io;
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::sim_fs::SimSnapshot;
-use crate::{
+use disk_reserve::sim_fs::SimSnapshot;
+use disk_reserve::{
     AllocateMode, DeferReason, Ensured, Error, FileKind, Plan, Probe, Released, Reserve,
     ReserveConfig, SimFs, SimOp, SizeSpec, Strategy, is_out_of_space,
 };
@@ -74,8 +74,7 @@ const RESERVE: &str = "/srv/app/.reserve";
 const BYSTANDER: &str = "/srv/bystander";
 
 /// One run's input: a simulated disk and what happens to it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Default, PartialEq, Eq, arbitrary::Arbitrary)]
 pub struct Scenario {
     /// The disk.
     pub setup: SimSetup,
@@ -84,8 +83,7 @@ pub struct Scenario {
 }
 
 /// The simulated disk a scenario starts from. Raw numbers are mapped into range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, arbitrary::Arbitrary)]
 pub struct SimSetup {
     /// Capacity in blocks, mapped to `1..=MAX_CAPACITY_BLOCKS`.
     pub capacity_blocks: u32,
@@ -117,8 +115,7 @@ impl Default for SimSetup {
 }
 
 /// The `nth` next call of `op` fails with `errno` (`nth` mapped to `1..=32`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
 pub struct FaultPlan {
     /// The operation.
     pub op: SimOp,
@@ -129,8 +126,7 @@ pub struct FaultPlan {
 }
 
 /// The errnos a fault plan injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
 #[allow(missing_docs)]
 pub enum Errno {
     Eio,
@@ -160,8 +156,7 @@ impl Errno {
 }
 
 /// The reserve size of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, arbitrary::Arbitrary)]
 pub enum SizeChoice {
     /// The setup's usual size.
     #[default]
@@ -172,8 +167,7 @@ pub enum SizeChoice {
 }
 
 /// The headroom of one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, arbitrary::Arbitrary)]
 pub enum HeadroomChoice {
     /// Not configured: the default, one reserve size.
     #[default]
@@ -185,8 +179,7 @@ pub enum HeadroomChoice {
 }
 
 /// The configuration of one `ensure` or `status` call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, arbitrary::Arbitrary)]
 pub struct EnsureArgs {
     /// The size.
     pub size: SizeChoice,
@@ -198,8 +191,7 @@ pub struct EnsureArgs {
 
 /// Something planted at the reserve path behind the lifecycle's back (replacing what was
 /// there).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
 pub enum Plant {
     /// A sparse regular file of this many blocks (`truncate -s`), mapped to
     /// `0..=2 × capacity`.
@@ -226,8 +218,7 @@ pub enum Plant {
 }
 
 /// The call a crash interrupts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
 pub enum Interrupted {
     /// An `ensure`; after the crash an `ensure` with the same configuration runs again.
     Ensure(EnsureArgs),
@@ -236,8 +227,7 @@ pub enum Interrupted {
 }
 
 /// One step of a scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, arbitrary::Arbitrary)]
 pub enum Op {
     /// `Reserve::ensure`.
     Ensure(EnsureArgs),
@@ -1478,18 +1468,18 @@ impl Driver {
             (Err(_), _) if disturbance.faults > 0 => true,
             (Ok(status), None) => {
                 let observed = match status.observed {
-                    crate::Observed::Absent => Entry::Absent,
-                    crate::Observed::Regular {
+                    disk_reserve::Observed::Absent => Entry::Absent,
+                    disk_reserve::Observed::Regular {
                         len,
                         allocated_bytes,
                     } => Entry::File {
                         len,
                         blocks: allocated_bytes / BLOCK_BYTES,
                     },
-                    crate::Observed::Other(kind) => Entry::Other(kind),
+                    disk_reserve::Observed::Other(kind) => Entry::Other(kind),
                     // The decision does not look at a linked file's blocks: take them
                     // from what the scenario set up.
-                    crate::Observed::Shared {
+                    disk_reserve::Observed::Shared {
                         len,
                         allocated_bytes,
                         releasable_bytes,
@@ -1498,7 +1488,7 @@ impl Driver {
                         blocks: allocated_bytes / BLOCK_BYTES,
                         shared: (allocated_bytes - releasable_bytes) / BLOCK_BYTES,
                     },
-                    crate::Observed::HardLinked { .. } => match before.entry {
+                    disk_reserve::Observed::HardLinked { .. } => match before.entry {
                         linked @ Entry::Linked { .. } => linked,
                         _ => Entry::Other(FileKind::Regular),
                     },

@@ -2,14 +2,23 @@
 //! reserve, thin over the library. The contract it keeps (arguments, exit statuses, JSON
 //! fields) is in `disk-reserve --help`.
 
-mod cli;
+mod args;
+mod command;
+mod exit;
+mod failure;
+mod interrupt;
+mod lock_holder;
+mod logging;
+mod progress;
+mod report;
+mod size_arg;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::args::Cli::parse();
-    cli::logging::init();
-    cli::command::run(args).into()
+    let args = args::Cli::parse();
+    logging::init();
+    command::run(args).into()
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
-use disk_reserve::scenario::{Scenario, run};
+use disk_reserve_scenario::{Scenario, run};
 
 /// Decodes a fuzzer input as `fuzz_target!(|scenario: Scenario| ..)` does.
 fn decode(bytes: &[u8]) -> Option<Scenario> {
@@ -14,7 +14,7 @@ fn decode(bytes: &[u8]) -> Option<Scenario> {
 
 #[test]
 fn every_seed_of_the_lifecycle_corpus_keeps_every_invariant() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/lifecycle");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/lifecycle");
     let mut seeds: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.unwrap().path())

@@ -25,7 +25,7 @@
 //!   a failure can be replayed).
 //!
 //! `moving_home` pauses the command between two chunks of its write path with the CLI's
-//! test-only `DISK_RESERVE_TEST_PAUSE` (see `src/cli/command.rs`).
+//! test-only `DISK_RESERVE_TEST_PAUSE` (see `cli/src/command.rs`).
 //!
 //! `power_cut` shuts XFS down without flushing its log (`xfs_io -x -c shutdown`) and
 //! remounts it, so it needs `xfs_io` and skips on every other filesystem.

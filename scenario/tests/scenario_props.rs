@@ -1,16 +1,16 @@
 //! Property tests: random operation sequences over `SimFs`, checked by the scenario
 //! driver against its reference model (the same driver the `lifecycle` fuzz target runs).
 //!
-//! The invariants (see `disk_reserve::scenario`): ensure's own allocation never leaves
+//! The invariants (see `disk_reserve_scenario`): ensure's own allocation never leaves
 //! free < headroom; after a successful ensure allocated >= size and length == size;
 //! release never fails for lack of space; nothing but the reserve path changes, and
 //! nothing at all on a refusal or a failure; a crash leaves a state the next ensure heals.
 
-use disk_reserve::scenario::{
+use disk_reserve::{AllocateMode, SimOp, Strategy as Allocation};
+use disk_reserve_scenario::{
     EnsureArgs, Errno, FaultPlan, HeadroomChoice, Interrupted, Op, Plant, Scenario, SimSetup,
     SizeChoice, run,
 };
-use disk_reserve::{AllocateMode, SimOp, Strategy as Allocation};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -170,7 +170,7 @@ fn random_sequences_reach_the_interesting_states() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let mut runner = TestRunner::deterministic();
-    let mut total = disk_reserve::scenario::RunReport::default();
+    let mut total = disk_reserve_scenario::RunReport::default();
     for _ in 0..300 {
         let scenario = scenario().new_tree(&mut runner).unwrap().current();
         let report = run(&scenario).unwrap_or_else(|v| panic!("{v}"));
