@@ -16,6 +16,18 @@ use disk_reserve::{
 
 const MIB: u64 = 1 << 20;
 
+/// Between `fork` and `exec` a child holds a copy of every descriptor of this process,
+/// so a file another test thread closed and removed keeps its blocks until the child
+/// execs. Tests that spawn hold this for reading; a test that needs a removed file's
+/// space back at once holds it for writing while it has the file open.
+static SPAWNING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Runs `cmd` to completion under [`SPAWNING`].
+fn run(cmd: &mut std::process::Command) -> io::Result<std::process::ExitStatus> {
+    let _spawning = SPAWNING.read().unwrap_or_else(|e| e.into_inner());
+    cmd.status()
+}
+
 /// A backend plus the setup steps a test needs that the `HostFs` trait does not offer.
 trait Fixture {
     type Fs: HostFs + Clone + 'static;
@@ -116,10 +128,7 @@ impl Fixture for Real {
         std::os::unix::fs::symlink(target, link).unwrap();
     }
     fn mkfifo(&self, path: &Utf8Path) {
-        let status = std::process::Command::new("mkfifo")
-            .arg(path)
-            .status()
-            .unwrap();
+        let status = run(std::process::Command::new("mkfifo").arg(path)).unwrap();
         assert!(status.success());
     }
     fn mksocket(&self, path: &Utf8Path) {
@@ -1156,12 +1165,11 @@ impl Tmpfs {
     /// `None` (and a note) when this process cannot mount (not root, no `mount`).
     fn mount(size: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
+        let mounted = run(std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
+            .stderr(std::process::Stdio::null()))
+        .is_ok_and(|status| status.success());
         if !mounted {
             eprintln!("skipped: cannot mount a tmpfs here (needs root)");
             return None;
@@ -1176,9 +1184,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
+        let _ = run(std::process::Command::new("umount").arg(self.dir.path()));
     }
 }
 
@@ -1188,7 +1194,12 @@ fn real_short_write_then_enospc_on_a_1_mib_tmpfs() {
         return;
     };
     let dir = RealFs::new().open_dir(&tmpfs.path()).unwrap();
-    let written = short_write_then_enospc(&*dir);
+    let written = {
+        // No other thread forks while the filler is open: a child would keep its
+        // blocks allocated after the removal (seen once in CI as "space is back" failing).
+        let _no_spawning = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+        short_write_then_enospc(&*dir)
+    };
     drop(dir);
     // Measured: tmpfs gives every page of its size to file data, as SimFs does.
     assert_eq!(written, MIB, "tmpfs fills every page");
@@ -1271,11 +1282,10 @@ fn real_read_only_refuses_changes_on_a_read_only_tmpfs() {
     std::fs::create_dir(root.join("d")).unwrap();
     std::fs::create_dir(root.join("e")).unwrap();
     std::fs::write(root.join("e/inner"), b"x").unwrap();
-    let remounted = std::process::Command::new("mount")
+    let remounted = run(std::process::Command::new("mount")
         .args(["-o", "remount,ro"])
-        .arg(root.as_std_path())
-        .status()
-        .unwrap();
+        .arg(root.as_std_path()))
+    .unwrap();
     assert!(remounted.success(), "remount read-only");
     let dir = RealFs::new().open_dir(&root).unwrap();
     read_only_refuses_changes(&*dir);
