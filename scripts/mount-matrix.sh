@@ -300,13 +300,13 @@ done
 if [ -s "$work/enospc_fill" ]; then
     echo
     echo "conformance fill to ENOSPC: bytes written through the file API against space() before"
-    printf '%-12s %-12s %-12s %-12s %-14s %-12s\n' filesystem size free-before written shortfall free-at-end
+    printf '%-12s %-12s %-12s %-12s %-18s %-12s\n' filesystem size free-before written shortfall free-at-end
     awk '{
         for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-        printf "%-12s %-12s %-12s %-12s %-14s %-12s\n", f["fs"],
+        printf "%-12s %-12s %-12s %-12s %-18s %-12s\n", f["fs"],
             sprintf("%.1f MiB", f["total"] / 1048576), sprintf("%.2f MiB", f["free_before"] / 1048576),
             sprintf("%.2f MiB", f["written"] / 1048576),
-            sprintf("%.2f MiB (%s%%)", f["shortfall"] / 1048576, f["shortfall_pct"]),
+            sprintf("%.0f KiB (%s%%)", f["shortfall"] / 1024, f["shortfall_pct"]),
             sprintf("%.2f MiB", f["free_at_enospc"] / 1048576) }' "$work/enospc_fill"
 fi
 
