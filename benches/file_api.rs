@@ -8,11 +8,16 @@
 //! tmpfs, the fastest real filesystem (a simulated disk should be several times faster).
 //! Each pair runs interleaved, the ratio is the median of the per-sample ratios (see
 //! `BENCHMARKS.md`).
+//!
+//! Without tmpfs too: SimFs against `vfs`'s `MemoryFS` (the anchor) on
+//! `write 4 KiB` + sync and on a segment's life (create, write 4 records of 4 KiB, read
+//! back, rename, remove), and the time of 10,000 small simulated tests (a fresh `SimFs`,
+//! create, write, `fdatasync`, crash, check), the "in under a second" figure.
 
 mod common;
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, SystemTime};
 
@@ -55,6 +60,167 @@ fn create_rename_handle(dir: &dyn DirHandle, name: &str) -> impl FnMut(u64) -> D
             dir.rename(&temp, name).expect("rename");
         })
     }
+}
+
+/// Records per segment in the `vfs` comparison.
+const RECORDS: usize = 4;
+
+/// One segment's life through the handles: create `seg.new`, write 4 records of 4 KiB,
+/// read them back, rename to `seg`, remove it. With `durable`, the records are
+/// `fdatasync`ed and the directory synced after the create and the rename, as storage
+/// code does (`vfs` has no such calls).
+fn segment_cycle_handle(dir: &dyn DirHandle, durable: bool) -> impl FnMut(u64) -> Duration {
+    let mut back = vec![0u8; RECORDS * BLOCK.len()];
+    move |n| {
+        repeat(n, || {
+            let file = dir
+                .open_file("seg.new", OpenOptions::create_new())
+                .expect("create");
+            for i in 0..RECORDS {
+                file.write_all_at((i * BLOCK.len()) as u64, &BLOCK)
+                    .expect("write");
+            }
+            if durable {
+                file.sync_data().expect("fdatasync");
+                dir.sync().expect("sync dir");
+            }
+            drop(file);
+            let file = dir.open_file("seg.new", OpenOptions::read()).expect("open");
+            assert_eq!(file.read_at(0, &mut back).expect("read"), back.len());
+            drop(file);
+            dir.rename("seg.new", "seg").expect("rename");
+            if durable {
+                dir.sync().expect("sync dir");
+            }
+            dir.remove_file("seg").expect("remove");
+        })
+    }
+}
+
+/// The same segment's life on `vfs`'s `MemoryFS`, through its `VfsPath` API. `MemoryFS`
+/// has no rename (`move_file` is not supported), so `VfsPath::move_file` does what it
+/// does then: copies the file to the new name and removes the old one.
+fn segment_cycle_vfs(root: &vfs::VfsPath) -> impl FnMut(u64) -> Duration {
+    let temp = root.join("seg.new").expect("path");
+    let done = root.join("seg").expect("path");
+    let mut back = vec![0u8; RECORDS * BLOCK.len()];
+    move |n| {
+        repeat(n, || {
+            let mut file = temp.create_file().expect("create");
+            for _ in 0..RECORDS {
+                file.write_all(&BLOCK).expect("write");
+            }
+            drop(file); // MemoryFS publishes a file's bytes when its writer is flushed
+            temp.open_file()
+                .expect("open")
+                .read_exact(&mut back)
+                .expect("read");
+            temp.move_file(&done).expect("rename");
+            done.remove_file().expect("remove");
+        })
+    }
+}
+
+/// `write 4 KiB` at offset 0 of an open file and make it visible: `fdatasync` on SimFs,
+/// `flush` on `MemoryFS` (which publishes a copy of the whole file; it has no durability).
+fn write_flush_vfs(root: &vfs::VfsPath) -> impl FnMut(u64) -> Duration {
+    let mut file = root.join("w").expect("path").create_file().expect("create");
+    move |n| {
+        repeat(n, || {
+            file.seek(SeekFrom::Start(0)).expect("seek");
+            file.write_all(&BLOCK).expect("write");
+            file.flush().expect("flush");
+        })
+    }
+}
+
+/// SimFs against `vfs::MemoryFS` on the same small jobs, interleaved.
+fn against_vfs(c: &mut Criterion) {
+    let mut group = c.benchmark_group("vfs");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    let sim_fs = SimFs::with_home(1 << 30, "/bench");
+    let sim = sim_fs.open_dir("/bench".into()).expect("open sim dir");
+    let root = vfs::VfsPath::new(vfs::MemoryFS::new());
+
+    let mut sim_write = write_sync_handle(&*sim, "w");
+    let mut vfs_write = write_flush_vfs(&root);
+    for (side, name) in ["simfs", "memoryfs"].into_iter().enumerate() {
+        group.bench_function(BenchmarkId::new(name, "write_4k_sync"), |b| {
+            b.iter_custom(|n| {
+                interleaved(
+                    "vfs_write_4k_sync",
+                    side,
+                    n,
+                    &mut [&mut sim_write, &mut vfs_write],
+                )
+            });
+        });
+    }
+
+    let mut sim_cycle = segment_cycle_handle(&*sim, false);
+    let mut sim_durable = segment_cycle_handle(&*sim, true);
+    let mut vfs_cycle = segment_cycle_vfs(&root);
+    for (side, name) in ["simfs", "memoryfs", "simfs_durable"]
+        .into_iter()
+        .enumerate()
+    {
+        group.bench_function(BenchmarkId::new(name, "segment_cycle"), |b| {
+            b.iter_custom(|n| {
+                interleaved(
+                    "vfs_segment_cycle",
+                    side,
+                    n,
+                    &mut [&mut sim_cycle, &mut vfs_cycle, &mut sim_durable],
+                )
+            });
+        });
+    }
+    group.finish();
+}
+
+/// One small simulated test, as a test author writes them: a fresh 64 MiB `SimFs`, a
+/// record written and made durable, a second one not, a crash, and a check that exactly
+/// the first survived.
+fn small_simulated_test() {
+    let fs = SimFs::with_home(64 << 20, "/t");
+    let dir = fs.open_dir("/t".into()).expect("open");
+    let wal = dir
+        .open_file("wal", OpenOptions::create_new())
+        .expect("create");
+    wal.write_all_at(0, b"record 1").expect("write");
+    wal.sync_data().expect("fdatasync");
+    dir.sync().expect("sync dir");
+    wal.write_all_at(8, b"record 2").expect("write");
+    drop(wal);
+    fs.crash();
+    let dir = fs.open_dir("/t".into()).expect("open after crash");
+    let wal = dir.open_file("wal", OpenOptions::read()).expect("reopen");
+    let mut back = [0u8; 16];
+    let n = wal.read_at(0, &mut back).expect("read");
+    assert_eq!(&back[..n], b"record 1");
+}
+
+/// How many small simulated tests make the figure.
+const SMALL_TESTS: u32 = 10_000;
+
+fn small_tests(c: &mut Criterion) {
+    let mut group = c.benchmark_group("small_tests");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    group.bench_function(BenchmarkId::new("simfs", "10000_small_tests"), |b| {
+        b.iter(|| {
+            for _ in 0..SMALL_TESTS {
+                small_simulated_test();
+            }
+        });
+    });
+    group.finish();
 }
 
 fn file_api(c: &mut Criterion, tmpfs: &Utf8Path) {
@@ -127,16 +293,40 @@ fn file_api(c: &mut Criterion, tmpfs: &Utf8Path) {
 fn main() {
     let started = SystemTime::now();
     let mut c = common::criterion();
-    let Some(tmpfs) = common::scratch_filesystems("file-api")
+    against_vfs(&mut c);
+    small_tests(&mut c);
+    let tmpfs = common::scratch_filesystems("file-api")
         .into_iter()
-        .find(|s| s.label == "tmpfs")
-    else {
-        println!("file_api: no tmpfs, nothing to compare");
-        return;
-    };
-    file_api(&mut c, &tmpfs.path());
+        .find(|s| s.label == "tmpfs");
+    match &tmpfs {
+        Some(tmpfs) => file_api(&mut c, &tmpfs.path()),
+        None => println!("file_api: no tmpfs, no RealFs/std::fs rows"),
+    }
     c.final_summary();
-    let mut pairs = Vec::new();
+    let mut pairs = vec![
+        Pair::new(
+            "9. `write 4 KiB` + `fdatasync` (MemoryFS: + `flush`): SimFs vs vfs::MemoryFS",
+            "vfs_write_4k_sync",
+            "vfs/simfs/write_4k_sync",
+            "vfs/memoryfs/write_4k_sync",
+            Goal::None,
+        ),
+        Pair::new(
+            "9. segment cycle (create, 4 × 4 KiB, read back, rename, remove): SimFs vs vfs::MemoryFS",
+            "vfs_segment_cycle",
+            "vfs/simfs/segment_cycle",
+            "vfs/memoryfs/segment_cycle",
+            Goal::None,
+        ),
+        Pair::new(
+            "9. segment cycle, SimFs with `fdatasync` + 2 directory syncs vs vfs::MemoryFS without",
+            "vfs_segment_cycle",
+            "vfs/simfs_durable/segment_cycle",
+            "vfs/memoryfs/segment_cycle",
+            Goal::None,
+        )
+        .sides(2, 1),
+    ];
     for job in ["write_4k_fdatasync", "create_write_rename"] {
         pairs.push(Pair::new(
             format!("8. file API `{job}`: RealFs vs std::fs (tmpfs)"),
@@ -157,4 +347,11 @@ fn main() {
         );
     }
     common::report(started, &pairs);
+    common::report_medians(
+        started,
+        &[(
+            "10,000 small simulated tests (fresh SimFs, create, write, fsync, crash, check)",
+            "small_tests/simfs/10000_small_tests",
+        )],
+    );
 }

@@ -4,8 +4,11 @@
 # fallocate really returns EOPNOTSUPP, so the write fallback runs for real), a tmpfs, a
 # full read-only ext4, and two FUSE filesystems without fallocate (fusefat, exfat-fuse) —
 # one test at a time, and prints a table filesystem × test → pass / fail / skip ("-": not
-# run on that row), then the statvfs free-space drop per filesystem and strategy. The FUSE
-# rows run only fuse_write_path: the other tests would only take minutes there.
+# run on that row), then the statvfs free-space drop per filesystem and strategy. The
+# "conformance" column is tests/conformance.rs's RealFs half (cargo test --test conformance
+# real::) run in a directory of the mount, including its fill to ENOSPC, whose bytes
+# written against the free space reported before are printed per filesystem at the end.
+# The FUSE rows run only fuse_write_path: the other tests would only take minutes there.
 #
 # Needs root and loop devices, as CI has; without them it says so in one line and exits 0.
 # Installs xfsprogs, btrfs-progs, fusefat, dosfstools, exfat-fuse and exfatprogs with
@@ -24,7 +27,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 IMAGE_MIB=${MOUNT_MATRIX_IMAGE_MIB:-512}
 TEST_TIMEOUT=${MOUNT_MATRIX_TEST_TIMEOUT:-300}
-TESTS=(${MOUNT_MATRIX_TESTS:-full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut reflink_release snapshot quota late_free never_fits overlay fuse_write_path})
+TESTS=(${MOUNT_MATRIX_TESTS:-conformance full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut reflink_release snapshot quota late_free never_fits overlay fuse_write_path})
 FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro fusefat exfat-fuse})
 # Rows that run only some of the tests (the others show "-").
 declare -A ROW_TESTS=([fusefat]="fuse_write_path" [exfat-fuse]="fuse_write_path")
@@ -63,16 +66,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-say "building the test binary (cargo test -p disk-reserve-cli --no-run --test real_mount)"
-artifacts=$(cargo test -p disk-reserve-cli --no-run --test real_mount --message-format=json-render-diagnostics </dev/null)
+say "building the test binaries (cargo test -p disk-reserve-cli -p disk-reserve --no-run --test real_mount --test conformance)"
+artifacts=$(cargo test -p disk-reserve-cli -p disk-reserve --no-run --test real_mount --test conformance \
+    --message-format=json-render-diagnostics </dev/null)
 executable_of() { # $1: a pattern the artifact's target must match
     printf '%s\n' "$artifacts" | grep '"reason":"compiler-artifact"' | grep -- "$1" |
         grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//' | tail -n 1
 }
 testbin=$(executable_of '"kind":\["test"\],"crate_types":\["bin"\],"name":"real_mount"')
 clibin=$(executable_of '"kind":\["bin"\],"crate_types":\["bin"\],"name":"disk-reserve"')
-if [ ! -x "$testbin" ] || [ ! -x "$clibin" ]; then
-    echo "mount-matrix: could not find the built test binary ($testbin) or command ($clibin)" >&2
+conformancebin=$(executable_of '"kind":\["test"\],"crate_types":\["bin"\],"name":"conformance"')
+if [ ! -x "$testbin" ] || [ ! -x "$clibin" ] || [ ! -x "$conformancebin" ]; then
+    echo "mount-matrix: could not find the built test binaries ($testbin, $conformancebin) or command ($clibin)" >&2
     exit 1
 fi
 
@@ -201,14 +206,37 @@ for fs in "${FILESYSTEMS[@]}"; do
             cell[$fs.$t]=-
             continue
         fi
+        # The conformance suite changes things: not on the read-only row.
+        if [ "$t" = conformance ] && [ -n "$ro" ]; then
+            cell[$fs.$t]=-
+            continue
+        fi
         log="$work/logs/$fs.$t.log"
         started=$SECONDS
         rc=0
-        env DISK_RESERVE_TEST_MOUNT="$mnt" DISK_RESERVE_TEST_FS="$fs" \
-            ${ro:+DISK_RESERVE_TEST_READONLY=1} \
-            timeout -k 10 "$TEST_TIMEOUT" "$testbin" --exact "$t" --test-threads=1 --nocapture \
-            </dev/null >"$log" 2>&1 || rc=$?
-        if [ "$rc" -eq 0 ] && ! grep -q '1 passed' "$log"; then
+        if [ "$t" = conformance ]; then
+            # One at a time: the fill case takes every free byte of the mount.
+            env DISK_RESERVE_CONFORMANCE_DIR="$mnt" DISK_RESERVE_CONFORMANCE_FS="$fs" \
+                timeout -k 10 "$TEST_TIMEOUT" "$conformancebin" real:: --test-threads=1 \
+                --nocapture </dev/null >"$log" 2>&1 || rc=$?
+        else
+            env DISK_RESERVE_TEST_MOUNT="$mnt" DISK_RESERVE_TEST_FS="$fs" \
+                ${ro:+DISK_RESERVE_TEST_READONLY=1} \
+                timeout -k 10 "$TEST_TIMEOUT" "$testbin" --exact "$t" --test-threads=1 --nocapture \
+                </dev/null >"$log" 2>&1 || rc=$?
+        fi
+        if [ "$t" = conformance ]; then
+            passed=$(grep -o 'test result: [a-zA-Z]*\. [0-9]* passed; [0-9]* failed' "$log" |
+                awk '{ p += $4; f += $6 } END { print p + 0, f + 0 }')
+            grep -q 'DISK_RESERVE_SKIP' "$log" && rc=1 # the fill case must run here
+            read -r npass nfail <<<"$passed"
+            if [ "$rc" -eq 0 ] && [ "$nfail" -eq 0 ] && [ "$npass" -gt 0 ]; then
+                result=pass
+            else
+                result="fail($nfail/$((npass + nfail)))"
+            fi
+            grep -o 'ENOSPC_FILL .*' "$log" >>"$work/enospc_fill" || true
+        elif [ "$rc" -eq 0 ] && ! grep -q '1 passed' "$log"; then
             result=fail # no test of that name ran
         elif [ "$rc" -eq 0 ] && grep -q 'DISK_RESERVE_SKIP' "$log"; then
             result=skip
@@ -219,7 +247,7 @@ for fs in "${FILESYSTEMS[@]}"; do
         fi
         [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && echo "(timed out after ${TEST_TIMEOUT}s)" >>"$log"
         cell[$fs.$t]=$result
-        [ "$result" = fail ] && failures=$((failures + 1))
+        [[ "$result" = fail* ]] && failures=$((failures + 1))
         grep -o 'FREE_DROP .*' "$log" >>"$work/free_drop" || true
         say "$fs: $t $result ($((SECONDS - started)) s)"
         grep -o -e "$t fs=.*" -e 'DISK_RESERVE_SKIP.*' "$log" | sed 's/^/    /' || true
@@ -269,9 +297,22 @@ for fs in "${FILESYSTEMS[@]}"; do
     echo
 done
 
+if [ -s "$work/enospc_fill" ]; then
+    echo
+    echo "conformance fill to ENOSPC: bytes written through the file API against space() before"
+    printf '%-12s %-12s %-12s %-12s %-18s %-12s\n' filesystem size free-before written shortfall free-at-end
+    awk '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+        printf "%-12s %-12s %-12s %-12s %-18s %-12s\n", f["fs"],
+            sprintf("%.1f MiB", f["total"] / 1048576), sprintf("%.2f MiB", f["free_before"] / 1048576),
+            sprintf("%.2f MiB", f["written"] / 1048576),
+            sprintf("%.0f KiB (%s%%)", f["shortfall"] / 1024, f["shortfall_pct"]),
+            sprintf("%.2f MiB", f["free_at_enospc"] / 1048576) }' "$work/enospc_fill"
+fi
+
 for fs in "${FILESYSTEMS[@]}"; do
     for t in "${TESTS[@]}"; do
-        if [ "${cell[$fs.$t]}" = fail ]; then
+        if [[ "${cell[$fs.$t]}" = fail* ]]; then
             echo
             echo "---- $fs × $t: last 60 lines of its output"
             tail -n 60 "$work/logs/$fs.$t.log"

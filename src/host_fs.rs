@@ -447,6 +447,44 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
         Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
     }
 
+    /// Creates the directory `path` and every missing directory above it, relative to
+    /// this one (`mkdir -p`, `std::fs::create_dir_all`): `path` is one or more names
+    /// joined by `/` (`"segments/2024/01"`). A directory already at a name is walked into
+    /// and kept, so calling it again succeeds and changes nothing.
+    ///
+    /// No symlink is followed at any component, created or walked: each step is
+    /// [`create_dir`](DirHandle::create_dir) then [`open_subdir`](DirHandle::open_subdir)
+    /// of one name, which refuse a symlink even to a directory. As with `create_dir`, a
+    /// new directory's name is durable once its parent is [synced](DirHandle::sync);
+    /// nothing is synced here. On error, the directories made before it stay.
+    ///
+    /// The body is provided, built on `create_dir`, `probe` and `open_subdir`; a backend
+    /// has nothing to add.
+    ///
+    /// # Errors
+    /// `EINVAL` for a path that is empty, absolute, or has an empty, `.` or `..`
+    /// component (as [`check_name`] for each); `EEXIST` when the last component is taken
+    /// by anything not a directory (a file, a symlink, even one to a directory);
+    /// `ENOTDIR` when an earlier component is; whatever `create_dir` returns (`ENOSPC`,
+    /// `EDQUOT`, `EROFS`, `ENOENT` in a removed directory, `EACCES`).
+    fn create_dir_all(&self, path: &Utf8Path) -> io::Result<()> {
+        let names: Vec<&str> = path.as_str().split('/').collect();
+        for name in &names {
+            check_name(name)?;
+        }
+        let (first, rest) = names.split_first().expect("split gives one name at least");
+        create_dir_step(self, first, rest.is_empty())?;
+        let Some((_, before_last)) = rest.split_last() else {
+            return Ok(());
+        };
+        let mut dir = self.open_subdir(first)?;
+        for name in before_last {
+            create_dir_step(&*dir, name, false)?;
+            dir = dir.open_subdir(name)?;
+        }
+        create_dir_step(&*dir, rest[rest.len() - 1], true)
+    }
+
     /// `unlinkat(2)` with `AT_REMOVEDIR`: removes the empty directory `name` (a symlink
     /// is not followed). The default body returns `EOPNOTSUPP`.
     ///
@@ -545,6 +583,26 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
             }
             std::thread::sleep(left.min(std::time::Duration::from_millis(1)));
         }
+    }
+}
+
+/// One step of [`DirHandle::create_dir_all`]: `mkdir` of `name` in `parent`, keeping a
+/// directory already there; anything else there is `EEXIST` when `name` is the last
+/// component and `ENOTDIR` when the walk must go on through it.
+fn create_dir_step<D: DirHandle + ?Sized>(parent: &D, name: &str, last: bool) -> io::Result<()> {
+    match parent.create_dir(name) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match parent.probe(name)? {
+            Some(Probe {
+                kind: FileKind::Directory,
+                ..
+            }) => Ok(()),
+            _ => Err(io::Error::from_raw_os_error(if last {
+                libc::EEXIST
+            } else {
+                libc::ENOTDIR
+            })),
+        },
+        other => other,
     }
 }
 
