@@ -1100,6 +1100,28 @@ impl State {
         }
     }
 
+    /// See [`SimFs::for_each_entry`]: visits `ino`, named `path`, and what is under it.
+    fn walk(&self, ino: u64, path: &mut String, visit: &mut impl FnMut(&str, &Probe, u64)) {
+        let node = self.node(ino);
+        let (links, shared) = match node {
+            Node::Directory { .. } => (1, 0),
+            Node::Regular { live, .. } => (self.links(ino), live.shared * self.block_size),
+            _ => (self.links(ino), 0),
+        };
+        visit(path, &node.probe(self.block_size, links), shared);
+        if let Node::Directory { live, .. } = node {
+            let len = path.len();
+            for (name, &child) in live {
+                if !path.ends_with('/') {
+                    path.push('/');
+                }
+                path.push_str(name);
+                self.walk(child, path, visit);
+                path.truncate(len);
+            }
+        }
+    }
+
     fn snapshot(&self) -> SimSnapshot {
         // Every name's link count in one pass, not one pass per name.
         let mut names: HashMap<u64, u64> = HashMap::new();
@@ -1797,6 +1819,26 @@ impl SimFs {
     /// Every live path and what other writers hold, for comparing states.
     pub fn snapshot(&self) -> SimSnapshot {
         self.state().snapshot()
+    }
+
+    /// What [`snapshot`](SimFs::snapshot) lists, without building it: `visit` gets every
+    /// live path (depth first, names in order), its `lstat` and the bytes a snapshot
+    /// shares with it, from one reused buffer. For checks that run after every step.
+    pub(crate) fn for_each_entry(&self, mut visit: impl FnMut(&str, &Probe, u64)) {
+        let state = self.state();
+        let mut path = String::from("/");
+        state.walk(ROOT_INO, &mut path, &mut visit);
+    }
+
+    /// Bytes other writers hold ([`SimFs::eat`]), as [`SimSnapshot`] says.
+    pub(crate) fn other_writers_bytes(&self) -> u64 {
+        self.state().other_writers
+    }
+
+    /// Every operation's call count ([`calls`](SimFs::calls)), indexed as
+    /// [`SimOp::ALL`], under one lock.
+    pub(crate) fn all_calls(&self) -> [u64; OP_COUNT] {
+        self.state().calls
     }
 }
 
