@@ -630,7 +630,13 @@ impl State {
 
     /// Bytes held: files' blocks, other writers, blocks only a snapshot still holds.
     fn held_bytes(&self) -> u64 {
-        self.file_bytes()
+        self.held_bytes_with(self.file_bytes())
+    }
+
+    /// [`held_bytes`](State::held_bytes) when files hold `file_bytes` (each walk over
+    /// the inodes counts: callers that need both walk once).
+    fn held_bytes_with(&self, file_bytes: u64) -> u64 {
+        file_bytes
             .saturating_add(self.other_writers)
             .saturating_add(self.pinned())
     }
@@ -638,13 +644,18 @@ impl State {
     /// Frees not yet shown, as far as nobody has allocated them since (an allocation
     /// makes them show: XFS flushes its worker before it says `ENOSPC`).
     fn pending_bytes(&self) -> u64 {
-        self.pending_free
-            .min(self.capacity.saturating_sub(self.held_bytes()))
+        self.pending_bytes_with(self.held_bytes())
+    }
+
+    /// [`pending_bytes`](State::pending_bytes) when `held` bytes are held.
+    fn pending_bytes_with(&self, held: u64) -> u64 {
+        self.pending_free.min(self.capacity.saturating_sub(held))
     }
 
     /// Bytes used as `statvfs` shows them: held, plus frees not yet shown.
     fn used_bytes(&self) -> u64 {
-        self.held_bytes().saturating_add(self.pending_bytes())
+        let held = self.held_bytes();
+        held.saturating_add(self.pending_bytes_with(held))
     }
 
     /// Free bytes as `statvfs` shows them.
@@ -657,10 +668,14 @@ impl State {
     /// Frees not yet shown count as free: an allocation waits for them (XFS flushes its
     /// inode worker before it says `ENOSPC`).
     fn allocation_budget(&self) -> (u64, i32) {
-        let free_blocks = self.capacity.saturating_sub(self.held_bytes()) / self.block_size;
+        let file_bytes = self.file_bytes();
+        let free_blocks = self
+            .capacity
+            .saturating_sub(self.held_bytes_with(file_bytes))
+            / self.block_size;
         match self.quota {
             Some(quota) => {
-                let quota_blocks = quota.saturating_sub(self.file_bytes()) / self.block_size;
+                let quota_blocks = quota.saturating_sub(file_bytes) / self.block_size;
                 if quota_blocks < free_blocks {
                     (quota_blocks, libc::EDQUOT)
                 } else {
