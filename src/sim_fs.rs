@@ -630,7 +630,13 @@ impl State {
 
     /// Bytes held: files' blocks, other writers, blocks only a snapshot still holds.
     fn held_bytes(&self) -> u64 {
-        self.file_bytes()
+        self.held_bytes_with(self.file_bytes())
+    }
+
+    /// [`held_bytes`](State::held_bytes) when files hold `file_bytes` (each walk over
+    /// the inodes counts: callers that need both walk once).
+    fn held_bytes_with(&self, file_bytes: u64) -> u64 {
+        file_bytes
             .saturating_add(self.other_writers)
             .saturating_add(self.pinned())
     }
@@ -638,13 +644,18 @@ impl State {
     /// Frees not yet shown, as far as nobody has allocated them since (an allocation
     /// makes them show: XFS flushes its worker before it says `ENOSPC`).
     fn pending_bytes(&self) -> u64 {
-        self.pending_free
-            .min(self.capacity.saturating_sub(self.held_bytes()))
+        self.pending_bytes_with(self.held_bytes())
+    }
+
+    /// [`pending_bytes`](State::pending_bytes) when `held` bytes are held.
+    fn pending_bytes_with(&self, held: u64) -> u64 {
+        self.pending_free.min(self.capacity.saturating_sub(held))
     }
 
     /// Bytes used as `statvfs` shows them: held, plus frees not yet shown.
     fn used_bytes(&self) -> u64 {
-        self.held_bytes().saturating_add(self.pending_bytes())
+        let held = self.held_bytes();
+        held.saturating_add(self.pending_bytes_with(held))
     }
 
     /// Free bytes as `statvfs` shows them.
@@ -657,10 +668,14 @@ impl State {
     /// Frees not yet shown count as free: an allocation waits for them (XFS flushes its
     /// inode worker before it says `ENOSPC`).
     fn allocation_budget(&self) -> (u64, i32) {
-        let free_blocks = self.capacity.saturating_sub(self.held_bytes()) / self.block_size;
+        let file_bytes = self.file_bytes();
+        let free_blocks = self
+            .capacity
+            .saturating_sub(self.held_bytes_with(file_bytes))
+            / self.block_size;
         match self.quota {
             Some(quota) => {
-                let quota_blocks = quota.saturating_sub(self.file_bytes()) / self.block_size;
+                let quota_blocks = quota.saturating_sub(file_bytes) / self.block_size;
                 if quota_blocks < free_blocks {
                     (quota_blocks, libc::EDQUOT)
                 } else {
@@ -1096,6 +1111,28 @@ impl State {
             if self.nodes.contains_key(&ino) && self.links(ino) == 0 {
                 self.free_file(ino);
                 self.collect_garbage();
+            }
+        }
+    }
+
+    /// See [`SimFs::for_each_entry`]: visits `ino`, named `path`, and what is under it.
+    fn walk(&self, ino: u64, path: &mut String, visit: &mut impl FnMut(&str, &Probe, u64)) {
+        let node = self.node(ino);
+        let (links, shared) = match node {
+            Node::Directory { .. } => (1, 0),
+            Node::Regular { live, .. } => (self.links(ino), live.shared * self.block_size),
+            _ => (self.links(ino), 0),
+        };
+        visit(path, &node.probe(self.block_size, links), shared);
+        if let Node::Directory { live, .. } = node {
+            let len = path.len();
+            for (name, &child) in live {
+                if !path.ends_with('/') {
+                    path.push('/');
+                }
+                path.push_str(name);
+                self.walk(child, path, visit);
+                path.truncate(len);
             }
         }
     }
@@ -1797,6 +1834,26 @@ impl SimFs {
     /// Every live path and what other writers hold, for comparing states.
     pub fn snapshot(&self) -> SimSnapshot {
         self.state().snapshot()
+    }
+
+    /// What [`snapshot`](SimFs::snapshot) lists, without building it: `visit` gets every
+    /// live path (depth first, names in order), its `lstat` and the bytes a snapshot
+    /// shares with it, from one reused buffer. For checks that run after every step.
+    pub fn for_each_entry(&self, mut visit: impl FnMut(&str, &Probe, u64)) {
+        let state = self.state();
+        let mut path = String::from("/");
+        state.walk(ROOT_INO, &mut path, &mut visit);
+    }
+
+    /// Bytes other writers hold ([`SimFs::eat`]), as [`SimSnapshot`] says.
+    pub fn other_writers_bytes(&self) -> u64 {
+        self.state().other_writers
+    }
+
+    /// Every operation's call count ([`calls`](SimFs::calls)), indexed as
+    /// [`SimOp::ALL`], under one lock.
+    pub fn all_calls(&self) -> [u64; SimOp::ALL.len()] {
+        self.state().calls
     }
 }
 

@@ -30,7 +30,7 @@
 //! `arbitrary::Arbitrary`.
 //!
 //! ```
-//! use disk_reserve::scenario::{run, EnsureArgs, Op, Scenario, SimSetup};
+//! use disk_reserve_scenario::{run, EnsureArgs, Op, Scenario, SimSetup};
 //! let scenario = Scenario {
 //!     setup: SimSetup { capacity_blocks: 1024, usual_size_blocks: 64, ..SimSetup::default() },
 //!     ops: vec![Op::Ensure(EnsureArgs::default()), Op::Crash, Op::Release],
@@ -41,13 +41,13 @@
 
 mod model;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{OnceLock, mpsc};
 
-use camino::{Utf8Path, Utf8PathBuf};
+use camino::Utf8PathBuf;
 
-use disk_reserve::sim_fs::SimSnapshot;
 use disk_reserve::{
     AllocateMode, DeferReason, Ensured, Error, FileKind, Plan, Probe, Released, Reserve,
     ReserveConfig, SimFs, SimOp, SizeSpec, Strategy, is_out_of_space,
@@ -456,6 +456,46 @@ impl Tap {
     }
 }
 
+// ------------------------------------------------------------------ the racing thread
+
+/// A job for the racing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that races the calling one ([`Op::EnsureAndReleaseConcurrently`]), started
+/// once: spawning one per race was the dearest thing a step did. Jobs from several
+/// callers (tests run in parallel) take turns; a job never waits for another.
+fn racing_thread() -> &'static mpsc::Sender<Job> {
+    static JOBS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+    JOBS.get_or_init(|| {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("scenario-race".into())
+            .spawn(move || queue.into_iter().for_each(|job| job()))
+            .expect("the racing thread starts");
+        jobs
+    })
+}
+
+/// Runs `here` on the calling thread while `there` runs on the racing thread; a panic on
+/// either side is caught and returned.
+fn race<A, B: Send + 'static>(
+    here: impl FnOnce() -> A,
+    there: impl FnOnce() -> B + Send + 'static,
+) -> (std::thread::Result<A>, std::thread::Result<B>) {
+    let (done, result) = mpsc::sync_channel(1);
+    let job: Job = Box::new(move || {
+        // The caller waits for this send; it only fails if the caller is gone.
+        let _ = done.send(panic::catch_unwind(AssertUnwindSafe(there)));
+    });
+    // A job that cannot be sent is dropped, and `recv` says so.
+    let _ = racing_thread().send(job);
+    let here = panic::catch_unwind(AssertUnwindSafe(here));
+    let there = result
+        .recv()
+        .unwrap_or_else(|_| Err(Box::new("the racing thread is gone")));
+    (here, there)
+}
+
 // ------------------------------------------------------------------ the driver
 
 /// A resolved `ensure` configuration.
@@ -561,10 +601,13 @@ struct Driver {
     /// Total call counts at which a non-zero space change applies.
     space_changes_at: Vec<u64>,
     durable: Durable,
-    outside: BTreeMap<Utf8PathBuf, Probe>,
+    /// Every path outside the reserve path at the start, in [`SimFs::for_each_entry`]'s
+    /// order, with its `lstat`.
+    outside: Vec<(String, Probe)>,
     report: RunReport,
     step: usize,
-    op: String,
+    /// The operation being played (formatted only for a violation).
+    op: Option<Op>,
     /// Bytes the bystander file holds (what is outside the home).
     bystander_bytes: u64,
     /// Set while a move of the home is planned for the running call: the move count
@@ -667,7 +710,7 @@ impl Driver {
                 pinned_bytes: 0,
                 entry: Entry::Absent,
             },
-            outside: fs.snapshot().without(RESERVE).entries,
+            outside: outside_entries(&fs),
             fs,
             capacity_blocks,
             usual_size_blocks: 1 + u64::from(setup.usual_size_blocks) % capacity_blocks,
@@ -677,7 +720,7 @@ impl Driver {
             durable: Durable::exactly(Entry::Absent),
             report: RunReport::default(),
             step: 0,
-            op: String::new(),
+            op: None,
             after_lifecycle_call: None,
             bystander_bytes,
         };
@@ -694,7 +737,7 @@ impl Driver {
     }
 
     fn calls(&self) -> [u64; SimOp::ALL.len()] {
-        std::array::from_fn(|i| self.fs.calls(SimOp::ALL[i]))
+        self.fs.all_calls()
     }
 
     fn capacity_bytes(&self) -> u64 {
@@ -725,7 +768,7 @@ impl Driver {
     fn violation(&self, invariant: Invariant, detail: String) -> Violation {
         Violation {
             step: self.step,
-            op: self.op.clone(),
+            op: self.op.map(|op| format!("{op:?}")).unwrap_or_default(),
             invariant,
             detail,
         }
@@ -745,17 +788,52 @@ impl Driver {
     }
 
     fn before(&self) -> Before {
-        let snapshot = self.fs.snapshot();
-        let probe = snapshot.get(RESERVE).copied();
+        let view = self.view();
         Before {
-            entry: entry_of_shared(probe.as_ref(), snapshot.shared_bytes_of(RESERVE)),
-            probe,
+            entry: view.entry(),
+            probe: view.reserve,
             calls: self.calls(),
             free: self.true_free(),
             pending: self.fs.pending_free_bytes(),
-            replacing: snapshot.get(REPLACING).is_some(),
-            file_bytes: file_bytes(&snapshot),
+            replacing: view.replacing.is_some(),
+            file_bytes: view.file_bytes,
         }
+    }
+
+    /// What the disk holds now, read in one pass.
+    fn view(&self) -> View {
+        let mut view = View {
+            reserve: None,
+            reserve_shared: 0,
+            replacing: None,
+            file_bytes: 0,
+            outside_unchanged: true,
+            other_writers_bytes: self.fs.other_writers_bytes(),
+        };
+        let mut was = self.outside.iter();
+        self.fs.for_each_entry(|path, probe, shared| {
+            if path == RESERVE {
+                view.reserve = Some(*probe);
+                view.reserve_shared = shared;
+            }
+            if path == REPLACING {
+                view.replacing = Some(*probe);
+            } else if probe.kind == FileKind::Regular {
+                view.file_bytes += probe.allocated_bytes;
+            }
+            if is_outside(path) {
+                // A file's link count changes when a hard link at the reserve path is
+                // replaced or released; its content must not.
+                let same = was.next().is_some_and(|(p, b)| {
+                    p == path && Probe { links: 1, ..*probe } == Probe { links: 1, ..*b }
+                });
+                view.outside_unchanged &= same;
+            }
+        });
+        if was.next().is_some() {
+            view.outside_unchanged = false;
+        }
+        view
     }
 
     /// What else happened during the call that began at `before`.
@@ -786,34 +864,13 @@ impl Driver {
         seen
     }
 
-    /// Whether everything outside the reserve path is as it was (without copying the
-    /// snapshot: this runs after every step).
-    fn outside_unchanged(&self, snapshot: &SimSnapshot) -> bool {
-        let (reserve, replacing) = (Utf8Path::new(RESERVE), Utf8Path::new(REPLACING));
-        let mut now = snapshot
-            .entries
-            .iter()
-            .filter(|(p, _)| !p.starts_with(reserve) && !p.starts_with(replacing));
-        let mut was = self.outside.iter();
-        loop {
-            match (now.next(), was.next()) {
-                (None, None) => return true,
-                // A file's link count changes when a hard link at the reserve path is
-                // replaced or released; its content must not.
-                (Some((pa, a)), Some((pb, b)))
-                    if pa == pb && Probe { links: 1, ..*a } == Probe { links: 1, ..*b } => {}
-                _ => return false,
-            }
-        }
-    }
-
     /// Nothing outside the reserve path changed since the scenario started.
-    fn check_outside(&self, snapshot: &SimSnapshot) -> Result<(), Violation> {
+    fn check_outside(&self, view: &View) -> Result<(), Violation> {
         self.check(
-            self.outside_unchanged(snapshot),
+            view.outside_unchanged,
             Invariant::OnlyTheReservePath,
             || {
-                let now = snapshot.clone().without(RESERVE).entries;
+                let now = self.fs.snapshot().without(RESERVE).entries;
                 format!(
                     "outside the reserve: before {:?}, after {now:?}",
                     self.outside
@@ -825,18 +882,18 @@ impl Driver {
     /// Checks what holds after every operation: the outside is as it was, the model's
     /// view of the reserve path and of the space matches the disk. `exact_space` says
     /// whether the model knows the other writers' bytes; if not they are read back.
-    fn settle(&mut self, snapshot: &SimSnapshot, exact_space: bool) -> Result<(), Violation> {
-        self.check_outside(snapshot)?;
+    fn settle(&mut self, view: &View, exact_space: bool) -> Result<(), Violation> {
+        self.check_outside(view)?;
         // A replacement left behind by a failed call whose rollback failed too: its blocks
         // are counted until the next call under the lock removes it.
-        let replacing = snapshot.get(REPLACING).map_or(0, |p| p.allocated_bytes);
+        let replacing = view.replacing.map_or(0, |p| p.allocated_bytes);
         self.model.outside_bytes = self.bystander_bytes + replacing;
-        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
+        let entry = view.entry();
         self.check(entry == self.model.entry, Invariant::Model, || {
             format!("reserve path: model {:?}, disk {entry:?}", self.model.entry)
         })?;
         if !exact_space {
-            self.model.others_bytes = snapshot.other_writers_bytes;
+            self.model.others_bytes = view.other_writers_bytes;
         }
         let free = self.true_free();
         self.check(free == self.model.free(), Invariant::Model, || {
@@ -846,7 +903,7 @@ impl Driver {
 
     fn step(&mut self, step: usize, op: &Op) -> Result<(), Violation> {
         self.step = step;
-        self.op = format!("{op:?}");
+        self.op = Some(*op);
         self.report.steps += 1;
         match *op {
             Op::Ensure(args) => {
@@ -862,15 +919,15 @@ impl Driver {
                 let bytes = u64::from(bytes) % (self.capacity_bytes() + 1);
                 self.fs.eat(bytes);
                 self.model.eat(bytes);
-                let snapshot = self.fs.snapshot();
-                self.settle(&snapshot, true)
+                let view = self.view();
+                self.settle(&view, true)
             }
             Op::OtherWriterFrees { bytes } => {
                 let bytes = u64::from(bytes) % (self.capacity_bytes() + 1);
                 self.fs.free_external(bytes);
                 self.model.free_external(bytes);
-                let snapshot = self.fs.snapshot();
-                self.settle(&snapshot, true)
+                let view = self.view();
+                self.settle(&view, true)
             }
             Op::OtherWriterDuringCall { after_calls, bytes } => {
                 let magnitude = u64::from(bytes.unsigned_abs()) % (self.capacity_bytes() + 1);
@@ -892,7 +949,7 @@ impl Driver {
                 Ok(())
             }
             Op::DeleteReserve => {
-                if self.fs.snapshot().get(RESERVE).is_none() {
+                if self.view().reserve.is_none() {
                     // Nothing to unlink: what a crash may bring back stays as it was.
                     return Ok(());
                 }
@@ -917,7 +974,7 @@ impl Driver {
                 self.planted(true)
             }
             Op::Plant(plant) => {
-                let removed = self.fs.snapshot().get(RESERVE).is_some();
+                let removed = self.view().reserve.is_some();
                 if removed {
                     self.fs.remove(RESERVE).expect("planted things are empty");
                 }
@@ -985,10 +1042,9 @@ impl Driver {
                     self.fs
                         .snapshot_file(RESERVE)
                         .expect("a regular file at the reserve path");
-                    let snapshot = self.fs.snapshot();
-                    self.model.entry =
-                        entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
-                    return self.settle(&snapshot, true);
+                    let view = self.view();
+                    self.model.entry = view.entry();
+                    return self.settle(&view, true);
                 }
                 Ok(())
             }
@@ -998,8 +1054,8 @@ impl Driver {
                 if let Entry::Shared { len, blocks, .. } = self.model.entry {
                     self.model.entry = Entry::File { len, blocks };
                 }
-                let snapshot = self.fs.snapshot();
-                self.settle(&snapshot, true)
+                let view = self.view();
+                self.settle(&view, true)
             }
             Op::SetLateFrees(late) => {
                 self.fs.set_late_frees(late);
@@ -1103,25 +1159,22 @@ impl Driver {
     }
 
     fn planted(&mut self, removed: bool) -> Result<(), Violation> {
-        let snapshot = self.fs.snapshot();
-        self.set_entry(entry_of_shared(
-            snapshot.get(RESERVE),
-            snapshot.shared_bytes_of(RESERVE),
-        ));
+        let view = self.view();
+        self.set_entry(view.entry());
         if removed || self.model.entry != Entry::Absent {
             self.durable = Durable::exactly(self.model.entry);
         }
-        self.settle(&snapshot, true)
+        self.settle(&view, true)
     }
 
     /// After a crash: the reserve path holds something a crash may bring back.
     fn crashed(&mut self, before: &Before, exact_space: bool) -> Result<(), Violation> {
         self.report.crashes += 1;
-        let snapshot = self.fs.snapshot();
-        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
+        let view = self.view();
+        let entry = view.entry();
         let was_other = matches!(before.entry, Entry::Other(_));
         let allowed = if was_other {
-            snapshot.get(RESERVE) == before.probe.as_ref()
+            view.reserve == before.probe
         } else {
             self.durable.allows(entry)
         };
@@ -1136,7 +1189,7 @@ impl Driver {
         // which names came back: the snapshots' own share is read from the disk.
         self.model.pinned_bytes = self.fs.pinned_bytes();
         self.durable = Durable::exactly(entry);
-        self.settle(&snapshot, exact_space)
+        self.settle(&view, exact_space)
     }
 
     /// Checks common to every lifecycle call: outside untouched, refused things
@@ -1144,13 +1197,13 @@ impl Driver {
     fn after_call(
         &self,
         before: &Before,
-        snapshot: &SimSnapshot,
+        view: &View,
         failed: bool,
         strict: bool,
         gave_back: &[Entry],
     ) -> Result<(), Violation> {
-        self.check_outside(snapshot)?;
-        let probe = snapshot.get(RESERVE);
+        self.check_outside(view)?;
+        let probe = view.reserve.as_ref();
         if let Entry::Other(kind) = before.entry {
             self.check(
                 probe == before.probe.as_ref(),
@@ -1165,9 +1218,9 @@ impl Driver {
         }
         if failed && strict {
             // Other writers may have moved in the middle; what files hold is compared.
-            let entry = entry_of_shared(probe, snapshot.shared_bytes_of(RESERVE));
+            let entry = view.entry();
             let free = self.true_free();
-            let files = file_bytes(snapshot);
+            let files = view.file_bytes;
             let restored = entry == before.entry && files == before.file_bytes;
             let only_gave_back = gave_back.contains(&entry) && files <= before.file_bytes;
             self.check(
@@ -1227,8 +1280,8 @@ impl Driver {
         tap: &Tap,
         disturbance: Disturbance,
     ) -> Result<(), Violation> {
-        let snapshot = self.fs.snapshot();
-        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
+        let view = self.view();
+        let entry = view.entry();
         // With a fault as the only disturbance of a call the model expected to succeed,
         // the rollback itself runs undisturbed and must restore everything.
         // A deferral after running out of space has rolled back already: a fault in that
@@ -1256,12 +1309,12 @@ impl Driver {
                 gave_back.push(Entry::File { len, blocks: 0 });
             }
         }
-        self.after_call(before, &snapshot, result.is_err(), strict, &gave_back)?;
+        self.after_call(before, &view, result.is_err(), strict, &gave_back)?;
 
         // A replacement an earlier double fault left may stay when tidying it failed too;
         // one this call made may not.
         self.check(
-            result.is_err() || before.replacing || snapshot.get(REPLACING).is_none(),
+            result.is_err() || before.replacing || view.replacing.is_none(),
             Invariant::OnlyTheReservePath,
             || {
                 format!(
@@ -1369,7 +1422,7 @@ impl Driver {
             Err(_) => self.durable.unknown = true,
         }
         self.set_entry(entry);
-        self.settle(&snapshot, !disturbance.other_writer)
+        self.settle(&view, !disturbance.other_writer)
     }
 
     /// `release`, optionally with a power cut after `crash_after` calls.
@@ -1385,7 +1438,7 @@ impl Driver {
         let crashed = tap.disarm();
         self.put_home_back()?;
         let disturbance = self.disturbance(&before);
-        let snapshot = self.fs.snapshot();
+        let view = self.view();
         if let Err(error) = &result {
             self.report.failures += 1;
             self.check(
@@ -1398,8 +1451,8 @@ impl Driver {
             self.durable.add(Entry::Absent);
             return self.crashed(&before, !disturbance.other_writer);
         }
-        self.after_call(&before, &snapshot, result.is_err(), true, &[])?;
-        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
+        self.after_call(&before, &view, result.is_err(), true, &[])?;
+        let entry = view.entry();
         let as_expected = match (&expected, &result) {
             (_, Err(_)) if disturbance.faults > 0 => entry == before.entry,
             // Rule 8's measured gain is only predictable on an undisturbed disk.
@@ -1433,12 +1486,12 @@ impl Driver {
         }
         self.set_entry(entry);
         if crash_after.is_some() {
-            self.settle(&snapshot, !disturbance.other_writer)?;
+            self.settle(&view, !disturbance.other_writer)?;
             let before = self.before();
             self.fs.crash();
             return self.crashed(&before, true);
         }
-        self.settle(&snapshot, !disturbance.other_writer)
+        self.settle(&view, !disturbance.other_writer)
     }
 
     /// `status`: reads, changes nothing.
@@ -1448,9 +1501,9 @@ impl Driver {
         let reserve = scenario_reserve(&self.fs, args.config());
         let result = reserve.status();
         let disturbance = self.disturbance(&before);
-        let snapshot = self.fs.snapshot();
-        self.after_call(&before, &snapshot, true, true, &[])?;
-        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
+        let view = self.view();
+        self.after_call(&before, &view, true, true, &[])?;
+        let entry = view.entry();
         self.check(entry == before.entry, Invariant::Model, || {
             format!(
                 "status changed the reserve from {:?} to {entry:?}",
@@ -1518,7 +1571,7 @@ impl Driver {
                 args.size, before.entry, result
             )
         })?;
-        self.settle(&snapshot, !disturbance.other_writer)
+        self.settle(&view, !disturbance.other_writer)
     }
 
     /// An `ensure` and a `release` at once, on two threads.
@@ -1551,23 +1604,18 @@ impl Driver {
         let ensure_second = m.ensure(args.size, args.headroom, args.strategy);
         let end_b = ensure_second.after;
 
-        let tap = &self.fs;
-        // One spawned thread races the calling one: a thread spawn is the dearest
-        // thing a step does.
-        let (ensured, released) = std::thread::scope(|s| {
-            let releasing = s.spawn(|| scenario_reserve(tap, args.config()).release());
-            let ensured = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                scenario_reserve(tap, args.config()).ensure()
-            }));
-            (ensured, releasing.join())
-        });
+        let fs = self.fs.clone();
+        let (ensured, released) = race(
+            || scenario_reserve(&self.fs, args.config()).ensure(),
+            move || scenario_reserve(&fs, args.config()).release(),
+        );
         let (Ok(ensured), Ok(released)) = (ensured, released) else {
             return Err(self.violation(Invariant::NoPanic, "a racing thread panicked".into()));
         };
         let disturbance = self.disturbance(&before);
-        let snapshot = self.fs.snapshot();
-        self.after_call(&before, &snapshot, false, false, &[])?;
-        let entry = entry_of_shared(snapshot.get(RESERVE), snapshot.shared_bytes_of(RESERVE));
+        let view = self.view();
+        self.after_call(&before, &view, false, false, &[])?;
+        let entry = view.entry();
         if let Err(error) = &released {
             self.check(
                 !is_out_of_space(error) || disturbance.out_of_space_faults > 0,
@@ -1637,23 +1685,57 @@ impl Driver {
         self.durable.add(entry);
         self.durable.unknown = true;
         self.set_entry(entry);
-        self.settle(&snapshot, !disturbance.other_writer)
+        self.settle(&view, !disturbance.other_writer)
     }
 }
 
-/// Bytes all regular files of `snapshot` hold. (Not `capacity - free - others`: when a
-/// crash brings back blocks other writers took meanwhile, `SimFs` is overcommitted.)
-/// A replacement a double fault left behind is not counted: the next call under the
-/// lock removes it, failing or not.
-fn file_bytes(snapshot: &SimSnapshot) -> u64 {
-    snapshot
-        .entries
-        .iter()
-        .filter(|(path, _)| path.as_str() != REPLACING)
-        .map(|(_, probe)| probe)
-        .filter(|p| p.kind == FileKind::Regular)
-        .map(|p| p.allocated_bytes)
-        .sum()
+/// What the driver reads of the disk after a step, in one pass over the tree
+/// ([`SimFs::for_each_entry`]): no path is copied or looked up.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    /// The `lstat` of the reserve path.
+    reserve: Option<Probe>,
+    /// Bytes a snapshot shares with the file at the reserve path.
+    reserve_shared: u64,
+    /// The `lstat` of a replacement an earlier double fault left ([`REPLACING`]).
+    replacing: Option<Probe>,
+    /// Bytes all regular files hold. (Not `capacity - free - others`: when a crash
+    /// brings back blocks other writers took meanwhile, `SimFs` is overcommitted.) A
+    /// replacement a double fault left behind is not counted: the next call under the
+    /// lock removes it, failing or not.
+    file_bytes: u64,
+    /// Whether every path outside the reserve path is as the scenario began.
+    outside_unchanged: bool,
+    /// Bytes other writers hold.
+    other_writers_bytes: u64,
+}
+
+impl View {
+    /// What the model calls the thing at the reserve path.
+    fn entry(&self) -> Entry {
+        entry_of_shared(self.reserve.as_ref(), self.reserve_shared)
+    }
+}
+
+/// Whether `path` is neither the reserve path, nor a replacement, nor under them.
+fn is_outside(path: &str) -> bool {
+    let under = |dir: &str| {
+        path.strip_prefix(dir)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    !under(RESERVE) && !under(REPLACING)
+}
+
+/// Every path outside the reserve path, with its `lstat`, in the order
+/// [`SimFs::for_each_entry`] visits them.
+fn outside_entries(fs: &SimFs) -> Vec<(String, Probe)> {
+    let mut outside = Vec::new();
+    fs.for_each_entry(|path, probe, _| {
+        if is_outside(path) {
+            outside.push((path.to_owned(), *probe));
+        }
+    });
+    outside
 }
 
 fn entry_blocks(entry: Entry) -> u64 {
