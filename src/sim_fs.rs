@@ -6,7 +6,9 @@
 //!
 //! The simulator puts code on the disks that are hard to make for real: one with zero bytes
 //! free, one past its quota, one where `fallocate` is not supported or allocates nothing,
-//! one that is read-only, one whose operations fail with a chosen errno on the Nth call,
+//! one that is read-only, one whose files share blocks with a snapshot or a reflink copy
+//! ([`SimFs::snapshot_file`], [`SimFs::reflink`]), one whose frees show late
+//! ([`SimFs::set_late_frees`]), one whose operations fail with a chosen errno on the Nth call,
 //! one that other writers fill between any two calls, and one that crashes and forgets
 //! whatever was not fsynced. It returns the errnos the Linux kernel returns.
 //!
@@ -256,8 +258,9 @@ pub enum AllocateMode {
 pub struct SimSnapshot {
     /// Every path reachable from `/` (included), with its `lstat`.
     pub entries: BTreeMap<Utf8PathBuf, Probe>,
-    /// The regular files a snapshot shares blocks with ([`SimFs::snapshot_file`]), with
-    /// the bytes it shares; files sharing none are not listed.
+    /// The regular files a snapshot ([`SimFs::snapshot_file`]) or a reflink copy
+    /// ([`SimFs::reflink`]) shares blocks with, with the bytes shared; files sharing none
+    /// are not listed.
     pub shared_bytes: BTreeMap<Utf8PathBuf, u64>,
     /// Bytes held by other writers ([`SimFs::eat`]).
     pub other_writers_bytes: u64,
@@ -364,6 +367,42 @@ impl Extents {
             && *last.get() > first_freed
         {
             *last.get_mut() = first_freed;
+        }
+    }
+
+    /// The blocks in both `self` and `other`.
+    fn intersection(&self, other: &Extents) -> Extents {
+        let mut both = Extents::default();
+        for (&start, &end) in &self.0 {
+            let mut cursor = start;
+            for (gap_start, gap_end) in other.gaps(start, end) {
+                both.insert(cursor, gap_start);
+                cursor = gap_end;
+            }
+            both.insert(cursor, end);
+        }
+        both
+    }
+
+    /// Forgets the blocks in `[start, end)`.
+    fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let inside: Vec<(u64, u64)> = self
+            .0
+            .range(..end)
+            .filter(|&(_, &range_end)| range_end > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (range_start, range_end) in inside {
+            self.0.remove(&range_start);
+            if range_start < start {
+                self.0.insert(range_start, start);
+            }
+            if range_end > end {
+                self.0.insert(end, range_end);
+            }
         }
     }
 }
@@ -530,6 +569,12 @@ struct State {
     /// Snapshots: inode → how many of its first blocks a snapshot holds
     /// ([`SimFs::snapshot_file`]). What the file no longer shares, the snapshot alone holds.
     snapshots: BTreeMap<u64, u64>,
+    /// Reflink copies ([`SimFs::reflink`]): group → inode → the blocks of that file that
+    /// are the group's blocks (at the same index in every member, as `FICLONE` makes
+    /// them). A block is shared while two members have it; a file's blocks in no group
+    /// are its own.
+    clones: BTreeMap<u64, BTreeMap<u64, Extents>>,
+    next_clone_group: u64,
     /// A planned move: calls left, from, to ([`SimFs::move_after`]).
     pending_move: Option<(u32, Utf8PathBuf, Utf8PathBuf)>,
     /// Planned moves done.
@@ -593,6 +638,8 @@ impl State {
             pending_free: 0,
             pending_seen: false,
             snapshots: BTreeMap::new(),
+            clones: BTreeMap::new(),
+            next_clone_group: 0,
             space_changes: VecDeque::new(),
             locks: HashMap::new(),
             next_lock_token: 1,
@@ -611,7 +658,105 @@ impl State {
                 _ => 0,
             })
             .sum();
+        let blocks = blocks.saturating_sub(self.clone_overlap_blocks());
         blocks.saturating_mul(self.block_size)
+    }
+
+    // ---- reflink copies ----
+
+    /// The blocks of each member of clone group `group` that are still the group's: what
+    /// the map says, as far as the file still has those blocks (a crash may have taken
+    /// some back).
+    fn clone_members(&self, group: u64) -> Vec<(u64, Extents)> {
+        let Some(members) = self.clones.get(&group) else {
+            return Vec::new();
+        };
+        members
+            .iter()
+            .filter_map(|(&ino, blocks)| match self.nodes.get(&ino) {
+                Some(Node::Regular { live, .. }) => Some((ino, blocks.intersection(&live.blocks))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Blocks files count more than once because reflink copies share them.
+    fn clone_overlap_blocks(&self) -> u64 {
+        let mut overlap = 0;
+        for &group in self.clones.keys() {
+            let members = self.clone_members(group);
+            let mut union = Extents::default();
+            for (_, blocks) in &members {
+                overlap += blocks.block_count();
+                for (&start, &end) in &blocks.0 {
+                    union.insert(start, end);
+                }
+            }
+            overlap -= union.block_count();
+        }
+        overlap
+    }
+
+    /// The blocks of `ino` another reflink copy also has.
+    fn clone_shared(&self, ino: u64) -> Extents {
+        let mut shared = Extents::default();
+        for &group in self.clones.keys() {
+            let members = self.clone_members(group);
+            let Some((_, own)) = members.iter().find(|(member, _)| *member == ino) else {
+                continue;
+            };
+            let mut others = Extents::default();
+            for (_, blocks) in members.iter().filter(|(member, _)| *member != ino) {
+                for (&start, &end) in &blocks.0 {
+                    others.insert(start, end);
+                }
+            }
+            for (&start, &end) in &own.intersection(&others).0 {
+                shared.insert(start, end);
+            }
+        }
+        shared
+    }
+
+    /// Blocks of `ino` shared with a snapshot or with a reflink copy: what `FIEMAP` flags
+    /// `FIEMAP_EXTENT_SHARED`.
+    fn shared_blocks(&self, ino: u64) -> u64 {
+        let snapshot = match self.nodes.get(&ino) {
+            Some(Node::Regular { live, .. }) => live.shared,
+            _ => return 0,
+        };
+        let cloned = self.clone_shared(ino);
+        let mut both = cloned.clone();
+        both.truncate(snapshot);
+        snapshot + cloned.block_count() - both.block_count()
+    }
+
+    /// `ino` stops pointing at its groups' blocks in `[first, last)`: from now on they
+    /// are its own.
+    fn leave_clone_groups(&mut self, ino: u64, first: u64, last: u64) {
+        for members in self.clones.values_mut() {
+            if let Some(blocks) = members.get_mut(&ino) {
+                blocks.remove(first, last);
+            }
+        }
+    }
+
+    /// Copy-on-write before a write to `[first, last)` of `ino`: blocks another reflink
+    /// copy shares get new blocks, taken from `budget`. `false` (nothing changed) when
+    /// the budget does not cover them all.
+    fn unshare_for_write(&mut self, ino: u64, first: u64, last: u64, budget: &mut u64) -> bool {
+        if self.clones.is_empty() {
+            return true;
+        }
+        let mut range = Extents::default();
+        range.insert(first, last);
+        let copied = self.clone_shared(ino).intersection(&range).block_count();
+        if copied > *budget {
+            return false;
+        }
+        *budget -= copied;
+        self.leave_clone_groups(ino, first, last);
+        true
     }
 
     /// Bytes only snapshots still hold: what each snapshot took less what its file (if
@@ -690,6 +835,11 @@ impl State {
     /// stay held by it; with late frees on, the rest show in `space` only later.
     fn free_blocks_from(&mut self, ino: u64, first_freed: u64) {
         let (block_size, late) = (self.block_size, self.late_frees);
+        // Blocks another reflink copy keeps: freeing them here gives nothing back.
+        let mut clone_kept = self.clone_shared(ino);
+        clone_kept.remove(0, first_freed);
+        let clone_kept = clone_kept.block_count();
+        self.leave_clone_groups(ino, first_freed, u64::MAX);
         let Node::Regular { live, .. } = self.node_mut(ino) else {
             return;
         };
@@ -702,7 +852,7 @@ impl State {
         let shared_freed = (live.shared - still_shared).min(freed);
         live.shared = still_shared;
         if late {
-            self.pending_free += (freed - shared_freed) * block_size;
+            self.pending_free += (freed - shared_freed).saturating_sub(clone_kept) * block_size;
             self.pending_seen = false;
         }
     }
@@ -1159,10 +1309,11 @@ impl State {
                 }
                 _ => names.get(&ino).copied().unwrap_or(0),
             };
-            if let Node::Regular { live, .. } = node
-                && live.shared > 0
-            {
-                shared_bytes.insert(path.clone(), live.shared * self.block_size);
+            if let Node::Regular { .. } = node {
+                let shared = self.shared_blocks(ino);
+                if shared > 0 {
+                    shared_bytes.insert(path.clone(), shared * self.block_size);
+                }
             }
             entries.insert(path, node.probe(self.block_size, links));
         }
@@ -1403,6 +1554,89 @@ impl SimFs {
         };
         let held = state.snapshots.entry(ino).or_insert(0);
         *held = (*held).max(taken);
+        Ok(())
+    }
+
+    /// Makes `to` a reflink copy of the regular file at `from`, durably, as
+    /// `cp --reflink=always` (`FICLONE`) does on XFS or btrfs: a new file with the same
+    /// length and bytes whose blocks are `from`'s, so it takes no space. Both files'
+    /// [`FileHandle::shared_bytes`] count the blocks they share; deleting or truncating
+    /// one gives back only the blocks the other does not share; writing to a shared block
+    /// of either copies it first (copy-on-write: only the written blocks, `ENOSPC` or
+    /// `EDQUOT` when the copies do not fit). A copy of a copy shares with both.
+    ///
+    /// Like XFS, not like btrfs: btrfs keeps a whole extent while any copy points into
+    /// it (a file whose copy was partly rewritten still shares, and gives back, all of
+    /// it or nothing), and XFS does not share unwritten (fallocated, never written)
+    /// extents at all (the copy gets holes); the simulator shares every allocated block,
+    /// block by block.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// fs.write_file("/data/a", 64 << 10)?;
+    /// fs.reflink("/data/a", "/data/b")?;
+    /// assert_eq!(fs.free_bytes(), (1 << 20) - (64 << 10)); // the copy took nothing
+    /// assert_eq!(fs.shared_bytes_of("/data/b"), 64 << 10);
+    ///
+    /// // Writing one block of the copy copies that block only.
+    /// let b = fs.open_dir("/data".into())?.open_file("b", OpenOptions::write())?;
+    /// b.write_fill(0, 4096)?;
+    /// assert_eq!(b.shared_bytes()?, Some(60 << 10));
+    /// assert_eq!(fs.free_bytes(), (1 << 20) - (68 << 10));
+    /// drop(b);
+    ///
+    /// // Deleting `a` gives back only the block `b` no longer shares.
+    /// fs.remove("/data/a")?;
+    /// assert_eq!(fs.free_bytes(), (1 << 20) - (64 << 10));
+    /// assert_eq!(fs.shared_bytes_of("/data/b"), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// A file both snapshotted ([`snapshot_file`](SimFs::snapshot_file)) and copied
+    /// counts its blocks twice once the snapshot and the copy both outlive it (not
+    /// modelled).
+    ///
+    /// # Errors
+    /// `ENOENT`, `ENOTDIR` for either path; `EINVAL` if `from` is not a regular file;
+    /// `EEXIST` if `to` is taken.
+    pub fn reflink(&self, from: impl AsRef<Utf8Path>, to: impl AsRef<Utf8Path>) -> io::Result<()> {
+        let mut state = self.state();
+        let source = state
+            .resolve(from.as_ref(), true)?
+            .ino
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        let mut data = match state.node(source) {
+            Node::Regular { live, .. } => live.clone(),
+            _ => return Err(errno(libc::EINVAL)),
+        };
+        data.shared = 0;
+        let (parent, name) = state.free_entry(to.as_ref())?;
+        let blocks = data.blocks.clone();
+        let node = Node::Regular {
+            live: data.clone(),
+            durable: data,
+        };
+        let copy = state.link_new(parent, name, node, true);
+        // The copy joins every group the source's blocks are in; the source's own blocks
+        // start a new group of the two.
+        let mut own = blocks;
+        for members in state.clones.values_mut() {
+            if let Some(in_group) = members.get(&source).cloned() {
+                for (&start, &end) in &in_group.0 {
+                    own.remove(start, end);
+                }
+                members.insert(copy, in_group);
+            }
+        }
+        if own.block_count() > 0 {
+            let group = state.next_clone_group;
+            state.next_clone_group += 1;
+            state
+                .clones
+                .insert(group, BTreeMap::from([(source, own.clone()), (copy, own)]));
+        }
         Ok(())
     }
 
@@ -1808,10 +2042,7 @@ impl SimFs {
     pub fn shared_bytes_of(&self, path: impl AsRef<Utf8Path>) -> u64 {
         let state = self.state();
         match state.resolve(path.as_ref(), false) {
-            Ok(Lookup { ino: Some(ino), .. }) => match state.node(ino) {
-                Node::Regular { live, .. } => live.shared * state.block_size,
-                _ => 0,
-            },
+            Ok(Lookup { ino: Some(ino), .. }) => state.shared_blocks(ino) * state.block_size,
             _ => 0,
         }
     }
@@ -2292,6 +2523,9 @@ impl FileHandle for SimFile {
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
         let gaps = state.file_mut(self.ino).blocks.gaps(first, last);
         let (mut budget, out_of_space) = state.allocation_budget();
+        if !state.unshare_for_write(self.ino, first, last, &mut budget) {
+            return Err(errno(out_of_space));
+        }
         // The first block that could not be had, if any: the write stops there.
         let mut stopped_at = None;
         let file = state.file_mut(self.ino);
@@ -2330,14 +2564,11 @@ impl FileHandle for SimFile {
         Ok(())
     }
 
-    /// The blocks a snapshot shares with the file ([`SimFs::snapshot_file`]).
+    /// The blocks a snapshot ([`SimFs::snapshot_file`]) or a reflink copy
+    /// ([`SimFs::reflink`]) shares with the file.
     fn shared_bytes(&self) -> io::Result<Option<u64>> {
         let state = self.begin(SimOp::Probe)?;
-        let shared = match state.node(self.ino) {
-            Node::Regular { live, .. } => live.shared,
-            _ => 0,
-        };
-        Ok(Some(shared * state.block_size))
+        Ok(Some(state.shared_blocks(self.ino) * state.block_size))
     }
 
     fn sync_all(&self) -> io::Result<()> {
@@ -2392,6 +2623,9 @@ impl FileHandle for SimFile {
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
         let gaps = state.file_mut(ino).blocks.gaps(first, last);
         let (mut budget, out_of_space) = state.allocation_budget();
+        if !state.unshare_for_write(ino, first, last, &mut budget) {
+            return Err(errno(out_of_space));
+        }
         let file = state.file_mut(ino);
         let mut stopped_at = None;
         for (start, gap_end) in gaps {

@@ -1296,3 +1296,145 @@ fn write_fill_and_allocate_read_back_as_zeros() {
     );
     assert!(all[3 * BS as usize..].iter().all(|&b| b == 0));
 }
+
+// ---- reflink copies (`SimFs::reflink`), held to what XFS showed on a loop mount ----
+//
+// XFS, 64 MiB written, `cp --reflink=always a b`: free unchanged, both extents 0x2001
+// (shared). 1 MiB rewritten in b: free −1 MiB, that range 0x0 in both files, the rest
+// still shared. `rm a`: +1 MiB (a's block nobody else has), b's extents no longer
+// shared. `rm b`: +64 MiB.
+
+#[test]
+fn reflink_copy_takes_no_space_and_both_copies_report_shared() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    let free = fs.free_bytes();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    assert_eq!(fs.free_bytes(), free);
+    assert_eq!(
+        (len(&fs, "/home/b"), allocated(&fs, "/home/b")),
+        (16 * BS, 16 * BS)
+    );
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(16 * BS));
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(16 * BS));
+    assert_eq!(fs.snapshot().shared_bytes_of("/home/a"), 16 * BS);
+    assert_eq!(errno(fs.reflink("/home/a", "/home/b")), libc::EEXIST);
+    assert_eq!(errno(fs.reflink("/home", "/home/c")), libc::EINVAL);
+    assert_eq!(errno(fs.reflink("/home/none", "/home/c")), libc::ENOENT);
+}
+
+#[test]
+fn reflink_copy_keeps_the_bytes() {
+    let fs = home();
+    create(&fs, "a").write_at(BS, b"kept").unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    let read = |name: &str, buf: &mut [u8]| {
+        let file = dir(&fs, "/home")
+            .open_file(name, OpenOptions::read())
+            .unwrap();
+        file.read_at(BS, buf).unwrap();
+    };
+    let mut buf = [0; 4];
+    read("b", &mut buf);
+    assert_eq!(&buf, b"kept");
+    // A write to the copy is the copy's alone.
+    open(&fs, "b").write_at(BS, b"gone").unwrap();
+    read("a", &mut buf);
+    assert_eq!(&buf, b"kept");
+}
+
+#[test]
+fn writing_a_reflinked_block_copies_only_that_block() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    let free = fs.free_bytes();
+    let b = open(&fs, "b");
+    b.write_fill(4 * BS, 2 * BS).unwrap();
+    b.write_at(10 * BS, b"x").unwrap();
+    assert_eq!(fs.free_bytes(), free - 3 * BS);
+    assert_eq!(b.shared_bytes().unwrap(), Some(13 * BS));
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(13 * BS));
+    // Writing the same blocks again copies nothing more.
+    b.write_fill(4 * BS, 2 * BS).unwrap();
+    assert_eq!(fs.free_bytes(), free - 3 * BS);
+}
+
+#[test]
+fn deleting_one_reflink_copy_gives_back_only_what_the_other_does_not_share() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    open(&fs, "b").write_fill(0, BS).unwrap();
+    let free = fs.free_bytes();
+    fs.remove("/home/a").unwrap();
+    assert_eq!(fs.free_bytes(), free + BS);
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(0));
+    dir(&fs, "/home").remove_file("b").unwrap();
+    assert_eq!(fs.free_bytes(), MIB);
+}
+
+#[test]
+fn truncating_a_reflink_copy_frees_nothing_the_other_shares() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    let free = fs.free_bytes();
+    open(&fs, "a").set_len(4 * BS).unwrap();
+    assert_eq!(fs.free_bytes(), free);
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(4 * BS));
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(4 * BS));
+    // Growing it back allocates new blocks of its own.
+    open(&fs, "a").allocate(0, 16 * BS).unwrap();
+    assert_eq!(fs.free_bytes(), free - 12 * BS);
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(4 * BS));
+}
+
+#[test]
+fn a_copy_of_a_copy_shares_with_both() {
+    let fs = home();
+    fs.write_file("/home/a", 8 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    open(&fs, "b").write_fill(0, 2 * BS).unwrap(); // b's own first two blocks
+    fs.reflink("/home/b", "/home/c").unwrap();
+    let free = fs.free_bytes();
+    assert_eq!(free, MIB - 10 * BS);
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(6 * BS));
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(8 * BS));
+    assert_eq!(open(&fs, "c").shared_bytes().unwrap(), Some(8 * BS));
+    fs.remove("/home/b").unwrap();
+    assert_eq!(fs.free_bytes(), free);
+    fs.remove("/home/a").unwrap();
+    assert_eq!(fs.free_bytes(), MIB - 8 * BS);
+    assert_eq!(open(&fs, "c").shared_bytes().unwrap(), Some(0));
+}
+
+#[test]
+fn copy_on_write_of_reflinked_blocks_needs_free_space() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    fs.set_free(BS).unwrap();
+    let b = open(&fs, "b");
+    assert_eq!(errno(b.write_fill(0, 2 * BS)), libc::ENOSPC);
+    assert_eq!(b.shared_bytes().unwrap(), Some(16 * BS));
+    b.write_fill(0, BS).unwrap();
+    assert_eq!(fs.free_bytes(), 0);
+    fs.set_quota(Some(0));
+    assert_eq!(errno(b.write_at(8 * BS, b"x")), libc::ENOSPC);
+}
+
+#[test]
+fn late_frees_count_only_what_a_reflink_copy_does_not_keep() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    open(&fs, "a").write_fill(0, 4 * BS).unwrap();
+    fs.set_late_frees(true);
+    let free = fs.free_bytes();
+    fs.remove("/home/a").unwrap();
+    assert_eq!(fs.pending_free_bytes(), 4 * BS);
+    let home = dir(&fs, "/home");
+    home.sync_fs().unwrap();
+    assert_eq!(home.space().unwrap().free_bytes, free + 4 * BS);
+}
