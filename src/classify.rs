@@ -1,4 +1,5 @@
-//! The out-of-space classifier runtimes use to decide when to print the operator hint.
+//! The out-of-space classifier runtimes use to decide when to print the operator hint,
+//! and the hint's default words.
 
 use std::error::Error as StdError;
 use std::io;
@@ -62,26 +63,20 @@ fn message_is_out_of_space(message: &str) -> bool {
     NEEDLES.iter().any(|needle| lower.contains(needle))
 }
 
-/// The line telling an operator how to get room back, for a home directory whose reserve
-/// holds `reserve_bytes` (`None` or `Some(0)`: there is no reserve to release).
-///
-/// ```
-/// use camino::Utf8Path;
-/// use disk_reserve::out_of_space_hint;
-/// let hint = out_of_space_hint(Utf8Path::new("/srv/app"), Some(64 << 20));
-/// assert_eq!(hint, "hint: the disk is full; run `disk-reserve release --home /srv/app` to free 64.0 MiB, then clean up and run `disk-reserve ensure --home /srv/app`");
-/// let none = out_of_space_hint(Utf8Path::new("/srv/app"), None);
-/// assert!(none.contains("no reserve"));
-/// ```
-pub fn out_of_space_hint(home: &Utf8Path, reserve_bytes: Option<u64>) -> String {
-    let home = shell_word(home.as_str());
+/// The default operator hint for a reserve at `reserve_path` (absolute) holding
+/// `reserve_bytes` (`None` or `Some(0)`: there is none): the file to delete and what
+/// deleting it frees — words true for any program that keeps a reserve, whatever
+/// commands it ships. [`Reserve::out_of_space_hint_with`](crate::Reserve::out_of_space_hint_with)
+/// replaces it.
+pub(crate) fn default_hint(reserve_path: &Utf8Path, reserve_bytes: Option<u64>) -> String {
+    let path = shell_word(reserve_path.as_str());
     match reserve_bytes {
         Some(bytes) if bytes > 0 => format!(
-            "hint: the disk is full; run `disk-reserve release --home {home}` to free {}, then clean up and run `disk-reserve ensure --home {home}`",
+            "hint: the disk is full; delete the disk reserve {path} to free {} for the cleanup",
             HumanBytes(bytes)
         ),
         _ => format!(
-            "hint: the disk is full and there is no reserve in {home} to release; free space by hand, then run `disk-reserve ensure --home {home}`"
+            "hint: the disk is full and there is no disk reserve at {path} to delete; free space by hand"
         ),
     }
 }
@@ -180,8 +175,15 @@ mod tests {
 
     #[test]
     fn hint_quotes_paths_with_spaces() {
-        let hint = out_of_space_hint(Utf8Path::new("/srv/my app"), Some(1 << 30));
-        assert!(hint.contains("--home '/srv/my app'`"), "{hint}");
-        assert!(hint.contains("1.0 GiB"), "{hint}");
+        let hint = default_hint(Utf8Path::new("/srv/my app/.reserve"), Some(1 << 30));
+        assert_eq!(
+            hint,
+            "hint: the disk is full; delete the disk reserve '/srv/my app/.reserve' to free 1.0 GiB for the cleanup"
+        );
+        let none = default_hint(Utf8Path::new("/srv/app/.reserve"), None);
+        assert!(
+            none.contains("no disk reserve at /srv/app/.reserve"),
+            "{none}"
+        );
     }
 }

@@ -12,6 +12,7 @@ pub const DEFAULT_FILE_NAME: &str = ".reserve";
 /// How `ensure` obtains the reserve's blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum Strategy {
     /// `fallocate` first; write data only when the filesystem does not support it
     /// (`EOPNOTSUPP`, `ENOTSUP`, `ENOSYS`) or when it succeeded without allocating (ZFS).

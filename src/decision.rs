@@ -9,6 +9,7 @@ use crate::{FileKind, Probe, Space};
 
 /// What is at the reserve path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Observed {
     /// Nothing.
     Absent,
@@ -129,6 +130,7 @@ impl Observed {
 
 /// The state of the reserve compared with the configured size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Condition {
     /// No file.
     Absent,
@@ -169,6 +171,7 @@ impl Condition {
 
 /// What `ensure` should do next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Plan {
     /// The reserve is complete: nothing.
     Nothing,
@@ -179,8 +182,6 @@ pub enum Plan {
         /// The current length.
         from_len: u64,
     },
-    /// The decision needs the free space (`statvfs`) before it can choose.
-    NeedSpace,
     /// Not enough free space to allocate and still leave the headroom (rule 4).
     Defer {
         /// Free bytes seen.
@@ -215,13 +216,12 @@ pub enum Plan {
 
 impl Plan {
     /// What `ensure` would do, in a word or two: `nothing`, `refuse`, `shrink`, `defer`,
-    /// `create`, `replace`, `top up`, or `check free space`.
+    /// `create`, `replace` or `top up`.
     pub fn as_str(self) -> &'static str {
         match self {
             Plan::Nothing => "nothing",
             Plan::Refuse(_) => "refuse",
             Plan::Shrink { .. } => "shrink",
-            Plan::NeedSpace => "check free space",
             Plan::Defer { .. } => "defer",
             Plan::Create => "create",
             Plan::Replace { .. } => "replace",
@@ -240,74 +240,102 @@ impl Plan {
 
 /// Decides what `ensure` does, from what it observed.
 ///
-/// `space` may be `None` on the first call: a complete, oversized or refused reserve
-/// needs no `statvfs`, and the result is [`Plan::NeedSpace`] only when it does.
+/// A complete, oversized or refused reserve is decided without looking at `space`
+/// ([`Reserve::ensure`](crate::Reserve::ensure) reads no free space for those).
 ///
 /// Rule 4: allocation happens only when `free >= missing + headroom`; one byte less
 /// defers. `missing` counts whole allocation units (`size` rounded up to
-/// [`Space::block_bytes`], less what is allocated), since that is what allocating takes. A reserve that misses nothing (all blocks there, length short) is extended
-/// without a space check, since extending it costs no space.
+/// [`Space::block_bytes`], less what is allocated), since that is what allocating takes.
+/// A reserve that misses nothing (all blocks there, length short) is extended whatever
+/// the free space, since extending it costs no space.
 ///
 /// ```
 /// use disk_reserve::{decide, Observed, Plan, Space};
 /// let mib = 1 << 20;
 /// let space = Space::plain(128 * mib, 1024 * mib, 4096);
-/// assert_eq!(decide(Observed::Absent, 64 * mib, 64 * mib, Some(space)), Plan::Create);
+/// assert_eq!(decide(Observed::Absent, 64 * mib, 64 * mib, space), Plan::Create);
 /// let tight = Space { free_bytes: 128 * mib - 1, ..space };
-/// assert!(matches!(decide(Observed::Absent, 64 * mib, 64 * mib, Some(tight)), Plan::Defer { .. }));
+/// assert!(matches!(decide(Observed::Absent, 64 * mib, 64 * mib, tight), Plan::Defer { .. }));
 /// ```
-pub fn decide(
-    observed: Observed,
-    size_bytes: u64,
-    headroom_bytes: u64,
-    space: Option<Space>,
-) -> Plan {
-    let (len, allocated_bytes) = match observed {
-        Observed::Other(kind) => return Plan::Refuse(kind),
-        Observed::Absent | Observed::HardLinked { .. } | Observed::Shared { .. } => (None, 0),
-        Observed::Regular {
-            len,
-            allocated_bytes,
-        } => (Some(len), allocated_bytes),
+pub fn decide(observed: Observed, size_bytes: u64, headroom_bytes: u64, space: Space) -> Plan {
+    decide_early(observed, size_bytes)
+        .unwrap_or_else(|| decide_on_space(observed, size_bytes, headroom_bytes, space))
+}
+
+/// The decision before the free space is read: `Some` when it needs none (the reserve is
+/// complete, too long, in the way, or misses no blocks), `None` when the free space
+/// decides (then [`decide`] with it).
+pub(crate) fn decide_early(observed: Observed, size_bytes: u64) -> Option<Plan> {
+    let Some((len, allocated_bytes)) = lengths(observed) else {
+        return Some(Plan::Refuse(observed_kind(observed)));
     };
     if let Some(len) = len {
         if len > size_bytes {
-            return Plan::Shrink { from_len: len };
+            return Some(Plan::Shrink { from_len: len });
         }
         if len == size_bytes && allocated_bytes >= size_bytes {
-            return Plan::Nothing;
+            return Some(Plan::Nothing);
         }
     }
-    let missing = observed.missing_bytes(size_bytes);
-    let fill = match (len, observed) {
-        (None, Observed::HardLinked { links }) => Plan::Replace {
+    (observed.missing_bytes(size_bytes) == 0).then(|| fill_plan(observed))
+}
+
+/// The reserve's length (`None`: no file of its own) and allocated bytes; `None` for
+/// something that is not a regular file.
+fn lengths(observed: Observed) -> Option<(Option<u64>, u64)> {
+    match observed {
+        Observed::Other(_) => None,
+        Observed::Absent | Observed::HardLinked { .. } | Observed::Shared { .. } => Some((None, 0)),
+        Observed::Regular {
+            len,
+            allocated_bytes,
+        } => Some((Some(len), allocated_bytes)),
+    }
+}
+
+/// The kind of what is in the way (a regular file for anything else).
+fn observed_kind(observed: Observed) -> FileKind {
+    match observed {
+        Observed::Other(kind) => kind,
+        _ => FileKind::Regular,
+    }
+}
+
+/// How the reserve would be laid down, space permitting.
+fn fill_plan(observed: Observed) -> Plan {
+    match observed {
+        Observed::HardLinked { links } => Plan::Replace {
             links,
             shared_bytes: 0,
         },
-        (
-            None,
-            Observed::Shared {
-                allocated_bytes,
-                releasable_bytes,
-                ..
-            },
-        ) => Plan::Replace {
+        Observed::Shared {
+            allocated_bytes,
+            releasable_bytes,
+            ..
+        } => Plan::Replace {
             links: 1,
             shared_bytes: allocated_bytes - releasable_bytes.min(allocated_bytes),
         },
-        (None, _) => Plan::Create,
-        (Some(len), _) if allocated_bytes < len => Plan::Refill { from_len: len },
-        (Some(len), _) => Plan::Extend { from_len: len },
-    };
-    if missing == 0 {
-        return fill;
+        Observed::Regular {
+            len,
+            allocated_bytes,
+        } if allocated_bytes < len => Plan::Refill { from_len: len },
+        Observed::Regular { len, .. } => Plan::Extend { from_len: len },
+        Observed::Absent => Plan::Create,
+        Observed::Other(kind) => Plan::Refuse(kind),
     }
-    let Some(space) = space else {
-        return Plan::NeedSpace;
-    };
+}
+
+/// Rule 4 for a reserve [`decide_early`] could not decide: fill when the free space
+/// covers what is missing (in whole allocation units) plus the headroom, else defer.
+fn decide_on_space(observed: Observed, size_bytes: u64, headroom_bytes: u64, space: Space) -> Plan {
+    if let Observed::Other(kind) = observed {
+        return Plan::Refuse(kind);
+    }
+    let allocated_bytes = lengths(observed).map_or(0, |(_, allocated)| allocated);
     let missing = space.round_up(size_bytes).saturating_sub(allocated_bytes);
     match missing.checked_add(headroom_bytes) {
-        Some(needed) if space.free_bytes >= needed => fill,
+        Some(needed) if space.free_bytes >= needed => fill_plan(observed),
         needed => Plan::Defer {
             free_bytes: space.free_bytes,
             needed_bytes: needed.unwrap_or(u64::MAX),
@@ -322,8 +350,8 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn space(free_bytes: u64) -> Option<Space> {
-        Some(Space::plain(free_bytes, 1 << 40, 4096))
+    fn space(free_bytes: u64) -> Space {
+        Space::plain(free_bytes, 1 << 40, 4096)
     }
 
     /// Rule 4 at the boundary: one byte below `missing + headroom` defers, exactly at it
@@ -365,8 +393,8 @@ mod tests {
             allocated_bytes: 0,
         };
         assert_eq!(
-            decide(sparse, 64 * MIB, 0, None),
-            Plan::NeedSpace,
+            decide_early(sparse, 64 * MIB),
+            None,
             "rule 1: a sparse file must not count as complete"
         );
         assert_eq!(
@@ -382,7 +410,7 @@ mod tests {
             len: 64 * MIB,
             allocated_bytes: 64 * MIB + 4096,
         };
-        assert_eq!(decide(complete, 64 * MIB, 64 * MIB, None), Plan::Nothing);
+        assert_eq!(decide_early(complete, 64 * MIB), Some(Plan::Nothing));
     }
 
     /// Rule 9: longer than configured is shrunk, whatever the free space.
@@ -393,10 +421,10 @@ mod tests {
             allocated_bytes: 128 * MIB,
         };
         assert_eq!(
-            decide(big, 64 * MIB, 64 * MIB, None),
-            Plan::Shrink {
+            decide_early(big, 64 * MIB),
+            Some(Plan::Shrink {
                 from_len: 128 * MIB
-            }
+            })
         );
     }
 
@@ -430,8 +458,8 @@ mod tests {
         assert_eq!(linked, Observed::HardLinked { links: 2 });
         assert_eq!(linked.allocated_bytes(), 0);
         assert_eq!(
-            decide(linked, 64 * MIB, 64 * MIB, None),
-            Plan::NeedSpace,
+            decide_early(linked, 64 * MIB),
+            None,
             "rule 7: a hard-linked file must not be shrunk or counted as complete"
         );
         assert_eq!(
@@ -459,8 +487,8 @@ mod tests {
         };
         assert_eq!(shared.releasable_bytes(), 0);
         assert_eq!(
-            decide(shared, 64 * MIB, 64 * MIB, None),
-            Plan::NeedSpace,
+            decide_early(shared, 64 * MIB),
+            None,
             "rule 1: shared blocks must not count as the reserve's"
         );
         assert_eq!(
@@ -567,13 +595,13 @@ mod tests {
             headroom in 0..1u64 << 33,
             free in 0..1u64 << 34,
         ) {
-            let without = decide(obs, size, headroom, None);
             let with = decide(obs, size, headroom, space(free));
-            if without == Plan::NeedSpace {
-                let allocates_or_defers = with.allocates() || matches!(with, Plan::Defer { .. });
-                prop_assert!(allocates_or_defers, "NeedSpace resolved to {:?}", with);
-            } else {
-                prop_assert_eq!(without, with);
+            match decide_early(obs, size) {
+                None => {
+                    let allocates_or_defers = with.allocates() || matches!(with, Plan::Defer { .. });
+                    prop_assert!(allocates_or_defers, "the free space decided {:?}", with);
+                }
+                Some(without) => prop_assert_eq!(without, with),
             }
         }
     }

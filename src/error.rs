@@ -10,6 +10,7 @@ use crate::{FileKind, HumanBytes};
 
 /// The filesystem operation a reserve call was doing when it failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Operation {
     /// Opening the home directory.
     OpenHome,
@@ -73,8 +74,27 @@ impl fmt::Display for Operation {
 ///
 /// Each variant names the path; those caused by an I/O error keep it as the
 /// [`source`](std::error::Error::source) with its `kind()` and raw errno intact, so
-/// [`is_out_of_space`](crate::is_out_of_space) sees through it. Messages read like
-/// ``allocate reserve `/srv/app/.reserve`: No space left on device (os error 28)``.
+/// [`is_out_of_space`](crate::is_out_of_space) sees through it. The message is this
+/// error's own words only — ``allocate reserve `/srv/app/.reserve` `` — and never repeats
+/// the source's text, so a reporter that walks the chain (`anyhow`'s `{:#}`) prints
+/// ``allocate reserve `/srv/app/.reserve`: No space left on device (os error 28)``, each
+/// part once.
+///
+/// It converts into an [`io::Error`] of the same [`kind`](io::Error::kind) (the kernel's
+/// errno decides it where there is one: `ENOSPC` is
+/// [`StorageFull`](io::ErrorKind::StorageFull)), carrying this error as its payload:
+///
+/// ```
+/// use std::io;
+/// use disk_reserve::{Error, Operation};
+/// let err = Error::io(Operation::Allocate, "/srv/app/.reserve", io::Error::from_raw_os_error(libc::ENOSPC));
+/// assert_eq!(err.to_string(), "allocate reserve `/srv/app/.reserve`");
+/// let io_err = io::Error::from(err);
+/// assert_eq!(io_err.kind(), io::ErrorKind::StorageFull);
+/// assert!(disk_reserve::is_out_of_space(&io_err));
+/// let back = io_err.into_inner().unwrap().downcast::<Error>().unwrap();
+/// assert_eq!(back.io_error().and_then(io::Error::raw_os_error), Some(libc::ENOSPC));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -108,7 +128,7 @@ pub enum Error {
     },
 
     /// The filesystem is mounted read-only.
-    #[error("{op} `{path}`: the filesystem is read-only ({source})")]
+    #[error("{op} `{path}`: the filesystem is read-only")]
     ReadOnly {
         /// What was being done.
         op: Operation,
@@ -120,7 +140,7 @@ pub enum Error {
     },
 
     /// The process may not do this to the path.
-    #[error("{op} `{path}`: permission denied ({source})")]
+    #[error("{op} `{path}`: permission denied")]
     PermissionDenied {
         /// What was being done.
         op: Operation,
@@ -132,7 +152,7 @@ pub enum Error {
     },
 
     /// Any other I/O failure, including `ENOSPC` and `EDQUOT` from a racing writer.
-    #[error("{op} `{path}`: {source}")]
+    #[error("{op} `{path}`")]
     Io {
         /// What was being done.
         op: Operation,
@@ -283,6 +303,35 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The [`io::ErrorKind`] this error converts to: the source's where there is one,
+    /// otherwise the closest kind for the variant.
+    pub fn kind(&self) -> io::ErrorKind {
+        if let Some(source) = self.io_error() {
+            return source.kind();
+        }
+        match self {
+            Error::ZeroSize { .. }
+            | Error::SizeExceedsFilesystem { .. }
+            | Error::NeverFits { .. }
+            | Error::InvalidFileName { .. }
+            | Error::NonUtf8Path { .. } => io::ErrorKind::InvalidInput,
+            Error::NotAllocated { .. } => io::ErrorKind::Unsupported,
+            Error::Cancelled { .. } => io::ErrorKind::Interrupted,
+            Error::LockTimeout { .. } => io::ErrorKind::TimedOut,
+            _ => io::ErrorKind::Other,
+        }
+    }
+}
+
+/// An [`io::Error`] of the error's [`kind`](Error::kind), holding the error itself (get it
+/// back with [`io::Error::into_inner`] and `downcast`).
+impl From<Error> for io::Error {
+    fn from(error: Error) -> Self {
+        io::Error::new(error.kind(), error)
+    }
+}
+
 /// A wait as a person reads it: `1.5s`.
 fn humantime(waited: std::time::Duration) -> String {
     format!("{:.1}s", waited.as_secs_f64())
@@ -290,3 +339,87 @@ fn humantime(waited: std::time::Duration) -> String {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn enospc() -> io::Error {
+        io::Error::from_raw_os_error(libc::ENOSPC)
+    }
+
+    /// The message is the error's own words; the source's text appears once in the chain
+    /// (`anyhow`'s `{:#}` joins the chain), never twice.
+    #[test]
+    fn message_does_not_repeat_its_source() {
+        let cases = [
+            Error::io(Operation::Allocate, "/srv/app/.reserve", enospc()),
+            Error::io(
+                Operation::Create,
+                "/srv/app/.reserve",
+                io::Error::from_raw_os_error(libc::EROFS),
+            ),
+            Error::io(
+                Operation::Create,
+                "/srv/app/.reserve",
+                io::Error::from_raw_os_error(libc::EACCES),
+            ),
+            Error::HomeMissing {
+                path: "/nowhere".into(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            },
+        ];
+        for error in cases {
+            let source = error
+                .source()
+                .expect("an I/O error keeps its source")
+                .to_string();
+            let mut chain = error.to_string();
+            let mut next = error.source();
+            while let Some(cause) = next {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                next = cause.source();
+            }
+            assert!(
+                !error.to_string().contains(&source),
+                "{error:?} repeats `{source}`"
+            );
+            assert_eq!(chain.matches(&source).count(), 1, "{chain}");
+        }
+    }
+
+    /// Into `io::Error`: the kernel's errno decides the kind; the rest map to the closest
+    /// kind; the error rides along as the payload.
+    #[test]
+    fn into_io_error_keeps_the_kind() {
+        let full = io::Error::from(Error::io(Operation::Write, "/a/.reserve", enospc()));
+        assert_eq!(full.kind(), io::ErrorKind::StorageFull);
+        assert!(crate::is_out_of_space(&full));
+        let quota = io::Error::from(Error::io(
+            Operation::Write,
+            "/a/.reserve",
+            io::Error::from_raw_os_error(libc::EDQUOT),
+        ));
+        assert_eq!(quota.kind(), io::ErrorKind::QuotaExceeded);
+        let read_only = io::Error::from(Error::io(
+            Operation::Create,
+            "/a/.reserve",
+            io::Error::from_raw_os_error(libc::EROFS),
+        ));
+        assert_eq!(read_only.kind(), io::ErrorKind::ReadOnlyFilesystem);
+        let timeout = io::Error::from(Error::LockTimeout {
+            path: "/a".into(),
+            waited: std::time::Duration::from_secs(1),
+        });
+        assert_eq!(timeout.kind(), io::ErrorKind::TimedOut);
+        let zero = io::Error::from(Error::ZeroSize {
+            path: "/a/.reserve".into(),
+        });
+        assert_eq!(zero.kind(), io::ErrorKind::InvalidInput);
+        let inner = zero.into_inner().unwrap().downcast::<Error>().unwrap();
+        assert!(matches!(*inner, Error::ZeroSize { .. }));
+    }
+}

@@ -70,6 +70,7 @@ mod decision;
 mod error;
 mod file;
 mod host_fs;
+#[doc(hidden)]
 pub mod pattern;
 mod real_fs;
 mod record;
@@ -77,8 +78,9 @@ mod reserve;
 pub mod sim_fs;
 mod size;
 
+pub use camino;
 pub use cancel::CancelToken;
-pub use classify::{is_out_of_space, out_of_space_hint};
+pub use classify::is_out_of_space;
 pub use config::{DEFAULT_FILE_NAME, DEFAULT_SIZE_BYTES, ReserveConfig, Strategy};
 pub use decision::{Condition, Observed, Plan, decide};
 pub use error::{Error, Operation, Result};
@@ -91,9 +93,8 @@ pub use host_fs::{
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
 pub use real_fs::RealFs;
 pub use record::{Remembered, record_name};
-pub use reserve::{
-    DeferReason, EnsureReport, Ensured, LockWaitFn, ProgressFn, Released, Reserve, Status,
-    WRITE_CHUNK_BYTES,
-};
+#[doc(hidden)]
+pub use reserve::WRITE_CHUNK_BYTES;
+pub use reserve::{DeferReason, EnsureReport, Ensured, Released, Reserve, Status};
 pub use sim_fs::{AllocateMode, SimFs, SimOp};
 pub use size::{HumanBytes, SizeSpec};

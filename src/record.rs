@@ -40,12 +40,14 @@ const HEADER: &str = "# disk-reserve: the size and headroom ensure was last give
 ///
 /// ```
 /// use disk_reserve::{Remembered, ReserveConfig, SizeSpec};
-/// let remembered = Remembered { size: SizeSpec::Bytes(256 << 20), headroom: None };
+/// let remembered = Remembered::of(&ReserveConfig::with_size_bytes(256 << 20));
+/// assert_eq!(remembered.headroom, None);
 /// let config = remembered.apply(ReserveConfig::default());
 /// assert_eq!(config.size_spec(), SizeSpec::Bytes(256 << 20));
 /// assert_eq!(config.headroom_spec(), SizeSpec::Bytes(256 << 20)); // the size
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Remembered {
     /// The reserve size.
     pub size: SizeSpec,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use camino::{Utf8Path, Utf8PathBuf};
 
-use crate::decision::{Condition, Observed, Plan, decide};
+use crate::decision::{Condition, Observed, Plan, decide, decide_early};
 use crate::error::{Error, Operation, Result};
 use crate::record::{Remembered, record_name};
 use crate::{
@@ -17,6 +17,8 @@ use crate::{
 };
 
 /// How many bytes `ensure` writes between two progress reports on the write path.
+/// Not part of the stable API: public for tests that size a reserve in chunks.
+#[doc(hidden)]
 pub const WRITE_CHUNK_BYTES: u64 = 32 << 20;
 
 /// How often an `EINTR` is retried before it is reported.
@@ -36,6 +38,7 @@ const LOCK_WAIT_WARN: Duration = Duration::from_secs(1);
 
 /// What `ensure` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Ensured {
     /// The reserve was already complete; nothing was touched (no lock, no `statvfs`).
     Present {
@@ -76,6 +79,7 @@ pub enum Ensured {
 /// Why `ensure` deferred: in every case "not now", never an error (rule 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum DeferReason {
     /// Free space (after flushing pending frees) is below what is missing plus the
     /// headroom.
@@ -158,6 +162,7 @@ impl Released {
 
 /// What `status` saw. Reading it changes nothing and takes no lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Status {
     /// What is at the reserve path.
     pub observed: Observed,
@@ -199,10 +204,13 @@ struct Done {
 }
 
 /// A progress callback for long allocations: `(bytes done, bytes to do)`.
-pub type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
+type ProgressFn = dyn Fn(u64, u64) + Send + Sync;
 
 /// A callback run once when a call has waited a second for the home's lock.
-pub type LockWaitFn = dyn Fn() + Send + Sync;
+type LockWaitFn = dyn Fn() + Send + Sync;
+
+/// The operator hint's wording: `(absolute reserve path, bytes it holds)`.
+type HintFn = dyn Fn(&Utf8Path, Option<u64>) -> String + Send + Sync;
 
 /// A structural disk reserve in one home directory.
 ///
@@ -232,6 +240,7 @@ pub struct Reserve<F: HostFs> {
     settle: Duration,
     lock_timeout: Option<Duration>,
     on_lock_wait: Option<Arc<LockWaitFn>>,
+    hint: Option<Arc<HintFn>>,
     remember: bool,
 }
 
@@ -324,6 +333,7 @@ impl<F: HostFs> Reserve<F> {
             settle: DEFAULT_SETTLE,
             lock_timeout: None,
             on_lock_wait: None,
+            hint: None,
             remember: false,
         })
     }
@@ -364,6 +374,30 @@ impl<F: HostFs> Reserve<F> {
     /// operator who holds it. Without one, the wait is logged as a warning.
     pub fn on_lock_wait(mut self, waiting: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_lock_wait = Some(Arc::new(waiting));
+        self
+    }
+
+    /// Words the operator hint ([`out_of_space_hint`](Reserve::out_of_space_hint)) with
+    /// `hint(reserve_path, held_bytes)`: the reserve's absolute path and the bytes it
+    /// holds now (`None` or `Some(0)`: there is no reserve to delete) — for a program
+    /// that ships its own command to release the reserve.
+    ///
+    /// ```
+    /// use disk_reserve::{Reserve, ReserveConfig, SimFs};
+    /// let fs = SimFs::with_home(1 << 30, "/srv/app");
+    /// let reserve = Reserve::new(fs, "/srv/app", ReserveConfig::default())?
+    ///     .out_of_space_hint_with(|_path, held| match held {
+    ///         Some(bytes) if bytes > 0 => format!("hint: run `myapp release-reserve` to free {bytes} bytes"),
+    ///         _ => "hint: the disk is full; free space by hand".to_owned(),
+    ///     });
+    /// assert_eq!(reserve.out_of_space_hint(), "hint: the disk is full; free space by hand");
+    /// # Ok::<(), disk_reserve::Error>(())
+    /// ```
+    pub fn out_of_space_hint_with(
+        mut self,
+        hint: impl Fn(&Utf8Path, Option<u64>) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.hint = Some(Arc::new(hint));
         self
     }
 
@@ -505,7 +539,7 @@ impl<F: HostFs> Reserve<F> {
             space,
         };
         let observed = self.observe(dir)?;
-        if let Plan::Nothing = decide(observed, size, headroom, None) {
+        if let Some(Plan::Nothing) = decide_early(observed, size) {
             tracing::debug!(path = %self.path, allocated_bytes = observed.allocated_bytes(), outcome = "present", "reserve is complete");
             let outcome = Ensured::Present {
                 allocated_bytes: observed.allocated_bytes(),
@@ -519,8 +553,10 @@ impl<F: HostFs> Reserve<F> {
         let mut last_space = early_space;
         for _ in 0..CHANGED_RETRIES {
             let observed = self.observe(dir)?;
-            let mut plan = decide(observed, size, headroom, None);
-            if plan == Plan::NeedSpace {
+            let early = decide_early(observed, size);
+            let plan = if let Some(plan) = early {
+                plan
+            } else {
                 let mut space = self.space(dir)?;
                 // Before any space decision: a read-only filesystem is an error, never
                 // "not now" (rule 4, 11).
@@ -533,15 +569,16 @@ impl<F: HostFs> Reserve<F> {
                 }
                 self.check_fits(size, space)?;
                 self.check_can_ever_fit(size, headroom, space)?;
-                plan = decide(observed, size, headroom, Some(space));
+                let mut plan = decide(observed, size, headroom, space);
                 if let Plan::Defer { needed_bytes, .. } = plan {
                     // On the way to a deferral only: frees an unlink left pending (XFS's
                     // inode worker, btrfs's transaction) may be what is missing.
                     space = self.settled_space(dir, needed_bytes)?;
-                    plan = decide(observed, size, headroom, Some(space));
+                    plan = decide(observed, size, headroom, space);
                 }
                 last_space = Some(space);
-            }
+                plan
+            };
             match plan {
                 Plan::Nothing => {
                     let allocated_bytes = observed.allocated_bytes();
@@ -573,7 +610,6 @@ impl<F: HostFs> Reserve<F> {
                     dir.sync().map_err(|e| self.err(Operation::SyncDir, e))?;
                     shrunk_from.get_or_insert(from_len);
                 }
-                Plan::NeedSpace => unreachable!("free space was read above"),
                 Plan::Defer {
                     free_bytes,
                     needed_bytes,
@@ -739,7 +775,7 @@ impl<F: HostFs> Reserve<F> {
             size_bytes,
             headroom_bytes,
             space,
-            plan: decide(observed, size_bytes, headroom_bytes, Some(space)),
+            plan: decide(observed, size_bytes, headroom_bytes, space),
         })
     }
 
@@ -762,15 +798,47 @@ impl<F: HostFs> Reserve<F> {
         self.space(&*dir)
     }
 
-    /// The operator hint for this home, naming the bytes the reserve really holds now
-    /// (see [`out_of_space_hint`](crate::out_of_space_hint)).
+    /// The line telling an operator how to get room back, for a program to print when one
+    /// of its errors [`is_out_of_space`](crate::is_out_of_space). It names the reserve's
+    /// absolute path and the bytes it really holds now:
+    ///
+    /// ```
+    /// use disk_reserve::{Reserve, ReserveConfig, SimFs};
+    /// let fs = SimFs::with_home(1 << 30, "/srv/app");
+    /// let reserve = Reserve::new(fs, "/srv/app", ReserveConfig::default())?;
+    /// reserve.ensure()?;
+    /// assert_eq!(
+    ///     reserve.out_of_space_hint(),
+    ///     "hint: the disk is full; delete the disk reserve /srv/app/.reserve to free 64.0 MiB for the cleanup"
+    /// );
+    /// # Ok::<(), disk_reserve::Error>(())
+    /// ```
+    ///
+    /// A program that ships its own commands words it with
+    /// [`out_of_space_hint_with`](Reserve::out_of_space_hint_with).
     pub fn out_of_space_hint(&self) -> String {
         let held = self
             .open_home()
             .and_then(|dir| self.observe(&*dir))
             .ok()
             .map(Observed::allocated_bytes);
-        crate::out_of_space_hint(&self.home, held)
+        let path = self.absolute_path();
+        match &self.hint {
+            Some(hint) => hint(&path, held),
+            None => crate::classify::default_hint(&path, held),
+        }
+    }
+
+    /// The reserve's path made absolute against the working directory (as given when that
+    /// cannot be read or the result is not UTF-8).
+    fn absolute_path(&self) -> Utf8PathBuf {
+        if self.path.is_absolute() {
+            return self.path.clone();
+        }
+        std::path::absolute(&self.path)
+            .ok()
+            .and_then(|p| Utf8PathBuf::try_from(p).ok())
+            .unwrap_or_else(|| self.path.clone())
     }
 
     /// Opens the existing reserve for writing and checks, on the open descriptor, that it

@@ -148,6 +148,7 @@ fn errno(code: i32) -> io::Error {
 /// ([`SimFs::fail_nth`]) and call counts ([`SimFs::calls`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[non_exhaustive]
 pub enum SimOp {
     /// [`HostFs::open_dir`].
     OpenDir,

@@ -11,6 +11,7 @@ use std::fmt;
 /// assert_eq!(one_percent.resolve(1_000_000_000), 10_000_000);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SizeSpec {
     /// Exactly this many bytes.
     Bytes(u64),

@@ -980,9 +980,19 @@ fn rule12_ensure_error_is_classified() {
     fs.fail_next(SimOp::RemoveFile, libc::EIO);
     let err = reserve_on(&fs, config()).ensure().unwrap_err();
     assert!(is_out_of_space(&err), "rule 12: {err}");
-    let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
-    let flattened = io::Error::other(boxed.to_string());
+    // Flattened to text the way a reporter does (`anyhow`'s `{:#}`: each cause once).
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(next) = cause {
+        text = format!("{text}: {next}");
+        cause = next.source();
+    }
+    let flattened = io::Error::other(text);
     assert!(is_out_of_space(&flattened));
+    // Converted to an `io::Error`, it keeps the kind.
+    let converted = io::Error::from(err);
+    assert_eq!(converted.kind(), io::ErrorKind::StorageFull);
+    assert!(is_out_of_space(&converted));
 }
 
 // ---------------------------------------------------------------- rule 14

@@ -80,7 +80,9 @@ fn unreported(error: &io::Error) {
 /// so every path and hint the operator sees can be pasted from any directory.
 fn open(home: &Path, config: ReserveConfig) -> Result<Reserve<RealFs>, Failure> {
     let home = std::path::absolute(home).unwrap_or_else(|_| home.to_path_buf());
-    Reserve::new(RealFs::new(), home, config).map_err(Failure::early)
+    Reserve::new(RealFs::new(), home, config)
+        .map(super::failure::with_command_hint)
+        .map_err(Failure::early)
 }
 
 /// The configuration `--size` and `--headroom` describe, falling back to what an earlier

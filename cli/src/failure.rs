@@ -1,11 +1,11 @@
 //! How an error is reported: `error: …` on stderr naming the path and the cause, the
 //! operator hint when the cause is out-of-space, and with `--json` one error object.
 
-use camino::Utf8PathBuf;
-use disk_reserve::{Error, HostFs, Reserve, is_out_of_space};
+use camino::{Utf8Path, Utf8PathBuf};
+use disk_reserve::{Error, HostFs, HumanBytes, Reserve, is_out_of_space};
 use serde_json::{Value, json};
 
-use super::report::escape_controls;
+use super::report::{escape_controls, shell_word};
 
 /// A failed run (exit 1).
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl Failure {
     /// The lines for stderr: `error: …` and, when out of space, the hint; control
     /// characters (a newline in a path) escaped, so each stays one line.
     pub fn lines(&self) -> Vec<String> {
-        let mut lines = vec![format!("error: {}", self.error)];
+        let mut lines = vec![format!("error: {}", message(&self.error))];
         lines.extend(self.more.iter().cloned());
         lines.extend(self.hint.clone());
         lines
@@ -81,11 +81,44 @@ impl Failure {
     pub fn to_json(&self) -> Value {
         json!({
             "outcome": "error",
-            "error": self.error.to_string(),
+            "error": message(&self.error),
             "path": self.path.as_ref().map(|p| p.as_str()),
             "out_of_space": is_out_of_space(&self.error),
             "hint": self.hint,
         })
+    }
+}
+
+/// The reserve with the command's own operator hint: the `disk-reserve` commands that
+/// free the reserve and lay it down again, for the home the reserve is in.
+pub fn with_command_hint<F: HostFs>(reserve: Reserve<F>) -> Reserve<F> {
+    reserve.out_of_space_hint_with(|path, held| command_hint(path.parent().unwrap_or(path), held))
+}
+
+/// The hint naming this command, for `home` whose reserve holds `held` bytes (`None` or
+/// `Some(0)`: there is none to release).
+fn command_hint(home: &Utf8Path, held: Option<u64>) -> String {
+    let home = shell_word(home.as_str());
+    match held {
+        Some(bytes) if bytes > 0 => format!(
+            "hint: the disk is full; run `disk-reserve release --home {home}` to free {}, then clean up and run `disk-reserve ensure --home {home}`",
+            HumanBytes(bytes)
+        ),
+        _ => format!(
+            "hint: the disk is full and there is no reserve in {home} to release; free space by hand, then run `disk-reserve ensure --home {home}`"
+        ),
+    }
+}
+
+/// The error's words followed by its cause's: the library's message names the operation
+/// and the path only, the kernel's words come from its source.
+fn message(error: &Error) -> String {
+    match error {
+        Error::ReadOnly { source, .. } | Error::PermissionDenied { source, .. } => {
+            format!("{error} ({source})")
+        }
+        Error::Io { source, .. } => format!("{error}: {source}"),
+        _ => error.to_string(),
     }
 }
 
@@ -134,12 +167,14 @@ mod tests {
                 break;
             }
         }
-        let reserve = Reserve::new(
-            RealFs::new(),
-            &mount,
-            ReserveConfig::with_size_bytes(1 << 20),
-        )
-        .unwrap();
+        let reserve = with_command_hint(
+            Reserve::new(
+                RealFs::new(),
+                &mount,
+                ReserveConfig::with_size_bytes(1 << 20),
+            )
+            .unwrap(),
+        );
         let lines = Failure::of(enospc_on(&reserve), &reserve).lines();
         let _ = std::process::Command::new("umount").arg(&mount).status();
         assert!(
@@ -151,12 +186,14 @@ mod tests {
     #[test]
     fn out_of_space_adds_the_hint_with_the_bytes_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let reserve = Reserve::new(
-            RealFs::new(),
-            dir.path(),
-            ReserveConfig::with_size_bytes(1 << 20),
-        )
-        .unwrap();
+        let reserve = with_command_hint(
+            Reserve::new(
+                RealFs::new(),
+                dir.path(),
+                ReserveConfig::with_size_bytes(1 << 20),
+            )
+            .unwrap(),
+        );
         let home = reserve.home().to_owned();
         let path = reserve.path().to_owned();
 
@@ -187,12 +224,14 @@ mod tests {
     #[test]
     fn a_quota_is_called_a_quota() {
         let dir = tempfile::tempdir().unwrap();
-        let reserve = Reserve::new(
-            RealFs::new(),
-            dir.path(),
-            ReserveConfig::with_size_bytes(1 << 20),
-        )
-        .unwrap();
+        let reserve = with_command_hint(
+            Reserve::new(
+                RealFs::new(),
+                dir.path(),
+                ReserveConfig::with_size_bytes(1 << 20),
+            )
+            .unwrap(),
+        );
         reserve.ensure().unwrap();
         let home = reserve.home().to_owned();
         let edquot = Error::io(
@@ -210,9 +249,32 @@ mod tests {
     }
 
     #[test]
+    fn hint_line_format() {
+        let home = Utf8Path::new("/srv/app");
+        assert_eq!(
+            command_hint(home, Some(64 << 20)),
+            "hint: the disk is full; run `disk-reserve release --home /srv/app` to free 64.0 MiB, then clean up and run `disk-reserve ensure --home /srv/app`"
+        );
+        assert_eq!(
+            command_hint(home, None),
+            "hint: the disk is full and there is no reserve in /srv/app to release; free space by hand, then run `disk-reserve ensure --home /srv/app`"
+        );
+        assert_eq!(command_hint(home, Some(0)), command_hint(home, None));
+    }
+
+    #[test]
+    fn hint_quotes_paths_with_spaces() {
+        let hint = command_hint(Utf8Path::new("/srv/my app"), Some(1 << 30));
+        assert!(hint.contains("--home '/srv/my app'`"), "{hint}");
+        assert!(hint.contains("1.0 GiB"), "{hint}");
+    }
+
+    #[test]
     fn other_errors_have_no_hint() {
         let dir = tempfile::tempdir().unwrap();
-        let reserve = Reserve::new(RealFs::new(), dir.path(), ReserveConfig::default()).unwrap();
+        let reserve = with_command_hint(
+            Reserve::new(RealFs::new(), dir.path(), ReserveConfig::default()).unwrap(),
+        );
         let eio = Error::io(
             Operation::Allocate,
             reserve.path(),

@@ -213,6 +213,7 @@ impl fmt::Display for Report {
                     DeferReason::RanOut => {
                         "; the space ran out while allocating (another writer?) and it was rolled back"
                     }
+                    _ => "",
                 };
                 write!(
                     f,
@@ -220,6 +221,13 @@ impl fmt::Display for Report {
                     natural(*needed_bytes),
                     natural(needed_bytes.saturating_sub(self.headroom_bytes)),
                     natural(self.headroom_bytes),
+                )
+            }
+            What::Ensured(other) => {
+                write!(
+                    f,
+                    "{} {path}: {allocated} allocated, {free} free",
+                    other.as_str()
                 )
             }
             What::Released(Released::Released {
@@ -319,8 +327,8 @@ pub fn escape_controls(text: &str) -> Cow<'_, str> {
 }
 
 /// `text` as one shell word: as it is when it is plain, else in single quotes (as the
-/// library's out-of-space hint writes a home).
-fn shell_word(text: &str) -> String {
+/// out-of-space hint writes a home).
+pub fn shell_word(text: &str) -> String {
     let plain = !text.is_empty()
         && text
             .bytes()
@@ -363,7 +371,7 @@ fn plan_phrase(plan: Plan) -> String {
             natural(free_bytes),
             natural(needed_bytes)
         ),
-        Plan::NeedSpace => "check the free space first".to_owned(),
+        other => other.as_str().to_owned(),
     }
 }
 
@@ -381,6 +389,7 @@ fn kind_word(observed: Observed) -> &'static str {
         Observed::HardLinked { .. } => "hard-linked regular file",
         Observed::Shared { .. } => "regular file with shared blocks",
         Observed::Other(kind) => kind.as_str(),
+        _ => "regular file",
     }
 }
 

@@ -11,8 +11,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use camino::Utf8Path;
-use disk_reserve::{HumanBytes, out_of_space_hint};
+use disk_reserve::HumanBytes;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -1182,26 +1181,6 @@ fn progress_shows_on_a_terminal_but_not_with_json() {
     assert!(!text.contains("allocating"), "{text:?}");
     let value: Value = serde_json::from_str(text.trim()).expect("only the JSON object");
     assert_eq!(value["outcome"], "created");
-}
-
-// ---------------------------------------------------------------------------------------
-// out of space: the hint line
-
-#[test]
-fn hint_line_format() {
-    let home = Utf8Path::new("/srv/app");
-    assert_eq!(
-        out_of_space_hint(home, Some(64 * MIB)),
-        "hint: the disk is full; run `disk-reserve release --home /srv/app` to free 64.0 MiB, then clean up and run `disk-reserve ensure --home /srv/app`"
-    );
-    assert_eq!(
-        out_of_space_hint(home, None),
-        "hint: the disk is full and there is no reserve in /srv/app to release; free space by hand, then run `disk-reserve ensure --home /srv/app`"
-    );
-    assert_eq!(
-        out_of_space_hint(home, Some(0)),
-        out_of_space_hint(home, None)
-    );
 }
 
 /// A small filesystem mounted for one test; unmounted when dropped.

@@ -1545,6 +1545,8 @@ impl Driver {
                         linked @ Entry::Linked { .. } => linked,
                         _ => Entry::Other(FileKind::Regular),
                     },
+                    // A kind of reserve this model does not know: never equal to the model.
+                    _ => Entry::Other(FileKind::Regular),
                 };
                 let nothing = status.plan == Plan::Nothing;
                 let refuse = matches!(status.plan, Plan::Refuse(_));
