@@ -229,6 +229,38 @@ type HintFn = dyn Fn(&Utf8Path, Option<u64>) -> String + Send + Sync;
 ///     Released::Released { releasable_bytes: 64 << 20, freed_bytes: 64 << 20 }
 /// );
 /// ```
+///
+/// # Blocking
+///
+/// Every call is synchronous and may block the calling thread: [`ensure`](Reserve::ensure)
+/// and [`release`](Reserve::release) wait for the home's `flock` (held by another
+/// `ensure`, as long as it takes unless [`lock_timeout`](Reserve::lock_timeout) bounds
+/// it), `fsync` the reserve and the directory, write up to the whole size on a filesystem
+/// without `fallocate`, and sleep up to [`settle_time`](Reserve::settle_time) waiting for
+/// late frees; [`status`](Reserve::status) and
+/// [`out_of_space_hint`](Reserve::out_of_space_hint) do a few metadata system calls, which
+/// a slow or hung filesystem (NFS) can stretch. In an async runtime, run them on its
+/// blocking pool — the reserve is `Send + Sync`, so share it in an `Arc`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use disk_reserve::{RealFs, Reserve, ReserveConfig};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let home = dir.path().to_owned();
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// let reserve = Arc::new(Reserve::new(RealFs::new(), home, ReserveConfig::with_size_bytes(1 << 20))?);
+/// let ensured = tokio::task::spawn_blocking({
+///     let reserve = Arc::clone(&reserve);
+///     move || reserve.ensure()
+/// })
+/// .await
+/// .expect("ensure panicked")?;
+/// println!("disk reserve: {}", ensured.as_str());
+/// # Ok::<(), disk_reserve::Error>(())
+/// # }).unwrap();
+/// ```
+///
+/// `examples/tokio_service.rs` is a whole service built this way.
 pub struct Reserve<F: HostFs> {
     fs: F,
     home: Utf8PathBuf,
@@ -488,6 +520,10 @@ impl<F: HostFs> Reserve<F> {
     /// filesystem is read-only or refuses permission; the call was cancelled; an I/O
     /// error. After an error the reserve is as it was found: a file this call created is
     /// removed, a file it grew is cut back to its old length.
+    ///
+    /// Blocks: it takes a `flock`, `fsync`s, may write the whole size and sleep up to the
+    /// [`settle_time`](Reserve::settle_time); in async code call it from
+    /// `spawn_blocking` (see [Blocking](Reserve#blocking)).
     pub fn ensure(&self) -> Result<Ensured> {
         let dir = self.open_home()?;
         let done = self.ensure_in(&*dir)?;
@@ -677,6 +713,10 @@ impl<F: HostFs> Reserve<F> {
     /// # Errors
     /// The home is missing or not a directory; something not a regular file is at the
     /// reserve path (left untouched); `unlink` failed (read-only, permission, `EBUSY`…).
+    ///
+    /// Blocks: it takes a `flock`, `fsync`s the home and sleeps up to the
+    /// [`settle_time`](Reserve::settle_time) measuring what it gave back; in async code call
+    /// it from `spawn_blocking` (see [Blocking](Reserve#blocking)).
     pub fn release(&self) -> Result<Released> {
         self.release_in(true)
     }
@@ -764,6 +804,10 @@ impl<F: HostFs> Reserve<F> {
     ///
     /// # Errors
     /// The home is missing or not a directory; `fstatat` or `fstatvfs` failed.
+    ///
+    /// Blocks on system calls (no lock, no sleep); on a hung filesystem they can take
+    /// long, so async code calls it from `spawn_blocking` too (see
+    /// [Blocking](Reserve#blocking)).
     pub fn status(&self) -> Result<Status> {
         let dir = self.open_home()?;
         let space = self.space(&*dir)?;
