@@ -56,8 +56,19 @@
 //! (`cargo install --path cli`); and in `scenario/` (not published) the driver that runs
 //! the lifecycle through random operation sequences on a [`SimFs`] and checks it against a
 //! reference model, the shared engine of the fuzz target and the property tests.
+//!
+//! # Platforms
+//! [`RealFs`] exists on Linux only (`target_os = "linux"`: it needs `fallocate`,
+//! `syncfs`, `FIEMAP` and `/proc/self/mountinfo`). On other Unix targets the crate builds
+//! without it — [`Reserve`], [`SimFs`] and the traits, for a backend of one's own — and
+//! on non-Unix targets it does not build (a `compile_error!` says so).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
+
+#[cfg(not(unix))]
+compile_error!(
+    "disk-reserve needs a Unix target (errno values, `flock`); its kernel backend, RealFs, is Linux-only"
+);
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -72,6 +83,7 @@ mod file;
 mod host_fs;
 #[doc(hidden)]
 pub mod pattern;
+#[cfg(target_os = "linux")]
 mod real_fs;
 mod record;
 mod reserve;
@@ -91,6 +103,7 @@ pub use host_fs::{
 };
 #[cfg(feature = "mock")]
 pub use host_fs::{MockDirHandle, MockFileHandle, MockHostFs};
+#[cfg(target_os = "linux")]
 pub use real_fs::RealFs;
 pub use record::{Remembered, record_name};
 #[doc(hidden)]

@@ -12,9 +12,9 @@
 //! every call goes to that one descriptor. Descriptors are owned by [`OwnedFd`], so they
 //! are closed on every path.
 //!
-//! Allocation uses `fallocate(2)` mode 0 on Linux and Android. Other Unix targets keep the
-//! trait's default [`allocate`](FileHandle::allocate), which returns `EOPNOTSUPP`, so
-//! callers fall back to [`write_fill`](FileHandle::write_fill).
+//! Linux only (the crate root compiles this module for `target_os = "linux"` alone): it
+//! uses `fallocate(2)` mode 0, `syncfs(2)`, `fstatfs(2)`'s magic numbers, the `FIEMAP`
+//! and inode-flag `ioctl`s and `/proc/self/mountinfo`.
 //!
 //! ```
 //! use camino::Utf8PathBuf;
@@ -194,16 +194,9 @@ fn fsync(fd: &OwnedFd) -> io::Result<()> {
 }
 
 /// `fdatasync(2)` of `fd`.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
     // SAFETY: `fd` is an open descriptor for the duration of the call.
     check(unsafe { libc::fdatasync(fd.as_raw_fd()) })
-}
-
-/// `fsync(2)` of `fd`, where there is no `fdatasync`.
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn fdatasync(fd: &OwnedFd) -> io::Result<()> {
-    fsync(fd)
 }
 
 /// Writes all of `buf` at `offset` of `fd`, continuing after short writes and retrying
@@ -286,7 +279,6 @@ impl DirHandle for RealDir {
     }
 
     /// `fstatfs(2)`'s `f_type`.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     #[allow(clippy::unnecessary_cast)]
     fn fs_kind(&self) -> io::Result<FsKind> {
         let mut stat = MaybeUninit::<libc::statfs>::uninit();
@@ -319,7 +311,6 @@ impl DirHandle for RealDir {
     }
 
     /// `syncfs(2)` of the filesystem holding the directory.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn sync_fs(&self) -> io::Result<()> {
         // SAFETY: `self.fd` is an open descriptor for the duration of the call.
         check(unsafe { libc::syncfs(self.fd.as_raw_fd()) })
@@ -521,7 +512,6 @@ impl FileHandle for RealFile {
     /// `fallocate(fd, 0, offset, len)`, not `posix_fallocate` (which glibc emulates by
     /// writing when the filesystem cannot allocate). `EINTR` is returned, not retried; an
     /// empty range is `EINVAL`, as the kernel says.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         let (offset, len) = (to_off_t(offset)?, to_off_t(len)?);
         // SAFETY: `self.fd` is an open descriptor for the duration of the call.
@@ -582,14 +572,12 @@ impl FileHandle for RealFile {
     /// `ioctl(FS_IOC_FIEMAP)` over the whole file, 128 extents per call: the summed length
     /// of the extents flagged `FIEMAP_EXTENT_SHARED`. `EOPNOTSUPP`/`ENOTTY` (no `FIEMAP`)
     /// is `None`.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn shared_bytes(&self) -> io::Result<Option<u64>> {
         fiemap_shared_bytes(&self.fd)
     }
 
     /// `FS_IOC_GETFLAGS`, then `FS_IOC_SETFLAGS` with `FS_NODUMP_FL` added. `ENOTTY`,
     /// `EOPNOTSUPP`, `EINVAL` (no such flags here: tmpfs, FAT, FUSE) are `Ok(false)`.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
     fn set_no_dump(&self) -> io::Result<bool> {
         let unsupported = |err: &io::Error| {
             matches!(
@@ -628,12 +616,9 @@ impl FileHandle for RealFile {
 
 /// `_IOR('f', 1, long)` and `_IOW('f', 2, long)`: the inode flags (the kernel reads and
 /// writes an `int` whatever the macro says).
-#[cfg(any(target_os = "linux", target_os = "android"))]
 const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
-#[cfg(any(target_os = "linux", target_os = "android"))]
 const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
 /// "Do not dump this file" (`chattr +d`).
-#[cfg(any(target_os = "linux", target_os = "android"))]
 const FS_NODUMP_FL: libc::c_int = 0x40;
 
 /// The overlay mount holding `path` (the longest mount point that is a prefix of it) and
@@ -717,20 +702,9 @@ fn dirent_kind(d_type: u8) -> Option<FileKind> {
 
 /// Sets `errno` to 0, so a `NULL` from `readdir` can tell the end from an error.
 fn clear_errno() {
-    #[cfg(any(target_os = "linux", target_os = "emscripten", target_os = "redox"))]
     // SAFETY: `__errno_location` returns this thread's `errno`, valid to write.
     unsafe {
         *libc::__errno_location() = 0;
-    }
-    #[cfg(target_os = "android")]
-    // SAFETY: `__errno` returns this thread's `errno`, valid to write.
-    unsafe {
-        *libc::__errno() = 0;
-    }
-    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
-    // SAFETY: `__error` returns this thread's `errno`, valid to write.
-    unsafe {
-        *libc::__error() = 0;
     }
 }
 
@@ -793,7 +767,6 @@ impl Drop for DirStream {
 }
 
 /// `_IOWR('f', 11, struct fiemap)`.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
 /// The last extent of the file.
 const FIEMAP_EXTENT_LAST: u32 = 0x1;
@@ -826,7 +799,6 @@ struct Fiemap {
     extents: [FiemapExtent; FIEMAP_BATCH],
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
 fn fiemap_shared_bytes(fd: &OwnedFd) -> io::Result<Option<u64>> {
     let mut map = Box::new(Fiemap {
         start: 0,

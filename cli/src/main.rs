@@ -2,6 +2,11 @@
 //! reserve, thin over the library. The contract it keeps (arguments, exit statuses, JSON
 //! fields) is in `disk-reserve --help`.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "the disk-reserve command runs on Linux only: the library's kernel backend (RealFs) is Linux-only"
+);
+
 mod args;
 mod command;
 mod exit;
