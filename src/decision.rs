@@ -1,9 +1,10 @@
 //! The pure decision: given what `ensure` observed, what should it do?
 //!
 //! No I/O happens here. [`decide`] is a function of plain values, so the rules it encodes
-//! (1: count allocated bytes, not length; 4: headroom; 7: refuse what is not a regular
-//! file; 9: shrink what is too big) are property-tested directly in this module and in
-//! `tests/decision_props.rs`.
+//! (1: count the bytes deleting the file gives back, not its length; 4: keep the headroom,
+//! counting what is missing in whole allocation units; 7: refuse what is not a regular
+//! file, replace a file with other names; 9: shrink what is too big) are tested directly
+//! in this module, by example and by property.
 
 use crate::{FileKind, Probe, Space};
 

@@ -1,5 +1,6 @@
-//! The twelve rules of the design, each shown by tests that fail when the rule is broken.
-//! Test names start with the rule they guard. Most run on `SimFs`; where the kernel's own
+//! The rules (the README lists them under "The rules"), each shown by tests that fail
+//! when the rule is broken; rule 13 (the anchored home) is shown on real mounts in
+//! `cli/tests/real_mount.rs`. Test names start with the rule they guard. Most run on `SimFs`; where the kernel's own
 //! behaviour is the point, on `RealFs` in a temporary directory.
 
 use std::io;
@@ -295,7 +296,8 @@ fn rule4_unaligned_size_never_goes_below_headroom() {
     }
 }
 
-/// Rule 4: the default headroom is one reserve size (the origin's `free >= 2 × size`).
+/// Rule 4: the default headroom is one reserve size: a missing reserve is laid down only
+/// when `free >= 2 × size`.
 #[test]
 fn rule4_default_headroom_is_one_size() {
     let fs = sim(64 * MIB);
@@ -873,6 +875,82 @@ fn rule10_eight_threads_real() {
     assert!(
         names.is_empty() || names == [".reserve"],
         "rule 7: stray files {names:?}"
+    );
+}
+
+/// Rule 10: a wait for the home's lock bounded by `lock_timeout` gives up having changed
+/// nothing; rule 8: `release_forced` needs no lock at all.
+#[test]
+fn rule10_lock_timeout_gives_up_having_changed_nothing_and_forced_release_needs_no_lock() {
+    let fs = SimFs::with_home(1 << 30, HOME);
+    let reserve = Reserve::new(fs.clone(), HOME, ReserveConfig::with_size_bytes(1 << 20))
+        .unwrap()
+        .lock_timeout(Some(std::time::Duration::from_millis(50)));
+    reserve.ensure().unwrap();
+    let dir = fs.open_dir(HOME.into()).unwrap();
+    let held = dir.try_lock().unwrap().expect("nobody holds it yet");
+
+    let started = std::time::Instant::now();
+    match reserve.release() {
+        Err(Error::LockTimeout { path, waited }) => {
+            assert_eq!(path, HOME);
+            assert!(waited >= std::time::Duration::from_millis(50), "{waited:?}");
+        }
+        other => panic!("rule 10: a bounded wait gives up: {other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(
+        fs.lookup("/srv/app/.reserve").unwrap().is_some(),
+        "nothing changed"
+    );
+
+    assert_eq!(
+        reserve.release_forced().unwrap(),
+        Released::Released {
+            releasable_bytes: 1 << 20,
+            freed_bytes: 1 << 20
+        },
+        "rule 8: an operator can force it"
+    );
+    assert_eq!(fs.lookup("/srv/app/.reserve").unwrap(), None);
+    drop(held);
+}
+
+/// Rule 8: a wait for the home's lock is said once, after a second.
+#[test]
+fn rule8_a_wait_of_a_second_is_reported_once() {
+    let fs = SimFs::with_home(1 << 30, HOME);
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&calls);
+    let started = std::time::Instant::now();
+    let said_after = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let said = std::sync::Arc::clone(&said_after);
+    let reserve = Reserve::new(fs.clone(), HOME, ReserveConfig::with_size_bytes(1 << 20))
+        .unwrap()
+        .lock_timeout(Some(std::time::Duration::from_millis(1300)))
+        .on_lock_wait(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *said.lock().unwrap() = Some(started.elapsed());
+        });
+    let dir = fs.open_dir(HOME.into()).unwrap();
+    let held = dir.try_lock().unwrap().expect("nobody holds it yet");
+    assert!(matches!(reserve.ensure(), Err(Error::LockTimeout { .. })));
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "rule 8: said once, after a second"
+    );
+    let after = said_after.lock().unwrap().expect("said");
+    assert!(
+        after >= std::time::Duration::from_secs(1),
+        "rule 8: not said before a second of waiting: {after:?}"
+    );
+    drop(held);
+    reserve.ensure().unwrap();
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no wait, nothing said"
     );
 }
 

@@ -1,4 +1,5 @@
-//! The command line as clap sees it (the CLI contract in the design).
+//! The command line as clap sees it: the contract `disk-reserve --help` states (arguments,
+//! exit statuses, JSON fields).
 
 use std::path::PathBuf;
 use std::time::Duration;

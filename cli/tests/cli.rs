@@ -1287,7 +1287,7 @@ fn one_byte_probe(dir: &Path) -> io::Result<()> {
     file.sync_all()
 }
 
-/// The origin's full-host test through the command line: reserve, fill, release gives
+/// The full-disk runbook through the command line: reserve, fill, release gives
 /// room back, ensure defers while the disk is tight and lays it down again after clean-up.
 #[test]
 fn full_disk_runbook_end_to_end() {

@@ -1,5 +1,5 @@
-//! The real backend on real filesystems: the design's "tests that decide", run on a
-//! dedicated small mount.
+//! The real backend on real filesystems: the tests only a kernel can answer (allocation,
+//! compression, shared extents, a full disk, a moving home), run on a dedicated small mount.
 //!
 //! Gated on `DISK_RESERVE_TEST_MOUNT=/path`: a mount point of its own (it must appear in
 //! `/proc/self/mountinfo`) of at most 8 GiB, which these tests fill to the last byte.
@@ -457,8 +457,8 @@ fn fill_to_the_last_byte(path: &Path) -> u64 {
     panic!("{} still takes writes after 8 passes", path.display());
 }
 
-/// The origin's probe: a new file in `dir` with one byte, written and fsynced. What it
-/// made is removed when it fails.
+/// A write probe: a new file in `dir` with one byte, written and fsynced (the cheapest
+/// proof that the filesystem still takes a write). What it made is removed when it fails.
 fn probe_write(dir: &Path) -> io::Result<()> {
     let path = dir.join("probe");
     let result = File::create(&path).and_then(|mut file| {
@@ -471,7 +471,7 @@ fn probe_write(dir: &Path) -> io::Result<()> {
     result
 }
 
-/// a. The design's decisive test: with the reserve in place, fill every byte; a 1-byte
+/// a. The decisive test of a reserve: with the reserve in place, fill every byte; a 1-byte
 /// write fails with `ENOSPC`; `release` gives the room back and the same write succeeds;
 /// `ensure` then defers (exit 75) rather than take it again; once the filler is gone,
 /// `ensure` lays the reserve down again.

@@ -9,7 +9,7 @@
 //! middle of one), and an `ensure` racing a `release` on two threads.
 //!
 //! [`run`] plays the operations one by one and, after each, checks invariants against a
-//! reference model written from the design's rules (not from the lifecycle code):
+//! reference model written from the rules the README lists (not from the lifecycle code):
 //!
 //! * `ensure`'s own allocation never leaves free space below the headroom;
 //! * a successful `ensure` leaves allocated ≥ size and length == size;

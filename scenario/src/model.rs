@@ -1,6 +1,6 @@
 //! The reference model: what each operation may do, predicted from plain numbers.
 //!
-//! Written from the design's rules, not from the lifecycle: it never calls
+//! Written from the rules (the README lists them), not from the lifecycle: it never calls
 //! [`decide`](disk_reserve::decide) or anything in `reserve.rs`. It knows a filesystem as a
 //! capacity, a block size, a quota, the bytes other writers and other files hold, and the
 //! one thing at the reserve path, whose allocated blocks always form a prefix
