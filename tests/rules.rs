@@ -1073,6 +1073,28 @@ fn rule12_ensure_error_is_classified() {
     assert!(is_out_of_space(&converted));
 }
 
+/// The default operator hint is true for any program: it names the reserve file by its
+/// absolute path (a relative home is made absolute) and what deleting it frees.
+#[test]
+fn rule12_default_hint_names_the_absolute_file_and_its_size() {
+    let fs = sim(64 * MIB);
+    let reserve = reserve_on(&fs, config());
+    reserve.ensure().unwrap();
+    assert_eq!(
+        reserve.out_of_space_hint(),
+        format!(
+            "hint: the disk is full; delete the disk reserve {PATH} to free 4.0 MiB for the cleanup"
+        )
+    );
+    let relative = Reserve::new(fs.clone(), "srv/app", config()).unwrap();
+    let absolute = std::env::current_dir().unwrap().join("srv/app/.reserve");
+    let hint = relative.out_of_space_hint();
+    assert!(
+        hint.contains("no disk reserve at") && hint.contains(&*absolute.to_string_lossy()),
+        "{hint}"
+    );
+}
+
 // ---------------------------------------------------------------- rule 14
 
 /// A reserve of three write chunks on the write path whose progress callback cancels the

@@ -310,3 +310,21 @@ fn status(args: StatusArgs) -> Result<Report, Failure> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command words the out-of-space hint with its own commands, not the library's
+    /// default (which names the file to delete).
+    #[test]
+    fn the_command_names_its_own_commands_in_the_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let reserve = open(dir.path(), ReserveConfig::with_size_bytes(1 << 20)).unwrap();
+        let hint = reserve.out_of_space_hint();
+        assert!(
+            hint.contains(&format!("`disk-reserve ensure --home {}`", reserve.home())),
+            "{hint}"
+        );
+    }
+}
