@@ -16,6 +16,13 @@ pub enum SizeSpec {
     /// Exactly this many bytes.
     Bytes(u64),
     /// This many millionths of the filesystem's total bytes (`10_000` is 1 %).
+    ///
+    /// Any value is accepted here ([`percent`](SizeSpec::percent) checks a share given
+    /// in percent); [`Reserve::ensure`](crate::Reserve::ensure) refuses a size that
+    /// resolves to 0 bytes ([`Error::ZeroSize`](crate::Error::ZeroSize)) or to more than
+    /// the filesystem ([`Error::SizeExceedsFilesystem`](crate::Error::SizeExceedsFilesystem)),
+    /// and a size and headroom that can never fit ([`Error::NeverFits`](crate::Error::NeverFits)).
+    /// `PartsPerMillion(0)` is a headroom of 0 bytes.
     PartsPerMillion(u32),
 }
 
@@ -40,7 +47,8 @@ impl SizeSpec {
         match self {
             SizeSpec::Bytes(bytes) => bytes,
             SizeSpec::PartsPerMillion(ppm) => {
-                (u128::from(total_bytes) * u128::from(ppm) / 1_000_000) as u64
+                let bytes = u128::from(total_bytes) * u128::from(ppm) / 1_000_000;
+                u64::try_from(bytes).unwrap_or(u64::MAX)
             }
         }
     }

@@ -1047,6 +1047,27 @@ fn rule11_share_of_filesystem_size() {
     );
 }
 
+/// Rule 11: a share built as parts per million, past what `SizeSpec::percent` accepts, is
+/// refused with a clear error when it is resolved, never laid down or wrapped around.
+#[test]
+fn rule11_a_share_beyond_the_filesystem_is_a_clear_error() {
+    let fs = sim(64 * MIB);
+    let too_big = config().size(SizeSpec::PartsPerMillion(2_000_000));
+    let err = reserve_on(&fs, too_big).ensure().unwrap_err();
+    assert!(
+        matches!(err, Error::SizeExceedsFilesystem { .. }),
+        "{err:?}"
+    );
+    let zero = config().size(SizeSpec::PartsPerMillion(0));
+    let err = reserve_on(&fs, zero).ensure().unwrap_err();
+    assert!(matches!(err, Error::ZeroSize { .. }), "{err:?}");
+    assert_eq!(
+        SizeSpec::PartsPerMillion(u32::MAX).resolve(u64::MAX),
+        u64::MAX
+    );
+    assert_eq!(probe(&fs, PATH), None, "nothing laid down");
+}
+
 // ---------------------------------------------------------------- rule 12
 
 /// Rule 12: an out-of-space error from ensure is recognised through the crate's error.
