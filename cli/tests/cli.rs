@@ -15,73 +15,11 @@ use disk_reserve::HumanBytes;
 use serde_json::Value;
 use tempfile::TempDir;
 
-const BIN: &str = env!("CARGO_BIN_EXE_disk-reserve");
+mod common;
+use common::{BIN, Mount, assert_exit, code, json, run_args as run, stderr, stdout, sub};
+
 const MIB: u64 = 1 << 20;
 const KIB: u64 = 1 << 10;
-
-/// Runs the binary with `args` (stdin closed, `RUST_LOG` cleared so defaults apply).
-fn run<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run disk-reserve")
-}
-
-/// Runs `disk-reserve SUB --home HOME EXTRA…`.
-fn sub(subcommand: &str, home: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<&OsStr> = vec![
-        OsStr::new(subcommand),
-        OsStr::new("--home"),
-        home.as_os_str(),
-    ];
-    args.extend(extra.iter().map(OsStr::new));
-    run(args)
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited, not killed by a signal")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts the exit status, showing both streams when it is wrong.
-#[track_caller]
-fn assert_exit(out: &Output, want: i32) {
-    assert_eq!(
-        code(out),
-        want,
-        "exit status\n--- stdout\n{}--- stderr\n{}",
-        stdout(out),
-        stderr(out)
-    );
-    assert!(!stderr(out).contains("panicked"), "{}", stderr(out));
-}
-
-/// Parses stdout as exactly one JSON object (one line, nothing else).
-#[track_caller]
-fn json(out: &Output) -> Value {
-    let text = stdout(out);
-    assert_eq!(
-        text.lines().count(),
-        1,
-        "exactly one line on stdout: {text:?}"
-    );
-    let value: Value = serde_json::from_str(&text).expect("stdout is JSON");
-    assert!(value.is_object(), "stdout is a JSON object: {value}");
-    value
-}
 
 /// The contract's fields are all there, the sizes as integers.
 #[track_caller]
@@ -1181,82 +1119,6 @@ fn progress_shows_on_a_terminal_but_not_with_json() {
     assert!(!text.contains("allocating"), "{text:?}");
     let value: Value = serde_json::from_str(text.trim()).expect("only the JSON object");
     assert_eq!(value["outcome"], "created");
-}
-
-/// A small filesystem mounted for one test; unmounted when dropped.
-struct Mount {
-    dir: TempDir,
-    _image: Option<TempDir>,
-}
-
-impl Mount {
-    /// `mount -t tmpfs -o OPTIONS`, or `None` (with a printed line) when this machine
-    /// does not let the test mount (not root, no tmpfs).
-    fn tmpfs(options: &str) -> Option<Mount> {
-        let dir = home();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            println!("skipped: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(Mount { dir, _image: None })
-    }
-
-    /// A 16 MiB ext2 image with 1 KiB blocks, loop-mounted: no fallocate, so `ensure`
-    /// writes data, and writing needs indirect blocks beyond the data itself.
-    fn ext2() -> Option<Mount> {
-        let image_dir = home();
-        let image = image_dir.path().join("ext2.img");
-        File::create(&image).unwrap().set_len(16 * MIB).unwrap();
-        let made = Command::new("mkfs.ext2")
-            .args(["-q", "-F", "-b", "1024", "-m", "0"])
-            .arg(&image)
-            .status()
-            .is_ok_and(|s| s.success());
-        let dir = home();
-        let mounted = made
-            && Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(dir.path())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-        if !mounted {
-            println!(
-                "skipped: cannot loop-mount an ext2 image here (needs root, mkfs.ext2, loop devices)"
-            );
-            return None;
-        }
-        Some(Mount {
-            dir,
-            _image: Some(image_dir),
-        })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
 }
 
 /// Writes `path` until the filesystem says ENOSPC, in shrinking chunks; returns its

@@ -62,7 +62,9 @@ const RESERVE_NAME: &str = ".reserve";
 const RECORD_NAME: &str = ".reserve.conf";
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_disk-reserve");
+mod common;
+use common::{BIN, Unmount, assert_exit, code, json, stderr, stdout, sub as run};
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 
@@ -292,50 +294,6 @@ impl Drop for Home {
         let _ = fs::remove_dir_all(&self.path);
         settle(&self.mount);
     }
-}
-
-/// Runs `disk-reserve SUBCOMMAND --home HOME EXTRA…` (stdin closed, default logging).
-fn run(subcommand: &str, home: &Path, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg(subcommand)
-        .arg("--home")
-        .arg(home)
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run disk-reserve")
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited, not killed by a signal")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_exit(out: &Output, want: i32) {
-    assert_eq!(
-        code(out),
-        want,
-        "exit status\n--- stdout\n{}--- stderr\n{}",
-        stdout(out),
-        stderr(out)
-    );
-}
-
-/// Stdout as the one JSON object `--json` promises.
-#[track_caller]
-fn json(out: &Output) -> Value {
-    serde_json::from_str(stdout(out).trim()).unwrap_or_else(|e| {
-        panic!("stdout is one JSON object ({e}): {:?}", stdout(out));
-    })
 }
 
 /// `(length, allocated bytes)` of the file at `path`, `None` when nothing is there.
@@ -2629,15 +2587,6 @@ fn never_fits() {
         "never_fits fs={}: {tried:?} with default headroom on {usable} usable bytes: exit 1, can never fit",
         mount.fs
     );
-}
-
-/// Unmounts the mount point when dropped.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// j6. Rules 1 and 8 on overlayfs (ext4 lower and upper directories on the test mount): a
