@@ -6,7 +6,11 @@
 //!   1 MiB buffer + `fsync(file)` + `fsync(dir)` (goal: ≥ 0.9 of its throughput). The
 //!   loop is measured twice: writing zeros (the floor) and writing the incompressible
 //!   pattern generated per chunk as our write path does, which shows what the pattern
-//!   costs over zeros. `pattern_fill` times generating 64 MiB of pattern alone.
+//!   costs over zeros, and a third time writing zeros from a buffer whose pages were
+//!   written once (`floor_zeros_touched`): the zeros floor's buffer never is, so its pages
+//!   all map the kernel's shared zero page, which no real writer's buffer does; the
+//!   difference is what the floor gains from that alone. `pattern_fill` times generating
+//!   64 MiB of pattern alone.
 //! * The write comparison runs twice: `create_write` on the machine as it is, and
 //!   `create_write_busy` with a thread of this process spinning for the whole group, so
 //!   on two cores the write path has one core to itself at best (the case the issue
@@ -224,14 +228,31 @@ fn create_write(c: &mut Criterion, filesystems: &[Scratch], busy: bool) {
                 });
             })
         };
+        // Zeros again, but from a buffer whose pages were written once, as any reused
+        // buffer's are: `buf` above was never written, so all its pages map the kernel's
+        // one shared zero page and the kernel copies from the same 4 KiB again and again.
+        let mut touched_buf = vec![0xa5u8; WRITE_BUFFER_BYTES];
+        black_box(&mut touched_buf).fill(0);
+        let mut zeros_touched = |n| {
+            timed_from_absent(n, &file, &home, || {
+                create_floor(&file_c, &home_c, |fd| {
+                    write_loop(fd, &mut touched_buf, |_, _| {});
+                });
+            })
+        };
         let key = format!("{name}/{}", fs.label);
-        for (side, side_name) in ["ours", "floor_zeros", "floor_pattern"]
-            .into_iter()
-            .enumerate()
-        {
+        let side_names = [
+            "ours",
+            "floor_zeros",
+            "floor_pattern",
+            "floor_zeros_touched",
+        ];
+        for (side, side_name) in side_names.into_iter().enumerate() {
             group.bench_function(BenchmarkId::new(side_name, fs.label), |b| {
                 b.iter_custom(|n| {
-                    interleaved(&key, side, n, &mut [&mut ours, &mut zeros, &mut pattern])
+                    let sides: &mut [common::Side<'_>] =
+                        &mut [&mut ours, &mut zeros, &mut pattern, &mut zeros_touched];
+                    interleaved(&key, side, n, sides)
                 });
             });
         }
@@ -308,6 +329,26 @@ fn main() {
                     Goal::None,
                 )
                 .sides(2, 1),
+            );
+            pairs.push(
+                Pair::new(
+                    format!("3. write loop: pattern over zeros from a written buffer ({t}{load})"),
+                    &key,
+                    format!("{group}/floor_pattern/{l}"),
+                    format!("{group}/floor_zeros_touched/{l}"),
+                    Goal::None,
+                )
+                .sides(2, 3),
+            );
+            pairs.push(
+                Pair::new(
+                    format!("3. write loop: zeros from a written buffer over zeros ({t}{load})"),
+                    &key,
+                    format!("{group}/floor_zeros_touched/{l}"),
+                    format!("{group}/floor_zeros/{l}"),
+                    Goal::None,
+                )
+                .sides(3, 1),
             );
         }
     }
