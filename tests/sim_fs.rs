@@ -1438,3 +1438,20 @@ fn late_frees_count_only_what_a_reflink_copy_does_not_keep() {
     home.sync_fs().unwrap();
     assert_eq!(home.space().unwrap().free_bytes, free + 4 * BS);
 }
+
+/// A block shared twice over — with a snapshot and with a reflink copy — is one shared
+/// block: `FIEMAP` flags each extent once, however many others hold it.
+#[test]
+fn a_block_both_snapshotted_and_reflinked_counts_once() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    // Half of a's blocks are a's own again, then every block goes into a snapshot.
+    open(&fs, "a")
+        .write_all_at(0, &vec![7u8; 8 * BS as usize])
+        .unwrap();
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(8 * BS));
+    fs.snapshot_file("/home/a").unwrap();
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(16 * BS));
+    assert_eq!(fs.snapshot().shared_bytes_of("/home/a"), 16 * BS);
+}
