@@ -1157,6 +1157,18 @@ impl State {
         tracing::debug!(inodes = self.nodes.len(), "sim_fs: crash");
     }
 
+    /// What `syncfs(2)` does: every inode's live state becomes the state a crash returns to.
+    fn sync_everything(&mut self) {
+        for node in self.nodes.values_mut() {
+            match node {
+                Node::Directory { live, durable } => durable.clone_from(live),
+                Node::Regular { live, durable } => durable.clone_from(live),
+                Node::Symlink { .. } | Node::Special(_) => {}
+            }
+        }
+        self.collect_garbage();
+    }
+
     /// See [`SimFs::rename`].
     fn rename_path(&mut self, from: &Utf8Path, to: &Utf8Path) -> io::Result<()> {
         if to.starts_with(from) {
@@ -2374,10 +2386,16 @@ impl DirHandle for SimDir {
         Ok(FsKind::Other(SIM_MAGIC))
     }
 
-    /// Shows every pending free ([`SimFs::set_late_frees`]).
-    /// Not counted and never faulted.
+    /// As `syncfs(2)`: makes the whole filesystem durable — every file's length, blocks
+    /// and bytes and every directory's entries, as if each were fsynced — and shows every
+    /// pending free ([`SimFs::set_late_frees`]). Not counted and never faulted; `EIO`
+    /// through a handle from before a crash.
     fn sync_fs(&self) -> io::Result<()> {
         let mut state = self.fs.state();
+        if self.generation != state.generation {
+            return Err(errno(libc::EIO));
+        }
+        state.sync_everything();
         state.pending_free = 0;
         state.pending_seen = false;
         Ok(())

@@ -1438,3 +1438,55 @@ fn late_frees_count_only_what_a_reflink_copy_does_not_keep() {
     home.sync_fs().unwrap();
     assert_eq!(home.space().unwrap().free_bytes, free + 4 * BS);
 }
+
+// ---- syncfs ----
+
+/// An unsynced write to a synced file and an unsynced create, in a subdirectory; with
+/// `sync_fs` before the crash or not.
+fn unsynced_write_and_create_then_crash(sync_fs: bool) -> (Vec<u8>, Option<Vec<u8>>, bool) {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let wal = data.open_file("wal", OpenOptions::create_new()).unwrap();
+    wal.write_all_at(0, b"old").unwrap();
+    wal.sync_all().unwrap();
+    data.sync().unwrap();
+    wal.write_all_at(0, b"NEW and longer").unwrap(); // not fsynced
+    let created = data
+        .open_file("created", OpenOptions::create_new())
+        .unwrap();
+    created.write_all_at(0, b"fresh").unwrap(); // neither it nor /home synced
+    data.create_dir("sub").unwrap();
+    if sync_fs {
+        data.sync_fs().unwrap();
+    }
+    fs.crash();
+    let data = dir(&fs, "/home");
+    let wal = read_all(&*data.open_file("wal", OpenOptions::read()).unwrap());
+    let created = data
+        .open_file("created", OpenOptions::read())
+        .ok()
+        .map(|file| read_all(&*file));
+    (wal, created, data.probe("sub").unwrap().is_some())
+}
+
+#[test]
+fn sync_fs_makes_every_file_and_directory_durable_as_syncfs_does() {
+    assert_eq!(
+        unsynced_write_and_create_then_crash(true),
+        (b"NEW and longer".to_vec(), Some(b"fresh".to_vec()), true),
+        "syncfs(2) writes back every file's data and every directory change"
+    );
+    assert_eq!(
+        unsynced_write_and_create_then_crash(false),
+        (b"old".to_vec(), None, false),
+        "without it the crash loses all three"
+    );
+}
+
+#[test]
+fn sync_fs_through_a_handle_from_before_a_crash_is_eio() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    fs.crash();
+    assert_eq!(errno(data.sync_fs()), libc::EIO);
+}
