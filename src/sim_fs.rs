@@ -96,8 +96,9 @@
 //! # Not modelled
 //!
 //! Permissions and ownership (no `EACCES`), inode limits, timestamps, the fill pattern
-//! (reads of [`write_fill`](FileHandle::write_fill)'s blocks give zeros), torn writes (a
-//! crash keeps a file exactly as it was at its last sync), directories' own blocks
+//! (reads of [`write_fill`](FileHandle::write_fill)'s blocks give zeros), tears inside a
+//! block ([`crash`](SimFs::crash) keeps a file exactly as it was at its last sync;
+//! [`crash_torn`](SimFs::crash_torn) tears at block granularity), directories' own blocks
 //! (directories and symlinks take no space), and directories' link counts (1, as btrfs reports them). A
 //! trailing `/` in a setup path is treated as a trailing `/.`.
 //!
@@ -480,6 +481,92 @@ impl FileData {
     }
 }
 
+/// SplitMix64: the small seeded generator of [`SimFs::crash_torn`].
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=n`.
+    fn up_to(&mut self, n: u64) -> u64 {
+        match n.checked_add(1) {
+            Some(bound) => self.next() % bound,
+            None => self.next(),
+        }
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// A file after a torn crash: the durable state `durable` with a seeded prefix (in block
+/// order) of the blocks that differ in `live` written over it, and the length the writes
+/// of those blocks left. A file that lost blocks or length since its sync comes back whole,
+/// as synced or as live: a truncation is one journalled step, and a mix of old and new
+/// blocks after one is no state a disk can hold. (A file shortened and grown back since is
+/// caught by [`State::shortened`] before this.)
+fn torn_file(
+    durable: &FileData,
+    live: &FileData,
+    block_size: u64,
+    rng: &mut SplitMix64,
+) -> FileData {
+    if durable == live {
+        return durable.clone();
+    }
+    let shrunk = live.len < durable.len
+        || durable
+            .blocks
+            .0
+            .iter()
+            .any(|(&start, &end)| !live.blocks.gaps(start, end).is_empty());
+    if shrunk {
+        return if rng.coin() {
+            live.clone()
+        } else {
+            durable.clone()
+        };
+    }
+    // The blocks whose allocation or bytes differ, in order. Growth only: every block
+    // `durable` has, `live` has too.
+    let mut differing: Vec<u64> = Vec::new();
+    for (&start, &end) in &live.blocks.0 {
+        for (gap_start, gap_end) in durable.blocks.gaps(start, end) {
+            differing.extend(gap_start..gap_end);
+        }
+    }
+    let blocks_with_data = live.data.keys().chain(durable.data.keys()).copied();
+    differing.extend(blocks_with_data.filter(|b| live.data.get(b) != durable.data.get(b)));
+    differing.sort_unstable();
+    differing.dedup();
+    let kept = rng.up_to(differing.len() as u64) as usize;
+    if kept == differing.len() {
+        return live.clone();
+    }
+    let mut torn = durable.clone();
+    for &block in &differing[..kept] {
+        torn.blocks.insert(block, block + 1);
+        match live.data.get(&block) {
+            Some(bytes) => torn.data.insert(block, Arc::clone(bytes)),
+            None => torn.data.remove(&block),
+        };
+    }
+    // The length a write reached when it had written the kept blocks and not the next:
+    // the start of the first block not kept, within the synced and the live length.
+    torn.len = (differing[kept] * block_size).clamp(durable.len, live.len);
+    // Bytes past the length of its last block read as zeros.
+    let len = torn.len;
+    torn.zero(len, len.next_multiple_of(block_size), block_size);
+    torn
+}
+
 /// One inode. Directories and files keep a live state and the state a crash returns to.
 #[derive(Debug)]
 enum Node {
@@ -586,6 +673,9 @@ struct State {
     /// Directories whose name was removed (`rmdir`, or a rename over them): their handles
     /// can no longer create or find anything, as the kernel's dead directories.
     removed_dirs: std::collections::HashSet<u64>,
+    /// Files shortened since their last sync: a torn crash ([`SimFs::crash_torn`]) brings
+    /// them back whole, as synced or as live.
+    shortened: std::collections::BTreeSet<u64>,
 }
 
 /// Component of a path being resolved, borrowed from the path or a symlink's target.
@@ -644,6 +734,7 @@ impl State {
             locks: HashMap::new(),
             next_lock_token: 1,
             removed_dirs: std::collections::HashSet::new(),
+            shortened: std::collections::BTreeSet::new(),
         }
     }
 
@@ -1150,11 +1241,90 @@ impl State {
         }
         self.open_files.clear();
         self.removed_dirs.clear();
+        self.shortened.clear();
         self.generation += 1;
         self.crash_countdown = 0;
         self.collect_garbage();
         self.locks.clear();
         tracing::debug!(inodes = self.nodes.len(), "sim_fs: crash");
+    }
+
+    /// See [`SimFs::crash_torn`]: makes a seeded mix of each inode's durable and live
+    /// states durable, then crashes.
+    fn crash_torn(&mut self, seed: u64) {
+        let mut rng = SplitMix64(seed);
+        // Directory changes, grouped: every change naming an inode (before or after) is in
+        // that inode's group, and a change naming two inodes (a rename over a name) joins
+        // their groups; a group is kept or dropped whole.
+        let mut changes: Vec<(u64, String, Option<u64>, Option<u64>)> = Vec::new();
+        for (&dir, node) in &self.nodes {
+            if let Node::Directory { live, durable } = node {
+                for name in live.keys().chain(durable.keys()) {
+                    let (was, is) = (durable.get(name).copied(), live.get(name).copied());
+                    if was != is {
+                        changes.push((dir, name.clone(), was, is));
+                    }
+                }
+            }
+        }
+        changes.sort();
+        changes.dedup();
+        let mut group: BTreeMap<u64, u64> = BTreeMap::new();
+        fn root(group: &mut BTreeMap<u64, u64>, ino: u64) -> u64 {
+            let parent = *group.entry(ino).or_insert(ino);
+            if parent == ino {
+                return ino;
+            }
+            let top = root(group, parent);
+            group.insert(ino, top);
+            top
+        }
+        for (_, _, was, is) in &changes {
+            if let (Some(a), Some(b)) = (was, is) {
+                let (a, b) = (root(&mut group, *a), root(&mut group, *b));
+                group.insert(a.max(b), a.min(b));
+            }
+        }
+        let mut kept: BTreeMap<u64, bool> = BTreeMap::new();
+        for (dir, name, was, is) in changes {
+            let top = root(&mut group, is.or(was).expect("a change names an inode"));
+            if *kept.entry(top).or_insert_with(|| rng.coin())
+                && let Some(Node::Directory { durable, .. }) = self.nodes.get_mut(&dir)
+            {
+                match is {
+                    Some(ino) => durable.insert(name, ino),
+                    None => durable.remove(&name),
+                };
+            }
+        }
+        // A file with no live name: its data as synced (what it had before its unlink
+        // may have reached the disk or not; the live state is already freed).
+        let named: std::collections::BTreeSet<u64> = self
+            .nodes
+            .values()
+            .filter_map(|node| match node {
+                Node::Directory { live, .. } => Some(live.values().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let block_size = self.block_size;
+        for (ino, node) in &mut self.nodes {
+            if let Node::Regular { live, durable } = node
+                && named.contains(ino)
+            {
+                *durable = if self.shortened.contains(ino) {
+                    if rng.coin() {
+                        live.clone()
+                    } else {
+                        durable.clone()
+                    }
+                } else {
+                    torn_file(durable, live, block_size, &mut rng)
+                };
+            }
+        }
+        self.crash();
     }
 
     /// What `syncfs(2)` does: every inode's live state becomes the state a crash returns to.
@@ -1166,6 +1336,7 @@ impl State {
                 Node::Symlink { .. } | Node::Special(_) => {}
             }
         }
+        self.shortened.clear();
         self.collect_garbage();
     }
 
@@ -1761,6 +1932,59 @@ impl SimFs {
     /// rules the ALICE and CrashMonkey studies found applications breaking. Every directory lock is dropped; guards still held release nothing.
     pub fn crash(&self) {
         self.state().crash();
+        self.inner.lock_released.notify_all();
+    }
+
+    /// A power cut that tears, from `seed`: besides what [`crash`](SimFs::crash) keeps,
+    /// some of what was not synced made it to the disk, as the kernel's writeback and
+    /// journal commits may have written it on their own. The same seed on the same
+    /// history gives the same disk; print the seed of a failing crash test to replay it.
+    ///
+    /// What it generates:
+    ///
+    /// * Each file not shortened since its last sync keeps a seeded prefix, in block
+    ///   order, of the blocks whose allocation or bytes changed since (none, some, or
+    ///   all), over its synced blocks; its length is the synced one, the live one when
+    ///   every changed block is kept, or else the start of the first block not kept,
+    ///   within the two. So an appended record can come back cut at a block boundary,
+    ///   or with its length but zeros (the bytes of a block not kept) where its last
+    ///   part should be, as after writeback that wrote the size before the data
+    ///   (`data=writeback`, XFS).
+    /// * A file shortened since its sync comes back whole as synced or as live.
+    /// * Unsynced directory changes are kept or dropped in groups: every change naming
+    ///   one inode (its create, its unlink, both names of a rename) goes together, and a
+    ///   rename over a name joins the two inodes' groups. Each inode so ends up with the
+    ///   names it had at the last sync or the live ones, never both: a directory never
+    ///   appears twice or inside itself.
+    ///
+    /// What it does not generate: a tear inside a block (a sector), bytes that were
+    /// never written (garbage in a block allocated but not written), and the orders a
+    /// journal forbids: groups are independent, so a later change can be kept while an
+    /// earlier one is dropped, which ext4's and XFS's journals (committing in order)
+    /// would not allow, but a filesystem without one, such as ext2, might.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// let data = fs.open_dir("/data".into())?;
+    /// let log = data.open_file("log", OpenOptions::create_new())?;
+    /// log.sync_all()?;
+    /// data.sync()?;
+    /// log.write_all_at(0, &[7; 3 * 4096])?; // three blocks, never synced
+    ///
+    /// let seed = 42;
+    /// fs.crash_torn(seed);
+    /// let log = fs.open_dir("/data".into())?.open_file("log", OpenOptions::read())?;
+    /// let len = log.probe()?.len;
+    /// assert!(len.is_multiple_of(4096) && len <= 3 * 4096, "a block-granular prefix, seed {seed}");
+    /// let mut bytes = vec![0; len as usize];
+    /// assert_eq!(log.read_at(0, &mut bytes)?, bytes.len());
+    /// assert!(bytes.iter().all(|&b| b == 7), "what is there was written");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn crash_torn(&self, seed: u64) {
+        self.state().crash_torn(seed);
         self.inner.lock_released.notify_all();
     }
 
@@ -2573,6 +2797,9 @@ impl FileHandle for SimFile {
         if len > MAX_FILE_BYTES {
             return Err(errno(libc::EINVAL));
         }
+        if len < state.file_mut(self.ino).len {
+            state.shortened.insert(self.ino);
+        }
         let block_size = state.block_size;
         let file = state.file_mut(self.ino);
         // Bytes cut off read as zeros if the file grows back over them, as on the kernel.
@@ -2594,6 +2821,7 @@ impl FileHandle for SimFile {
         if let Node::Regular { live, durable } = state.node_mut(self.ino) {
             durable.clone_from(live);
         }
+        state.shortened.remove(&self.ino);
         Ok(())
     }
 
@@ -2604,6 +2832,7 @@ impl FileHandle for SimFile {
         if let Node::Regular { live, durable } = state.node_mut(self.ino) {
             durable.clone_from(live);
         }
+        state.shortened.remove(&self.ino);
         Ok(())
     }
 

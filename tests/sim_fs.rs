@@ -1490,3 +1490,163 @@ fn sync_fs_through_a_handle_from_before_a_crash_is_eio() {
     fs.crash();
     assert_eq!(errno(data.sync_fs()), libc::EIO);
 }
+
+// ---- torn crashes ----
+
+/// Bytes of `path` after a crash, `None` when it is gone.
+fn bytes_at(fs: &SimFs, path: &str) -> Option<Vec<u8>> {
+    let (parent, name) = path.rsplit_once('/').unwrap();
+    let file = dir(fs, parent).open_file(name, OpenOptions::read()).ok()?;
+    Some(read_all(&*file))
+}
+
+/// A synced 1-block log, then 3 more blocks and a partial one appended, unsynced; an
+/// unsynced create and an unsynced rename of a synced directory (with a synced entry) in
+/// the home directory.
+fn torn_history() -> SimFs {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let log = data.open_file("log", OpenOptions::create_new()).unwrap();
+    log.write_all_at(0, &[1; BS as usize]).unwrap();
+    log.sync_all().unwrap();
+    data.create_dir("a").unwrap();
+    data.create_dir("b").unwrap();
+    data.sync().unwrap();
+    for i in 0..3u8 {
+        log.write_all_at(BS * (1 + u64::from(i)), &[2 + i; BS as usize])
+            .unwrap();
+    }
+    log.write_all_at(4 * BS, &[9; 100]).unwrap();
+    let b = data.open_subdir("b").unwrap();
+    b.create_dir("inner").unwrap();
+    b.sync().unwrap();
+    data.create_dir("c").unwrap();
+    data.rename("b", "moved").unwrap();
+    fs
+}
+
+#[test]
+fn crash_torn_is_reproducible_from_its_seed() {
+    for seed in 0..50 {
+        let (one, two) = (torn_history(), torn_history());
+        one.crash_torn(seed);
+        two.crash_torn(seed);
+        assert_eq!(one.snapshot(), two.snapshot(), "seed {seed}");
+        assert_eq!(
+            bytes_at(&one, "/home/log"),
+            bytes_at(&two, "/home/log"),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn crash_torn_keeps_a_block_prefix_of_unsynced_appends_over_the_synced_bytes() {
+    let full: Vec<u8> = [1u8, 2, 3, 4]
+        .iter()
+        .flat_map(|&b| vec![b; BS as usize])
+        .chain(vec![9; 100])
+        .collect();
+    let mut lengths = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let fs = torn_history();
+        fs.crash_torn(seed);
+        let log = bytes_at(&fs, "/home/log").expect("synced name");
+        assert!(
+            log.len() == full.len()
+                || ((log.len() as u64).is_multiple_of(BS) && log.len() as u64 >= BS),
+            "seed {seed}: length {} is neither the live one nor a block boundary past the synced one",
+            log.len()
+        );
+        assert_eq!(log[..], full[..log.len()], "seed {seed}: a prefix");
+        lengths.insert(log.len());
+    }
+    assert_eq!(
+        lengths.into_iter().collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+            .map(|b| b * BS as usize)
+            .into_iter()
+            .chain([full.len()])
+            .collect::<Vec<_>>(),
+        "every cut, from none of the unsynced blocks to all of them"
+    );
+}
+
+#[test]
+fn crash_torn_moves_a_directory_whole_never_to_both_places() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let fs = torn_history();
+        fs.crash_torn(seed);
+        let (old, new) = (
+            fs.lookup("/home/b").unwrap().is_some(),
+            fs.lookup("/home/moved").unwrap().is_some(),
+        );
+        assert!(old != new, "seed {seed}: b {old}, moved {new}");
+        let at = if old {
+            "/home/b/inner"
+        } else {
+            "/home/moved/inner"
+        };
+        assert!(
+            fs.lookup(at).unwrap().is_some(),
+            "seed {seed}: its synced entry"
+        );
+        seen.insert((old, fs.lookup("/home/c").unwrap().is_some()));
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "each change kept or dropped on its own: {seen:?}"
+    );
+}
+
+#[test]
+fn crash_torn_keeps_a_rename_over_a_name_atomic() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let fs = home();
+        let data = dir(&fs, "/home");
+        for (name, byte) in [("current", b'o'), ("next", b'n')] {
+            let file = data.open_file(name, OpenOptions::create_new()).unwrap();
+            file.write_all_at(0, &[byte]).unwrap();
+            file.sync_all().unwrap();
+        }
+        data.sync().unwrap();
+        data.rename("next", "current").unwrap();
+        fs.crash_torn(seed);
+        let outcome = (bytes_at(&fs, "/home/current"), bytes_at(&fs, "/home/next"));
+        assert!(
+            outcome == (Some(b"o".to_vec()), Some(b"n".to_vec()))
+                || outcome == (Some(b"n".to_vec()), None),
+            "seed {seed}: {outcome:?}"
+        );
+        seen.insert(outcome);
+    }
+    assert_eq!(seen.len(), 2, "both outcomes: {seen:?}");
+}
+
+#[test]
+fn crash_torn_brings_a_shortened_file_back_whole() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let fs = home();
+        let data = dir(&fs, "/home");
+        let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+        file.write_all_at(0, &[1; 3 * BS as usize]).unwrap();
+        file.sync_all().unwrap();
+        data.sync().unwrap();
+        file.set_len(0).unwrap();
+        file.write_all_at(0, &[2; 4 * BS as usize]).unwrap();
+        fs.crash_torn(seed);
+        let bytes = bytes_at(&fs, "/home/f").unwrap();
+        assert!(
+            bytes == [1; 3 * BS as usize] || bytes == [2; 4 * BS as usize],
+            "seed {seed}: {} bytes, starting {:?}",
+            bytes.len(),
+            bytes.first()
+        );
+        seen.insert(bytes.len());
+    }
+    assert_eq!(seen.len(), 2, "as synced or as live: {seen:?}");
+}
