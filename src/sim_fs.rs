@@ -508,7 +508,7 @@ impl SplitMix64 {
 
 /// A file after a torn crash: the durable state `durable` with a seeded prefix (in block
 /// order) of the blocks that differ in `live` written over it, and the length the writes
-/// of those blocks left. A file that lost blocks or length since its sync comes back whole,
+/// of those blocks left or the live one. A file that lost blocks or length since its sync comes back whole,
 /// as synced or as live: a truncation is one journalled step, and a mix of old and new
 /// blocks after one is no state a disk can hold. (A file shortened and grown back since is
 /// caught by [`State::shortened`] before this.)
@@ -558,9 +558,12 @@ fn torn_file(
             None => torn.data.remove(&block),
         };
     }
-    // The length a write reached when it had written the kept blocks and not the next:
-    // the start of the first block not kept, within the synced and the live length.
-    torn.len = (differing[kept] * block_size).clamp(durable.len, live.len);
+    // The length a write reached when it had written the kept blocks and not the next
+    // (the start of the first block not kept, within the synced and the live length), or
+    // the live length: the size reached the disk before the data, as with ext4's
+    // `data=writeback`; the blocks not kept then read as synced (zeros if new).
+    let cut = (differing[kept] * block_size).clamp(durable.len, live.len);
+    torn.len = if rng.coin() { live.len } else { cut };
     // Bytes past the length of its last block read as zeros.
     let len = torn.len;
     torn.zero(len, len.next_multiple_of(block_size), block_size);
@@ -645,6 +648,9 @@ struct State {
     generation: u64,
     /// Calls left before a planned power cut ([`SimFs::crash_after`]; 0: none).
     crash_countdown: u32,
+    /// The seed of a planned torn power cut ([`SimFs::crash_torn_after`]); `None`: a
+    /// plain one.
+    crash_seed: Option<u64>,
     /// The largest free space a `space` call returned since it was last taken, plus one.
     max_free_reported: u64,
     /// Frees show in `space` late ([`SimFs::set_late_frees`]).
@@ -721,6 +727,7 @@ impl State {
             open_files: HashMap::new(),
             generation: 0,
             crash_countdown: 0,
+            crash_seed: None,
             max_free_reported: 0,
             pending_move: None,
             moves: 0,
@@ -994,7 +1001,10 @@ impl State {
         if self.crash_countdown > 0 {
             self.crash_countdown -= 1;
             if self.crash_countdown == 0 {
-                self.crash();
+                match self.crash_seed.take() {
+                    Some(seed) => self.crash_torn(seed),
+                    None => self.crash(),
+                }
                 return Err(errno(libc::EIO));
             }
         }
@@ -1244,6 +1254,7 @@ impl State {
         self.shortened.clear();
         self.generation += 1;
         self.crash_countdown = 0;
+        self.crash_seed = None;
         self.collect_garbage();
         self.locks.clear();
         tracing::debug!(inodes = self.nodes.len(), "sim_fs: crash");
@@ -1944,12 +1955,12 @@ impl SimFs {
     ///
     /// * Each file not shortened since its last sync keeps a seeded prefix, in block
     ///   order, of the blocks whose allocation or bytes changed since (none, some, or
-    ///   all), over its synced blocks; its length is the synced one, the live one when
-    ///   every changed block is kept, or else the start of the first block not kept,
-    ///   within the two. So an appended record can come back cut at a block boundary,
-    ///   or with its length but zeros (the bytes of a block not kept) where its last
-    ///   part should be, as after writeback that wrote the size before the data
-    ///   (`data=writeback`, XFS).
+    ///   all), over its synced blocks; its length is the live one when every changed
+    ///   block is kept, else either the start of the first block not kept (within the
+    ///   synced and the live length) or the live one, the size having reached the disk
+    ///   before the data (as ext4's `data=writeback` allows). So an appended record can
+    ///   come back cut at a block boundary, or with its length but the synced bytes
+    ///   (zeros where the file was new) in the blocks not kept.
     /// * A file shortened since its sync comes back whole as synced or as live.
     /// * Unsynced directory changes are kept or dropped in groups: every change naming
     ///   one inode (its create, its unlink, both names of a rename) goes together, and a
@@ -1976,11 +1987,13 @@ impl SimFs {
     /// let seed = 42;
     /// fs.crash_torn(seed);
     /// let log = fs.open_dir("/data".into())?.open_file("log", OpenOptions::read())?;
-    /// let len = log.probe()?.len;
-    /// assert!(len.is_multiple_of(4096) && len <= 3 * 4096, "a block-granular prefix, seed {seed}");
-    /// let mut bytes = vec![0; len as usize];
-    /// assert_eq!(log.read_at(0, &mut bytes)?, bytes.len());
-    /// assert!(bytes.iter().all(|&b| b == 7), "what is there was written");
+    /// let mut bytes = vec![0; 3 * 4096];
+    /// let len = log.read_at(0, &mut bytes)?;
+    /// assert!(len.is_multiple_of(4096), "seed {seed}: cut at a block boundary, if at all");
+    /// // A prefix of the blocks written, then zeros (blocks the length covers, not the data).
+    /// let written = bytes.iter().take_while(|&&b| b == 7).count();
+    /// assert!(written.is_multiple_of(4096), "seed {seed}");
+    /// assert!(bytes[written..len].iter().all(|&b| b == 0), "seed {seed}");
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn crash_torn(&self, seed: u64) {
@@ -2005,7 +2018,29 @@ impl SimFs {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn crash_after(&self, n: u32) {
-        self.state().crash_countdown = n;
+        let mut state = self.state();
+        state.crash_countdown = n;
+        state.crash_seed = None;
+    }
+
+    /// Plans a torn power cut: as [`crash_after`](SimFs::crash_after), but the cut is a
+    /// [`crash_torn`](SimFs::crash_torn) from `seed`. `n == 0` cancels the plan.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// let file = fs.open_dir("/data".into())?.open_file("f", OpenOptions::create_new())?;
+    /// fs.crash_torn_after(2, 7);
+    /// file.write_all_at(0, &[1; 8192])?; // call 1 runs
+    /// assert!(file.sync_data().is_err()); // call 2: a torn power cut from seed 7
+    /// assert_eq!(fs.crashes(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn crash_torn_after(&self, n: u32, seed: u64) {
+        let mut state = self.state();
+        state.crash_countdown = n;
+        state.crash_seed = (n > 0).then_some(seed);
     }
 
     /// How many power cuts ([`crash`](SimFs::crash), [`crash_after`](SimFs::crash_after))

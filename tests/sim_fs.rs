@@ -1547,29 +1547,32 @@ fn crash_torn_keeps_a_block_prefix_of_unsynced_appends_over_the_synced_bytes() {
         .flat_map(|&b| vec![b; BS as usize])
         .chain(vec![9; 100])
         .collect();
-    let mut lengths = std::collections::BTreeSet::new();
-    for seed in 0..200 {
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..400 {
         let fs = torn_history();
         fs.crash_torn(seed);
         let log = bytes_at(&fs, "/home/log").expect("synced name");
+        let len = log.len();
         assert!(
-            log.len() == full.len()
-                || ((log.len() as u64).is_multiple_of(BS) && log.len() as u64 >= BS),
-            "seed {seed}: length {} is neither the live one nor a block boundary past the synced one",
-            log.len()
+            len == full.len() || (len as u64).is_multiple_of(BS) && len as u64 >= BS,
+            "seed {seed}: length {len} is neither the live one nor a block boundary past the synced one"
         );
-        assert_eq!(log[..], full[..log.len()], "seed {seed}: a prefix");
-        lengths.insert(log.len());
+        let kept = log.iter().zip(&full).take_while(|(a, b)| a == b).count();
+        assert!(
+            kept == len || (kept as u64).is_multiple_of(BS) && kept as u64 >= BS,
+            "seed {seed}: {kept} bytes as written, not whole blocks over the synced one"
+        );
+        assert!(
+            log[kept..].iter().all(|&b| b == 0),
+            "seed {seed}: after the blocks kept, zeros"
+        );
+        outcomes.insert((kept.div_ceil(BS as usize), len.div_ceil(BS as usize)));
     }
-    assert_eq!(
-        lengths.into_iter().collect::<Vec<_>>(),
-        [1, 2, 3, 4]
-            .map(|b| b * BS as usize)
-            .into_iter()
-            .chain([full.len()])
-            .collect::<Vec<_>>(),
-        "every cut, from none of the unsynced blocks to all of them"
-    );
+    // Blocks kept (of 5), blocks the length covers: every cut, with the length at the cut
+    // or the live one.
+    let expected: std::collections::BTreeSet<(usize, usize)> =
+        (1..=5).flat_map(|kept| [(kept, kept), (kept, 5)]).collect();
+    assert_eq!(outcomes, expected);
 }
 
 #[test]
