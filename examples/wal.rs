@@ -7,8 +7,9 @@
 //! record is *acknowledged* when `append` returns `Ok`. A segment past `segment_bytes` is
 //! rotated by renaming it to `wal.NNNNNN` and creating a fresh `wal`, and the directory is
 //! synced before anything goes into the new one. Recovery reads the rotated segments in
-//! order, then `wal`, stops at the first record that does not check out, and cuts a torn
-//! tail off `wal`.
+//! order, then `wal`, stops at the first record that does not check out, cuts a torn
+//! tail off `wal`, and writes `wal`'s last record again and syncs it (after a failed
+//! `fsync` in an earlier run it may be in the page cache only).
 //!
 //! What the tests hold it to: every acknowledged record survives a crash, a plain one
 //! (everything unsynced lost) or a torn one (`SimFs::crash_torn`: a seeded part of what
@@ -79,6 +80,16 @@ impl Wal {
             // A torn or unacknowledged tail: cut it (needs no space) so the next record
             // follows the last whole one.
             live.set_len(whole)?;
+        }
+        if let Some(last) = live_records.last() {
+            // The last record may have been read from the page cache only: its `fsync`
+            // failed in an earlier run, and Linux marks the pages clean after a
+            // writeback error, so no later sync writes them. Writing it again makes
+            // them dirty; the sync below makes it durable before it is returned.
+            let start = whole - (HEADER_BYTES + last.len()) as u64;
+            live.write_all_at(start, &bytes[start as usize..whole as usize])?;
+        }
+        if whole < bytes.len() as u64 || !live_records.is_empty() {
             live.sync_data()?;
         }
         records.extend(live_records);
@@ -338,6 +349,36 @@ mod tests {
         let (mut wal, got) = open(&fs, 1 << 20);
         assert_eq!(got, [b"one".to_vec(), b"two".to_vec()]);
         wal.append(b"five").unwrap();
+    }
+
+    /// A failed `fsync` leaves a record in the page cache that never reaches the disk
+    /// (Linux marks the pages clean after a writeback error). A reopen without a crash
+    /// reads it back from the cache; if the log then acknowledged records after it in
+    /// other blocks, a crash would cut them off behind the hole it leaves.
+    #[test]
+    fn records_acknowledged_after_a_reopen_that_followed_a_failed_fsync_survive() {
+        let fs = SimFs::with_home(1 << 20, HOME);
+        let (mut wal, _) = open(&fs, 1 << 20);
+        wal.append(b"one").unwrap();
+        // The second record ends the first block exactly: the next starts a new one.
+        let fills_the_block = vec![2u8; 4096 - 2 * HEADER_BYTES - 3];
+        fs.fail_next(SimOp::SyncData, libc::EIO);
+        assert_eq!(errno(wal.append(&fills_the_block)), libc::EIO);
+        drop(wal);
+        let (mut wal, got) = open(&fs, 1 << 20); // no crash: the cache still has it
+        assert_eq!(got, [b"one".to_vec(), fills_the_block.clone()]);
+        wal.append(b"after the reopen").unwrap();
+        fs.crash();
+        let (_, got) = open(&fs, 1 << 20);
+        assert_eq!(
+            got,
+            [
+                b"one".to_vec(),
+                fills_the_block,
+                b"after the reopen".to_vec()
+            ],
+            "what a reopen returned and then acknowledged is durable"
+        );
     }
 
     /// A tiny xorshift: the crash points and record sizes, reproducible by seed.

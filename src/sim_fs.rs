@@ -41,7 +41,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! A fault plan: the second `fsync` of a file fails with `EIO` and has no effect.
+//! A fault plan: the second `fsync` of a file fails with `EIO`. As on Linux after a
+//! writeback error, the bytes it should have written are dropped: they read back, but no
+//! later sync makes them durable unless they are written again.
 //!
 //! ```
 //! use disk_reserve::{HostFs, OpenOptions, SimFs, SimOp};
@@ -570,6 +572,23 @@ fn torn_file(
     torn
 }
 
+/// What a sync of a file with live state `live` leaves on the disk: `live`, but for the
+/// blocks in `lost` (dropped by a failed sync), which keep their bytes in `durable`.
+fn written_back(
+    live: &FileData,
+    durable: &FileData,
+    lost: Option<&std::collections::BTreeSet<u64>>,
+) -> FileData {
+    let mut disk = live.clone();
+    for &block in lost.into_iter().flatten() {
+        match durable.data.get(&block) {
+            Some(bytes) => disk.data.insert(block, Arc::clone(bytes)),
+            None => disk.data.remove(&block),
+        };
+    }
+    disk
+}
+
 /// One inode. Directories and files keep a live state and the state a crash returns to.
 #[derive(Debug)]
 enum Node {
@@ -682,6 +701,10 @@ struct State {
     /// Files shortened since their last sync: a torn crash ([`SimFs::crash_torn`]) brings
     /// them back whole, as synced or as live.
     shortened: std::collections::BTreeSet<u64>,
+    /// Per file, the blocks whose unsynced bytes a failed sync dropped: clean in the cache
+    /// but never written, as Linux leaves pages after a writeback error. Later syncs do
+    /// not write them; rewriting a block makes it dirty again.
+    writeback_lost: BTreeMap<u64, std::collections::BTreeSet<u64>>,
 }
 
 /// Component of a path being resolved, borrowed from the path or a symlink's target.
@@ -742,6 +765,7 @@ impl State {
             next_lock_token: 1,
             removed_dirs: std::collections::HashSet::new(),
             shortened: std::collections::BTreeSet::new(),
+            writeback_lost: BTreeMap::new(),
         }
     }
 
@@ -1252,6 +1276,7 @@ impl State {
         self.open_files.clear();
         self.removed_dirs.clear();
         self.shortened.clear();
+        self.writeback_lost.clear();
         self.generation += 1;
         self.crash_countdown = 0;
         self.crash_seed = None;
@@ -1324,6 +1349,8 @@ impl State {
             if let Node::Regular { live, durable } = node
                 && named.contains(ino)
             {
+                // Blocks a failed sync dropped never reach the disk.
+                let live = &written_back(live, durable, self.writeback_lost.get(ino));
                 *durable = if self.shortened.contains(ino) {
                     if rng.coin() {
                         live.clone()
@@ -1340,15 +1367,57 @@ impl State {
 
     /// What `syncfs(2)` does: every inode's live state becomes the state a crash returns to.
     fn sync_everything(&mut self) {
-        for node in self.nodes.values_mut() {
+        let lost = &self.writeback_lost;
+        for (ino, node) in &mut self.nodes {
             match node {
                 Node::Directory { live, durable } => durable.clone_from(live),
-                Node::Regular { live, durable } => durable.clone_from(live),
+                Node::Regular { live, durable } => {
+                    *durable = written_back(live, durable, lost.get(ino));
+                }
                 Node::Symlink { .. } | Node::Special(_) => {}
             }
         }
         self.shortened.clear();
         self.collect_garbage();
+    }
+
+    /// A successful `fsync`/`fdatasync` of `ino`: what it has becomes durable, but for the
+    /// blocks a failed one dropped ([`State::writeback_lost`]).
+    fn write_back(&mut self, ino: u64) {
+        let lost = self.writeback_lost.get(&ino).cloned();
+        if let Node::Regular { live, durable } = self.node_mut(ino) {
+            *durable = written_back(live, durable, lost.as_ref());
+        }
+        self.shortened.remove(&ino);
+    }
+
+    /// A failed `fsync`/`fdatasync` of `ino` through a handle of `generation`: the bytes
+    /// written since the last sync are dropped from writeback, as Linux marks the pages
+    /// clean after a writeback error, and the error is reported once.
+    fn sync_failed(&mut self, ino: u64, generation: u64) {
+        if generation != self.generation {
+            return; // a power cut or a stale handle: nothing was in flight
+        }
+        if let Some(Node::Regular { live, durable }) = self.nodes.get(&ino) {
+            let blocks = live.data.keys().chain(durable.data.keys()).copied();
+            let dropped: Vec<u64> = blocks
+                .filter(|b| live.data.get(b) != durable.data.get(b))
+                .collect();
+            self.writeback_lost.entry(ino).or_default().extend(dropped);
+        }
+    }
+
+    /// Blocks `[first, last)` of `ino` were written again: dirty, so a sync writes them.
+    fn redirtied(&mut self, ino: u64, first: u64, last: u64) {
+        if let Some(lost) = self.writeback_lost.get_mut(&ino) {
+            let rewritten: Vec<u64> = lost.range(first..last).copied().collect();
+            for block in rewritten {
+                lost.remove(&block);
+            }
+            if lost.is_empty() {
+                self.writeback_lost.remove(&ino);
+            }
+        }
     }
 
     /// See [`SimFs::rename`].
@@ -2821,6 +2890,7 @@ impl FileHandle for SimFile {
         }
         // The pattern is not kept: what it overwrote reads as zeros.
         file.zero(offset, written_end, block_size);
+        state.redirtied(self.ino, first, written_end.div_ceil(block_size));
         match stopped_at {
             Some(_) => Err(errno(out_of_space)),
             None => Ok(()),
@@ -2841,6 +2911,7 @@ impl FileHandle for SimFile {
         file.zero(len, file.len.max(len), block_size);
         file.len = len;
         state.free_blocks_from(self.ino, len.div_ceil(block_size));
+        state.redirtied(self.ino, len / block_size, u64::MAX);
         Ok(())
     }
 
@@ -2851,23 +2922,25 @@ impl FileHandle for SimFile {
         Ok(Some(state.shared_blocks(self.ino) * state.block_size))
     }
 
+    /// A failed one (an injected fault) drops the bytes written since the last sync from
+    /// writeback, as Linux does after a writeback error: they still read back, but a
+    /// later sync, which succeeds, does not make them durable unless they are written
+    /// again.
     fn sync_all(&self) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SyncFile)?;
-        if let Node::Regular { live, durable } = state.node_mut(self.ino) {
-            durable.clone_from(live);
-        }
-        state.shortened.remove(&self.ino);
+        let mut state = self
+            .begin(SimOp::SyncFile)
+            .inspect_err(|_| self.fs.state().sync_failed(self.ino, self.generation))?;
+        state.write_back(self.ino);
         Ok(())
     }
 
     /// As [`sync_all`](FileHandle::sync_all): the simulator has no metadata that
     /// `fdatasync` would leave behind.
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SyncData)?;
-        if let Node::Regular { live, durable } = state.node_mut(self.ino) {
-            durable.clone_from(live);
-        }
-        state.shortened.remove(&self.ino);
+        let mut state = self
+            .begin(SimOp::SyncData)
+            .inspect_err(|_| self.fs.state().sync_failed(self.ino, self.generation))?;
+        state.write_back(self.ino);
         Ok(())
     }
 
@@ -2926,6 +2999,7 @@ impl FileHandle for SimFile {
         let written = (written_end - offset) as usize;
         file.store(offset, &buf[..written], block_size);
         file.len = file.len.max(written_end);
+        state.redirtied(ino, first, written_end.div_ceil(block_size));
         Ok(written)
     }
 }

@@ -1653,3 +1653,56 @@ fn crash_torn_brings_a_shortened_file_back_whole() {
     }
     assert_eq!(seen.len(), 2, "as synced or as live: {seen:?}");
 }
+
+// ---- a failed fsync ----
+
+#[test]
+fn a_failed_fsync_drops_the_unsynced_bytes_and_a_retry_does_not_make_them_durable() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+    file.write_all_at(0, b"synced.").unwrap();
+    file.sync_all().unwrap();
+    data.sync().unwrap();
+    file.write_all_at(7, b" dropped.").unwrap();
+    fs.fail_next(SimOp::SyncData, libc::EIO);
+    assert_eq!(errno(file.sync_data()), libc::EIO);
+    file.sync_data().expect("the error is reported once");
+    assert_eq!(
+        bytes_at(&fs, "/home/f").unwrap(),
+        b"synced. dropped.",
+        "the cache still has them"
+    );
+    fs.crash();
+    let file = dir(&fs, "/home")
+        .open_file("f", OpenOptions::read_write())
+        .unwrap();
+    assert_eq!(
+        read_all(&*file),
+        b"synced.\0\0\0\0\0\0\0\0\0",
+        "the length was written back, the dropped bytes never were"
+    );
+}
+
+#[test]
+fn bytes_written_again_after_a_failed_fsync_are_made_durable() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+    data.sync().unwrap();
+    file.write_all_at(0, &[1; 2 * BS as usize]).unwrap();
+    fs.fail_next(SimOp::SyncFile, libc::EIO);
+    assert_eq!(errno(file.sync_all()), libc::EIO);
+    file.write_all_at(BS, &[2; BS as usize]).unwrap(); // block 1 dirty again
+    data.sync_fs().unwrap(); // syncfs does not write block 0 either
+    fs.crash();
+    let bytes = bytes_at(&fs, "/home/f").unwrap();
+    assert!(
+        bytes[..BS as usize].iter().all(|&b| b == 0),
+        "block 0 stayed dropped"
+    );
+    assert!(
+        bytes[BS as usize..].iter().all(|&b| b == 2),
+        "block 1 was written again"
+    );
+}
