@@ -1928,7 +1928,9 @@ impl SimFs {
     }
 
     /// Makes the `n`-th next call of `op` (1-based, counting from now) fail with `errno`
-    /// and have no effect. Several plans may be pending; when two fall on the same call,
+    /// and have no effect — but for a failed [`sync_all`](FileHandle::sync_all) or
+    /// [`sync_data`](FileHandle::sync_data), which drops the bytes it should have written
+    /// from writeback, as Linux does. Several plans may be pending; when two fall on the same call,
     /// the one made first gives the errno and both are used up.
     ///
     /// ```

@@ -1706,3 +1706,29 @@ fn bytes_written_again_after_a_failed_fsync_are_made_durable() {
         "block 1 was written again"
     );
 }
+
+#[test]
+fn crash_torn_after_cuts_power_on_the_nth_call_with_a_tear() {
+    let mut kept = 0;
+    for seed in 0..50 {
+        let fs = home();
+        let data = dir(&fs, "/home");
+        let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+        data.sync().unwrap();
+        fs.crash_torn_after(2, seed);
+        file.write_all_at(0, b"unsynced").unwrap(); // call 1
+        assert_eq!(errno(file.sync_data()), libc::EIO, "call 2: the cut");
+        assert_eq!(fs.crashes(), 1);
+        let bytes = bytes_at(&fs, "/home/f").unwrap();
+        assert!(
+            bytes.is_empty() || bytes == b"unsynced" || bytes == [0; 8],
+            "seed {seed}: {bytes:?}"
+        );
+        kept += usize::from(bytes == b"unsynced");
+        file.write_all_at(0, b"x").unwrap_err(); // a handle from before the cut
+    }
+    assert!(
+        (1..50).contains(&kept),
+        "some seeds keep the write, some do not: {kept}"
+    );
+}
