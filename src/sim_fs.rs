@@ -10,7 +10,8 @@
 //! ([`SimFs::snapshot_file`], [`SimFs::reflink`]), one whose frees show late
 //! ([`SimFs::set_late_frees`]), one whose operations fail with a chosen errno on the Nth call,
 //! one that other writers fill between any two calls, and one that crashes and forgets
-//! whatever was not fsynced. It returns the errnos the Linux kernel returns.
+//! whatever was not fsynced ([`SimFs::crash`]) or keeps a seeded part of it
+//! ([`SimFs::crash_torn`]). It returns the errnos the Linux kernel returns.
 //!
 //! Memory does not grow with simulated sizes: a file is a length, a set of allocated
 //! block ranges and the blocks a caller wrote with [`FileHandle::write_at`], so a 1 PiB
