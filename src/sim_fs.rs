@@ -1387,7 +1387,10 @@ impl State {
     fn write_back(&mut self, ino: u64) {
         let lost = self.writeback_lost.get(&ino).cloned();
         if let Node::Regular { live, durable } = self.node_mut(ino) {
-            *durable = written_back(live, durable, lost.as_ref());
+            match lost {
+                None => durable.clone_from(live),
+                Some(lost) => *durable = written_back(live, durable, Some(&lost)),
+            }
         }
         self.shortened.remove(&ino);
     }
