@@ -511,7 +511,7 @@ impl SplitMix64 {
 
 /// A file after a torn crash: the durable state `durable` with a seeded prefix (in block
 /// order) of the blocks that differ in `live` written over it, and the length the writes
-/// of those blocks left or the live one. A file that lost blocks or length since its sync comes back whole,
+/// of those blocks left, or the live length and allocation. A file that lost blocks or length since its sync comes back whole,
 /// as synced or as live: a truncation is one journalled step, and a mix of old and new
 /// blocks after one is no state a disk can hold. (A file shortened and grown back since is
 /// caught by [`State::shortened`] before this.)
@@ -563,10 +563,15 @@ fn torn_file(
     }
     // The length a write reached when it had written the kept blocks and not the next
     // (the start of the first block not kept, within the synced and the live length), or
-    // the live length: the size reached the disk before the data, as with ext4's
-    // `data=writeback`; the blocks not kept then read as synced (zeros if new).
-    let cut = (differing[kept] * block_size).clamp(durable.len, live.len);
-    torn.len = if rng.coin() { live.len } else { cut };
+    // the live length and allocation: the metadata reached the disk before the data, as
+    // ext4's `data=writeback` and XFS allow; the blocks not kept then read as synced
+    // (zeros where new). Never a hole the live file did not have.
+    if rng.coin() {
+        torn.len = live.len;
+        torn.blocks = live.blocks.clone();
+    } else {
+        torn.len = (differing[kept] * block_size).clamp(durable.len, live.len);
+    }
     // Bytes past the length of its last block read as zeros.
     let len = torn.len;
     torn.zero(len, len.next_multiple_of(block_size), block_size);
@@ -2032,10 +2037,12 @@ impl SimFs {
     ///   order, of the blocks whose allocation or bytes changed since (none, some, or
     ///   all), over its synced blocks; its length is the live one when every changed
     ///   block is kept, else either the start of the first block not kept (within the
-    ///   synced and the live length) or the live one, the size having reached the disk
-    ///   before the data (as ext4's `data=writeback` allows). So an appended record can
-    ///   come back cut at a block boundary, or with its length but the synced bytes
-    ///   (zeros where the file was new) in the blocks not kept.
+    ///   synced and the live length) or the live length with the live allocation, the
+    ///   metadata having reached the disk before the data (as ext4's `data=writeback`
+    ///   and XFS allow). So an appended record can come back cut at a block boundary,
+    ///   or with its length but the synced bytes (zeros where the file was new) in the
+    ///   blocks not kept; a block is never left unallocated under the length unless the
+    ///   live file had a hole there.
     /// * A file shortened since its sync comes back whole as synced or as live.
     /// * Unsynced directory changes are kept or dropped in groups: every change naming
     ///   one inode (its create, its unlink, both names of a rename) goes together, and a

@@ -1566,6 +1566,11 @@ fn crash_torn_keeps_a_block_prefix_of_unsynced_appends_over_the_synced_bytes() {
             log[kept..].iter().all(|&b| b == 0),
             "seed {seed}: after the blocks kept, zeros"
         );
+        assert_eq!(
+            allocated(&fs, "/home/log"),
+            (len as u64).div_ceil(BS) * BS,
+            "seed {seed}: no hole under the length (the live file had none)"
+        );
         outcomes.insert((kept.div_ceil(BS as usize), len.div_ceil(BS as usize)));
     }
     // Blocks kept (of 5), blocks the length covers: every cut, with the length at the cut
