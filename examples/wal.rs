@@ -50,7 +50,9 @@ impl Wal {
     /// oldest first.
     ///
     /// # Errors
-    /// Listing, reading, cutting a torn tail or creating the live segment failed.
+    /// Listing, reading, cutting a torn tail, writing the last record again (on a
+    /// copy-on-write filesystem that needs free space) or syncing it, or creating the
+    /// live segment failed.
     pub fn open(dir: Box<dyn DirHandle>, segment_bytes: u64) -> io::Result<(Wal, Vec<Vec<u8>>)> {
         let mut rotated: Vec<u64> = dir
             .read_dir()?
