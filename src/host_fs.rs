@@ -541,8 +541,9 @@ pub trait DirHandle: Send + Sync + fmt::Debug {
     }
 
     /// Asks the filesystem to make pending work visible — `syncfs(2)`: btrfs frees
-    /// unlinked extents at the transaction commit it forces. The default body does
-    /// nothing.
+    /// unlinked extents at the transaction commit it forces. Like `syncfs(2)`, it also
+    /// makes every file's data and every directory change on the filesystem durable
+    /// (`SimFs` does too). The default body does nothing.
     ///
     /// # Errors
     /// `EIO`.

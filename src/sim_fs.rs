@@ -10,7 +10,8 @@
 //! ([`SimFs::snapshot_file`], [`SimFs::reflink`]), one whose frees show late
 //! ([`SimFs::set_late_frees`]), one whose operations fail with a chosen errno on the Nth call,
 //! one that other writers fill between any two calls, and one that crashes and forgets
-//! whatever was not fsynced. It returns the errnos the Linux kernel returns.
+//! whatever was not fsynced ([`SimFs::crash`]) or keeps a seeded part of it
+//! ([`SimFs::crash_torn`]). It returns the errnos the Linux kernel returns.
 //!
 //! Memory does not grow with simulated sizes: a file is a length, a set of allocated
 //! block ranges and the blocks a caller wrote with [`FileHandle::write_at`], so a 1 PiB
@@ -41,7 +42,9 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! A fault plan: the second `fsync` of a file fails with `EIO` and has no effect.
+//! A fault plan: the second `fsync` of a file fails with `EIO`. As on Linux after a
+//! writeback error, the bytes it should have written are dropped: they read back, but no
+//! later sync makes them durable unless they are written again.
 //!
 //! ```
 //! use disk_reserve::{HostFs, OpenOptions, SimFs, SimOp};
@@ -96,8 +99,9 @@
 //! # Not modelled
 //!
 //! Permissions and ownership (no `EACCES`), inode limits, timestamps, the fill pattern
-//! (reads of [`write_fill`](FileHandle::write_fill)'s blocks give zeros), torn writes (a
-//! crash keeps a file exactly as it was at its last sync), directories' own blocks
+//! (reads of [`write_fill`](FileHandle::write_fill)'s blocks give zeros), tears inside a
+//! block ([`crash`](SimFs::crash) keeps a file exactly as it was at its last sync;
+//! [`crash_torn`](SimFs::crash_torn) tears at block granularity), directories' own blocks
 //! (directories and symlinks take no space), and directories' link counts (1, as btrfs reports them). A
 //! trailing `/` in a setup path is treated as a trailing `/.`.
 //!
@@ -481,6 +485,117 @@ impl FileData {
     }
 }
 
+/// SplitMix64: the small seeded generator of [`SimFs::crash_torn`].
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=n`.
+    fn up_to(&mut self, n: u64) -> u64 {
+        match n.checked_add(1) {
+            Some(bound) => self.next() % bound,
+            None => self.next(),
+        }
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// A file after a torn crash: the durable state `durable` with a seeded prefix (in block
+/// order) of the blocks that differ in `live` written over it, and the length the writes
+/// of those blocks left, or the live length and allocation. A file that lost blocks or length since its sync comes back whole,
+/// as synced or as live: a truncation is one journalled step, and a mix of old and new
+/// blocks after one is no state a disk can hold. (A file shortened and grown back since is
+/// caught by [`State::shortened`] before this.)
+fn torn_file(
+    durable: &FileData,
+    live: &FileData,
+    block_size: u64,
+    rng: &mut SplitMix64,
+) -> FileData {
+    if durable == live {
+        return durable.clone();
+    }
+    let shrunk = live.len < durable.len
+        || durable
+            .blocks
+            .0
+            .iter()
+            .any(|(&start, &end)| !live.blocks.gaps(start, end).is_empty());
+    if shrunk {
+        return if rng.coin() {
+            live.clone()
+        } else {
+            durable.clone()
+        };
+    }
+    // The blocks whose allocation or bytes differ, in order. Growth only: every block
+    // `durable` has, `live` has too.
+    let mut differing: Vec<u64> = Vec::new();
+    for (&start, &end) in &live.blocks.0 {
+        for (gap_start, gap_end) in durable.blocks.gaps(start, end) {
+            differing.extend(gap_start..gap_end);
+        }
+    }
+    let blocks_with_data = live.data.keys().chain(durable.data.keys()).copied();
+    differing.extend(blocks_with_data.filter(|b| live.data.get(b) != durable.data.get(b)));
+    differing.sort_unstable();
+    differing.dedup();
+    let kept = rng.up_to(differing.len() as u64) as usize;
+    if kept == differing.len() {
+        return live.clone();
+    }
+    let mut torn = durable.clone();
+    for &block in &differing[..kept] {
+        torn.blocks.insert(block, block + 1);
+        match live.data.get(&block) {
+            Some(bytes) => torn.data.insert(block, Arc::clone(bytes)),
+            None => torn.data.remove(&block),
+        };
+    }
+    // The length a write reached when it had written the kept blocks and not the next
+    // (the start of the first block not kept, within the synced and the live length), or
+    // the live length and allocation: the metadata reached the disk before the data, as
+    // ext4's `data=writeback` and XFS allow; the blocks not kept then read as synced
+    // (zeros where new). Never a hole the live file did not have.
+    if rng.coin() {
+        torn.len = live.len;
+        torn.blocks = live.blocks.clone();
+    } else {
+        torn.len = (differing[kept] * block_size).clamp(durable.len, live.len);
+    }
+    // Bytes past the length of its last block read as zeros.
+    let len = torn.len;
+    torn.zero(len, len.next_multiple_of(block_size), block_size);
+    torn
+}
+
+/// What a sync of a file with live state `live` leaves on the disk: `live`, but for the
+/// blocks in `lost` (dropped by a failed sync), which keep their bytes in `durable`.
+fn written_back(
+    live: &FileData,
+    durable: &FileData,
+    lost: Option<&std::collections::BTreeSet<u64>>,
+) -> FileData {
+    let mut disk = live.clone();
+    for &block in lost.into_iter().flatten() {
+        match durable.data.get(&block) {
+            Some(bytes) => disk.data.insert(block, Arc::clone(bytes)),
+            None => disk.data.remove(&block),
+        };
+    }
+    disk
+}
+
 /// One inode. Directories and files keep a live state and the state a crash returns to.
 #[derive(Debug)]
 enum Node {
@@ -559,6 +674,9 @@ struct State {
     generation: u64,
     /// Calls left before a planned power cut ([`SimFs::crash_after`]; 0: none).
     crash_countdown: u32,
+    /// The seed of a planned torn power cut ([`SimFs::crash_torn_after`]); `None`: a
+    /// plain one.
+    crash_seed: Option<u64>,
     /// The largest free space a `space` call returned since it was last taken, plus one.
     max_free_reported: u64,
     /// Frees show in `space` late ([`SimFs::set_late_frees`]).
@@ -587,6 +705,13 @@ struct State {
     /// Directories whose name was removed (`rmdir`, or a rename over them): their handles
     /// can no longer create or find anything, as the kernel's dead directories.
     removed_dirs: std::collections::HashSet<u64>,
+    /// Files shortened since their last sync: a torn crash ([`SimFs::crash_torn`]) brings
+    /// them back whole, as synced or as live.
+    shortened: std::collections::BTreeSet<u64>,
+    /// Per file, the blocks whose unsynced bytes a failed sync dropped: clean in the cache
+    /// but never written, as Linux leaves pages after a writeback error. Later syncs do
+    /// not write them; rewriting a block makes it dirty again.
+    writeback_lost: BTreeMap<u64, std::collections::BTreeSet<u64>>,
 }
 
 /// Component of a path being resolved, borrowed from the path or a symlink's target.
@@ -632,6 +757,7 @@ impl State {
             open_files: HashMap::new(),
             generation: 0,
             crash_countdown: 0,
+            crash_seed: None,
             max_free_reported: 0,
             pending_move: None,
             moves: 0,
@@ -645,6 +771,8 @@ impl State {
             locks: HashMap::new(),
             next_lock_token: 1,
             removed_dirs: std::collections::HashSet::new(),
+            shortened: std::collections::BTreeSet::new(),
+            writeback_lost: BTreeMap::new(),
         }
     }
 
@@ -904,7 +1032,10 @@ impl State {
         if self.crash_countdown > 0 {
             self.crash_countdown -= 1;
             if self.crash_countdown == 0 {
-                self.crash();
+                match self.crash_seed.take() {
+                    Some(seed) => self.crash_torn(seed),
+                    None => self.crash(),
+                }
                 return Err(errno(libc::EIO));
             }
         }
@@ -1151,11 +1282,152 @@ impl State {
         }
         self.open_files.clear();
         self.removed_dirs.clear();
+        self.shortened.clear();
+        self.writeback_lost.clear();
         self.generation += 1;
         self.crash_countdown = 0;
+        self.crash_seed = None;
         self.collect_garbage();
         self.locks.clear();
         tracing::debug!(inodes = self.nodes.len(), "sim_fs: crash");
+    }
+
+    /// See [`SimFs::crash_torn`]: makes a seeded mix of each inode's durable and live
+    /// states durable, then crashes.
+    fn crash_torn(&mut self, seed: u64) {
+        let mut rng = SplitMix64(seed);
+        // Directory changes, grouped: every change naming an inode (before or after) is in
+        // that inode's group, and a change naming two inodes (a rename over a name) joins
+        // their groups; a group is kept or dropped whole.
+        let mut changes: Vec<(u64, String, Option<u64>, Option<u64>)> = Vec::new();
+        for (&dir, node) in &self.nodes {
+            if let Node::Directory { live, durable } = node {
+                for name in live.keys().chain(durable.keys()) {
+                    let (was, is) = (durable.get(name).copied(), live.get(name).copied());
+                    if was != is {
+                        changes.push((dir, name.clone(), was, is));
+                    }
+                }
+            }
+        }
+        changes.sort();
+        changes.dedup();
+        let mut group: BTreeMap<u64, u64> = BTreeMap::new();
+        fn root(group: &mut BTreeMap<u64, u64>, ino: u64) -> u64 {
+            let parent = *group.entry(ino).or_insert(ino);
+            if parent == ino {
+                return ino;
+            }
+            let top = root(group, parent);
+            group.insert(ino, top);
+            top
+        }
+        for (_, _, was, is) in &changes {
+            if let (Some(a), Some(b)) = (was, is) {
+                let (a, b) = (root(&mut group, *a), root(&mut group, *b));
+                group.insert(a.max(b), a.min(b));
+            }
+        }
+        let mut kept: BTreeMap<u64, bool> = BTreeMap::new();
+        for (dir, name, was, is) in changes {
+            let top = root(&mut group, is.or(was).expect("a change names an inode"));
+            if *kept.entry(top).or_insert_with(|| rng.coin())
+                && let Some(Node::Directory { durable, .. }) = self.nodes.get_mut(&dir)
+            {
+                match is {
+                    Some(ino) => durable.insert(name, ino),
+                    None => durable.remove(&name),
+                };
+            }
+        }
+        // A file with no live name: its data as synced (what it had before its unlink
+        // may have reached the disk or not; the live state is already freed).
+        let named: std::collections::BTreeSet<u64> = self
+            .nodes
+            .values()
+            .filter_map(|node| match node {
+                Node::Directory { live, .. } => Some(live.values().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let block_size = self.block_size;
+        for (ino, node) in &mut self.nodes {
+            if let Node::Regular { live, durable } = node
+                && named.contains(ino)
+            {
+                // Blocks a failed sync dropped never reach the disk.
+                let live = &written_back(live, durable, self.writeback_lost.get(ino));
+                *durable = if self.shortened.contains(ino) {
+                    if rng.coin() {
+                        live.clone()
+                    } else {
+                        durable.clone()
+                    }
+                } else {
+                    torn_file(durable, live, block_size, &mut rng)
+                };
+            }
+        }
+        self.crash();
+    }
+
+    /// What `syncfs(2)` does: every inode's live state becomes the state a crash returns to.
+    fn sync_everything(&mut self) {
+        let lost = &self.writeback_lost;
+        for (ino, node) in &mut self.nodes {
+            match node {
+                Node::Directory { live, durable } => durable.clone_from(live),
+                Node::Regular { live, durable } => {
+                    *durable = written_back(live, durable, lost.get(ino));
+                }
+                Node::Symlink { .. } | Node::Special(_) => {}
+            }
+        }
+        self.shortened.clear();
+        self.collect_garbage();
+    }
+
+    /// A successful `fsync`/`fdatasync` of `ino`: what it has becomes durable, but for the
+    /// blocks a failed one dropped ([`State::writeback_lost`]).
+    fn write_back(&mut self, ino: u64) {
+        let lost = self.writeback_lost.get(&ino).cloned();
+        if let Node::Regular { live, durable } = self.node_mut(ino) {
+            match lost {
+                None => durable.clone_from(live),
+                Some(lost) => *durable = written_back(live, durable, Some(&lost)),
+            }
+        }
+        self.shortened.remove(&ino);
+    }
+
+    /// A failed `fsync`/`fdatasync` of `ino` through a handle of `generation`: the bytes
+    /// written since the last sync are dropped from writeback, as Linux marks the pages
+    /// clean after a writeback error, and the error is reported once.
+    fn sync_failed(&mut self, ino: u64, generation: u64) {
+        if generation != self.generation {
+            return; // a power cut or a stale handle: nothing was in flight
+        }
+        if let Some(Node::Regular { live, durable }) = self.nodes.get(&ino) {
+            let blocks = live.data.keys().chain(durable.data.keys()).copied();
+            let dropped: Vec<u64> = blocks
+                .filter(|b| live.data.get(b) != durable.data.get(b))
+                .collect();
+            self.writeback_lost.entry(ino).or_default().extend(dropped);
+        }
+    }
+
+    /// Blocks `[first, last)` of `ino` were written again: dirty, so a sync writes them.
+    fn redirtied(&mut self, ino: u64, first: u64, last: u64) {
+        if let Some(lost) = self.writeback_lost.get_mut(&ino) {
+            let rewritten: Vec<u64> = lost.range(first..last).copied().collect();
+            for block in rewritten {
+                lost.remove(&block);
+            }
+            if lost.is_empty() {
+                self.writeback_lost.remove(&ino);
+            }
+        }
     }
 
     /// See [`SimFs::rename`].
@@ -1666,7 +1938,9 @@ impl SimFs {
     }
 
     /// Makes the `n`-th next call of `op` (1-based, counting from now) fail with `errno`
-    /// and have no effect. Several plans may be pending; when two fall on the same call,
+    /// and have no effect — but for a failed [`sync_all`](FileHandle::sync_all) or
+    /// [`sync_data`](FileHandle::sync_data), which drops the bytes it should have written
+    /// from writeback, as Linux does. Several plans may be pending; when two fall on the same call,
     /// the one made first gives the errno and both are used up.
     ///
     /// ```
@@ -1753,6 +2027,63 @@ impl SimFs {
         self.inner.lock_released.notify_all();
     }
 
+    /// A power cut that tears, from `seed`: besides what [`crash`](SimFs::crash) keeps,
+    /// some of what was not synced made it to the disk, as the kernel's writeback and
+    /// journal commits may have written it on their own. The same seed on the same
+    /// history gives the same disk; print the seed of a failing crash test to replay it.
+    ///
+    /// What it generates:
+    ///
+    /// * Each file not shortened since its last sync keeps a seeded prefix, in block
+    ///   order, of the blocks whose allocation or bytes changed since (none, some, or
+    ///   all), over its synced blocks; its length is the live one when every changed
+    ///   block is kept, else either the start of the first block not kept (within the
+    ///   synced and the live length) or the live length with the live allocation, the
+    ///   metadata having reached the disk before the data (as ext4's `data=writeback`
+    ///   and XFS allow). So an appended record can come back cut at a block boundary,
+    ///   or with its length but the synced bytes (zeros where the file was new) in the
+    ///   blocks not kept; a block is never left unallocated under the length unless the
+    ///   live file had a hole there.
+    /// * A file shortened since its sync comes back whole as synced or as live.
+    /// * Unsynced directory changes are kept or dropped in groups: every change naming
+    ///   one inode (its create, its unlink, both names of a rename) goes together, and a
+    ///   rename over a name joins the two inodes' groups. Each inode so ends up with the
+    ///   names it had at the last sync or the live ones, never both: a directory never
+    ///   appears twice or inside itself.
+    ///
+    /// What it does not generate: a tear inside a block (a sector), bytes that were
+    /// never written (garbage in a block allocated but not written), and the orders a
+    /// journal forbids: groups are independent, so a later change can be kept while an
+    /// earlier one is dropped, which ext4's and XFS's journals (committing in order)
+    /// would not allow, but a filesystem without one, such as ext2, might.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// let data = fs.open_dir("/data".into())?;
+    /// let log = data.open_file("log", OpenOptions::create_new())?;
+    /// log.sync_all()?;
+    /// data.sync()?;
+    /// log.write_all_at(0, &[7; 3 * 4096])?; // three blocks, never synced
+    ///
+    /// let seed = 42;
+    /// fs.crash_torn(seed);
+    /// let log = fs.open_dir("/data".into())?.open_file("log", OpenOptions::read())?;
+    /// let mut bytes = vec![0; 3 * 4096];
+    /// let len = log.read_at(0, &mut bytes)?;
+    /// assert!(len.is_multiple_of(4096), "seed {seed}: cut at a block boundary, if at all");
+    /// // A prefix of the blocks written, then zeros (blocks the length covers, not the data).
+    /// let written = bytes.iter().take_while(|&&b| b == 7).count();
+    /// assert!(written.is_multiple_of(4096), "seed {seed}");
+    /// assert!(bytes[written..len].iter().all(|&b| b == 0), "seed {seed}");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn crash_torn(&self, seed: u64) {
+        self.state().crash_torn(seed);
+        self.inner.lock_released.notify_all();
+    }
+
     /// Plans a power cut: the `n`-th next call of any operation (1-based) crashes the
     /// filesystem as [`crash`](SimFs::crash) does instead of running, and fails with `EIO`;
     /// handles opened before it fail with `EIO` from then on, as a dead process's would.
@@ -1770,7 +2101,29 @@ impl SimFs {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn crash_after(&self, n: u32) {
-        self.state().crash_countdown = n;
+        let mut state = self.state();
+        state.crash_countdown = n;
+        state.crash_seed = None;
+    }
+
+    /// Plans a torn power cut: as [`crash_after`](SimFs::crash_after), but the cut is a
+    /// [`crash_torn`](SimFs::crash_torn) from `seed`. `n == 0` cancels the plan.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// let file = fs.open_dir("/data".into())?.open_file("f", OpenOptions::create_new())?;
+    /// fs.crash_torn_after(2, 7);
+    /// file.write_all_at(0, &[1; 8192])?; // call 1 runs
+    /// assert!(file.sync_data().is_err()); // call 2: a torn power cut from seed 7
+    /// assert_eq!(fs.crashes(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn crash_torn_after(&self, n: u32, seed: u64) {
+        let mut state = self.state();
+        state.crash_countdown = n;
+        state.crash_seed = (n > 0).then_some(seed);
     }
 
     /// How many power cuts ([`crash`](SimFs::crash), [`crash_after`](SimFs::crash_after))
@@ -2375,10 +2728,16 @@ impl DirHandle for SimDir {
         Ok(FsKind::Other(SIM_MAGIC))
     }
 
-    /// Shows every pending free ([`SimFs::set_late_frees`]).
-    /// Not counted and never faulted.
+    /// As `syncfs(2)`: makes the whole filesystem durable — every file's length, blocks
+    /// and bytes and every directory's entries, as if each were fsynced — and shows every
+    /// pending free ([`SimFs::set_late_frees`]). Not counted and never faulted; `EIO`
+    /// through a handle from before a crash.
     fn sync_fs(&self) -> io::Result<()> {
         let mut state = self.fs.state();
+        if self.generation != state.generation {
+            return Err(errno(libc::EIO));
+        }
+        state.sync_everything();
         state.pending_free = 0;
         state.pending_seen = false;
         Ok(())
@@ -2545,6 +2904,7 @@ impl FileHandle for SimFile {
         }
         // The pattern is not kept: what it overwrote reads as zeros.
         file.zero(offset, written_end, block_size);
+        state.redirtied(self.ino, first, written_end.div_ceil(block_size));
         match stopped_at {
             Some(_) => Err(errno(out_of_space)),
             None => Ok(()),
@@ -2556,12 +2916,16 @@ impl FileHandle for SimFile {
         if len > MAX_FILE_BYTES {
             return Err(errno(libc::EINVAL));
         }
+        if len < state.file_mut(self.ino).len {
+            state.shortened.insert(self.ino);
+        }
         let block_size = state.block_size;
         let file = state.file_mut(self.ino);
         // Bytes cut off read as zeros if the file grows back over them, as on the kernel.
         file.zero(len, file.len.max(len), block_size);
         file.len = len;
         state.free_blocks_from(self.ino, len.div_ceil(block_size));
+        state.redirtied(self.ino, len / block_size, u64::MAX);
         Ok(())
     }
 
@@ -2572,21 +2936,25 @@ impl FileHandle for SimFile {
         Ok(Some(state.shared_blocks(self.ino) * state.block_size))
     }
 
+    /// A failed one (an injected fault) drops the bytes written since the last sync from
+    /// writeback, as Linux does after a writeback error: they still read back, but a
+    /// later sync, which succeeds, does not make them durable unless they are written
+    /// again.
     fn sync_all(&self) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SyncFile)?;
-        if let Node::Regular { live, durable } = state.node_mut(self.ino) {
-            durable.clone_from(live);
-        }
+        let mut state = self
+            .begin(SimOp::SyncFile)
+            .inspect_err(|_| self.fs.state().sync_failed(self.ino, self.generation))?;
+        state.write_back(self.ino);
         Ok(())
     }
 
     /// As [`sync_all`](FileHandle::sync_all): the simulator has no metadata that
     /// `fdatasync` would leave behind.
     fn sync_data(&self) -> io::Result<()> {
-        let mut state = self.begin(SimOp::SyncData)?;
-        if let Node::Regular { live, durable } = state.node_mut(self.ino) {
-            durable.clone_from(live);
-        }
+        let mut state = self
+            .begin(SimOp::SyncData)
+            .inspect_err(|_| self.fs.state().sync_failed(self.ino, self.generation))?;
+        state.write_back(self.ino);
         Ok(())
     }
 
@@ -2645,6 +3013,7 @@ impl FileHandle for SimFile {
         let written = (written_end - offset) as usize;
         file.store(offset, &buf[..written], block_size);
         file.len = file.len.max(written_end);
+        state.redirtied(ino, first, written_end.div_ceil(block_size));
         Ok(written)
     }
 }

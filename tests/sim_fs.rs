@@ -1455,3 +1455,302 @@ fn a_block_both_snapshotted_and_reflinked_counts_once() {
     assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(16 * BS));
     assert_eq!(fs.snapshot().shared_bytes_of("/home/a"), 16 * BS);
 }
+
+// ---- syncfs ----
+
+/// An unsynced write to a synced file and an unsynced create, in a subdirectory; with
+/// `sync_fs` before the crash or not.
+fn unsynced_write_and_create_then_crash(sync_fs: bool) -> (Vec<u8>, Option<Vec<u8>>, bool) {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let wal = data.open_file("wal", OpenOptions::create_new()).unwrap();
+    wal.write_all_at(0, b"old").unwrap();
+    wal.sync_all().unwrap();
+    data.sync().unwrap();
+    wal.write_all_at(0, b"NEW and longer").unwrap(); // not fsynced
+    let created = data
+        .open_file("created", OpenOptions::create_new())
+        .unwrap();
+    created.write_all_at(0, b"fresh").unwrap(); // neither it nor /home synced
+    data.create_dir("sub").unwrap();
+    if sync_fs {
+        data.sync_fs().unwrap();
+    }
+    fs.crash();
+    let data = dir(&fs, "/home");
+    let wal = read_all(&*data.open_file("wal", OpenOptions::read()).unwrap());
+    let created = data
+        .open_file("created", OpenOptions::read())
+        .ok()
+        .map(|file| read_all(&*file));
+    (wal, created, data.probe("sub").unwrap().is_some())
+}
+
+#[test]
+fn sync_fs_makes_every_file_and_directory_durable_as_syncfs_does() {
+    assert_eq!(
+        unsynced_write_and_create_then_crash(true),
+        (b"NEW and longer".to_vec(), Some(b"fresh".to_vec()), true),
+        "syncfs(2) writes back every file's data and every directory change"
+    );
+    assert_eq!(
+        unsynced_write_and_create_then_crash(false),
+        (b"old".to_vec(), None, false),
+        "without it the crash loses all three"
+    );
+}
+
+#[test]
+fn sync_fs_through_a_handle_from_before_a_crash_is_eio() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    fs.crash();
+    assert_eq!(errno(data.sync_fs()), libc::EIO);
+}
+
+// ---- torn crashes ----
+
+/// Bytes of `path` after a crash, `None` when it is gone.
+fn bytes_at(fs: &SimFs, path: &str) -> Option<Vec<u8>> {
+    let (parent, name) = path.rsplit_once('/').unwrap();
+    let file = dir(fs, parent).open_file(name, OpenOptions::read()).ok()?;
+    Some(read_all(&*file))
+}
+
+/// A synced 1-block log, then 3 more blocks and a partial one appended, unsynced; an
+/// unsynced create and an unsynced rename of a synced directory (with a synced entry) in
+/// the home directory.
+fn torn_history() -> SimFs {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let log = data.open_file("log", OpenOptions::create_new()).unwrap();
+    log.write_all_at(0, &[1; BS as usize]).unwrap();
+    log.sync_all().unwrap();
+    data.create_dir("a").unwrap();
+    data.create_dir("b").unwrap();
+    data.sync().unwrap();
+    for i in 0..3u8 {
+        log.write_all_at(BS * (1 + u64::from(i)), &[2 + i; BS as usize])
+            .unwrap();
+    }
+    log.write_all_at(4 * BS, &[9; 100]).unwrap();
+    let b = data.open_subdir("b").unwrap();
+    b.create_dir("inner").unwrap();
+    b.sync().unwrap();
+    data.create_dir("c").unwrap();
+    data.rename("b", "moved").unwrap();
+    fs
+}
+
+#[test]
+fn crash_torn_is_reproducible_from_its_seed() {
+    for seed in 0..50 {
+        let (one, two) = (torn_history(), torn_history());
+        one.crash_torn(seed);
+        two.crash_torn(seed);
+        assert_eq!(one.snapshot(), two.snapshot(), "seed {seed}");
+        assert_eq!(
+            bytes_at(&one, "/home/log"),
+            bytes_at(&two, "/home/log"),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn crash_torn_keeps_a_block_prefix_of_unsynced_appends_over_the_synced_bytes() {
+    let full: Vec<u8> = [1u8, 2, 3, 4]
+        .iter()
+        .flat_map(|&b| vec![b; BS as usize])
+        .chain(vec![9; 100])
+        .collect();
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..400 {
+        let fs = torn_history();
+        fs.crash_torn(seed);
+        let log = bytes_at(&fs, "/home/log").expect("synced name");
+        let len = log.len();
+        assert!(
+            len == full.len() || (len as u64).is_multiple_of(BS) && len as u64 >= BS,
+            "seed {seed}: length {len} is neither the live one nor a block boundary past the synced one"
+        );
+        let kept = log.iter().zip(&full).take_while(|(a, b)| a == b).count();
+        assert!(
+            kept == len || (kept as u64).is_multiple_of(BS) && kept as u64 >= BS,
+            "seed {seed}: {kept} bytes as written, not whole blocks over the synced one"
+        );
+        assert!(
+            log[kept..].iter().all(|&b| b == 0),
+            "seed {seed}: after the blocks kept, zeros"
+        );
+        assert_eq!(
+            allocated(&fs, "/home/log"),
+            (len as u64).div_ceil(BS) * BS,
+            "seed {seed}: no hole under the length (the live file had none)"
+        );
+        outcomes.insert((kept.div_ceil(BS as usize), len.div_ceil(BS as usize)));
+    }
+    // Blocks kept (of 5), blocks the length covers: every cut, with the length at the cut
+    // or the live one.
+    let expected: std::collections::BTreeSet<(usize, usize)> =
+        (1..=5).flat_map(|kept| [(kept, kept), (kept, 5)]).collect();
+    assert_eq!(outcomes, expected);
+}
+
+#[test]
+fn crash_torn_moves_a_directory_whole_never_to_both_places() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..200 {
+        let fs = torn_history();
+        fs.crash_torn(seed);
+        let (old, new) = (
+            fs.lookup("/home/b").unwrap().is_some(),
+            fs.lookup("/home/moved").unwrap().is_some(),
+        );
+        assert!(old != new, "seed {seed}: b {old}, moved {new}");
+        let at = if old {
+            "/home/b/inner"
+        } else {
+            "/home/moved/inner"
+        };
+        assert!(
+            fs.lookup(at).unwrap().is_some(),
+            "seed {seed}: its synced entry"
+        );
+        seen.insert((old, fs.lookup("/home/c").unwrap().is_some()));
+    }
+    assert_eq!(
+        seen.len(),
+        4,
+        "each change kept or dropped on its own: {seen:?}"
+    );
+}
+
+#[test]
+fn crash_torn_keeps_a_rename_over_a_name_atomic() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let fs = home();
+        let data = dir(&fs, "/home");
+        for (name, byte) in [("current", b'o'), ("next", b'n')] {
+            let file = data.open_file(name, OpenOptions::create_new()).unwrap();
+            file.write_all_at(0, &[byte]).unwrap();
+            file.sync_all().unwrap();
+        }
+        data.sync().unwrap();
+        data.rename("next", "current").unwrap();
+        fs.crash_torn(seed);
+        let outcome = (bytes_at(&fs, "/home/current"), bytes_at(&fs, "/home/next"));
+        assert!(
+            outcome == (Some(b"o".to_vec()), Some(b"n".to_vec()))
+                || outcome == (Some(b"n".to_vec()), None),
+            "seed {seed}: {outcome:?}"
+        );
+        seen.insert(outcome);
+    }
+    assert_eq!(seen.len(), 2, "both outcomes: {seen:?}");
+}
+
+#[test]
+fn crash_torn_brings_a_shortened_file_back_whole() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let fs = home();
+        let data = dir(&fs, "/home");
+        let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+        file.write_all_at(0, &[1; 3 * BS as usize]).unwrap();
+        file.sync_all().unwrap();
+        data.sync().unwrap();
+        file.set_len(0).unwrap();
+        file.write_all_at(0, &[2; 4 * BS as usize]).unwrap();
+        fs.crash_torn(seed);
+        let bytes = bytes_at(&fs, "/home/f").unwrap();
+        assert!(
+            bytes == [1; 3 * BS as usize] || bytes == [2; 4 * BS as usize],
+            "seed {seed}: {} bytes, starting {:?}",
+            bytes.len(),
+            bytes.first()
+        );
+        seen.insert(bytes.len());
+    }
+    assert_eq!(seen.len(), 2, "as synced or as live: {seen:?}");
+}
+
+// ---- a failed fsync ----
+
+#[test]
+fn a_failed_fsync_drops_the_unsynced_bytes_and_a_retry_does_not_make_them_durable() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+    file.write_all_at(0, b"synced.").unwrap();
+    file.sync_all().unwrap();
+    data.sync().unwrap();
+    file.write_all_at(7, b" dropped.").unwrap();
+    fs.fail_next(SimOp::SyncData, libc::EIO);
+    assert_eq!(errno(file.sync_data()), libc::EIO);
+    file.sync_data().expect("the error is reported once");
+    assert_eq!(
+        bytes_at(&fs, "/home/f").unwrap(),
+        b"synced. dropped.",
+        "the cache still has them"
+    );
+    fs.crash();
+    let file = dir(&fs, "/home")
+        .open_file("f", OpenOptions::read_write())
+        .unwrap();
+    assert_eq!(
+        read_all(&*file),
+        b"synced.\0\0\0\0\0\0\0\0\0",
+        "the length was written back, the dropped bytes never were"
+    );
+}
+
+#[test]
+fn bytes_written_again_after_a_failed_fsync_are_made_durable() {
+    let fs = home();
+    let data = dir(&fs, "/home");
+    let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+    data.sync().unwrap();
+    file.write_all_at(0, &[1; 2 * BS as usize]).unwrap();
+    fs.fail_next(SimOp::SyncFile, libc::EIO);
+    assert_eq!(errno(file.sync_all()), libc::EIO);
+    file.write_all_at(BS, &[2; BS as usize]).unwrap(); // block 1 dirty again
+    data.sync_fs().unwrap(); // syncfs does not write block 0 either
+    fs.crash();
+    let bytes = bytes_at(&fs, "/home/f").unwrap();
+    assert!(
+        bytes[..BS as usize].iter().all(|&b| b == 0),
+        "block 0 stayed dropped"
+    );
+    assert!(
+        bytes[BS as usize..].iter().all(|&b| b == 2),
+        "block 1 was written again"
+    );
+}
+
+#[test]
+fn crash_torn_after_cuts_power_on_the_nth_call_with_a_tear() {
+    let mut kept = 0;
+    for seed in 0..50 {
+        let fs = home();
+        let data = dir(&fs, "/home");
+        let file = data.open_file("f", OpenOptions::create_new()).unwrap();
+        data.sync().unwrap();
+        fs.crash_torn_after(2, seed);
+        file.write_all_at(0, b"unsynced").unwrap(); // call 1
+        assert_eq!(errno(file.sync_data()), libc::EIO, "call 2: the cut");
+        assert_eq!(fs.crashes(), 1);
+        let bytes = bytes_at(&fs, "/home/f").unwrap();
+        assert!(
+            bytes.is_empty() || bytes == b"unsynced" || bytes == [0; 8],
+            "seed {seed}: {bytes:?}"
+        );
+        kept += usize::from(bytes == b"unsynced");
+        file.write_all_at(0, b"x").unwrap_err(); // a handle from before the cut
+    }
+    assert!(
+        (1..50).contains(&kept),
+        "some seeds keep the write, some do not: {kept}"
+    );
+}
