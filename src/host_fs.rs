@@ -378,6 +378,33 @@ pub fn check_name(name: &str) -> io::Result<()> {
 /// a quota, `EROFS` on a read-only filesystem, `EOPNOTSUPP` when
 /// [`allocate`](FileHandle::allocate) is not supported, `EINVAL` for a name that is not
 /// one component ([`check_name`]).
+///
+/// # Three implementations, and a fourth for tests
+///
+/// * [`RealFs`](crate::RealFs): the kernel (Linux).
+/// * [`SimFs`](crate::SimFs): a bounded in-memory disk with the kernel's errnos, quotas,
+///   faults per operation and per name ([`SimFs::fail_nth`](crate::SimFs::fail_nth)),
+///   call counters ([`SimFs::calls`](crate::SimFs::calls)) and power cuts
+///   ([`SimFs::crash_after`](crate::SimFs::crash_after),
+///   [`SimFs::crash_torn`](crate::SimFs::crash_torn)).
+/// * With the `mock` feature, `MockHostFs`, `MockDirHandle` and `MockFileHandle`,
+///   generated from these traits by [`mockall::automock`](https://docs.rs/mockall): for an
+///   error no filesystem gives on demand, or an exact order of calls. Each
+///   `expect_<method>()` scripts one method:
+///
+/// ```
+/// # #[cfg(feature = "mock")] {
+/// use disk_reserve::{MockDirHandle, MockHostFs, HostFs};
+///
+/// let mut dir = MockDirHandle::new();
+/// dir.expect_sync_fs()
+///     .returning(|| Err(std::io::Error::from_raw_os_error(libc::EIO)));
+/// let mut fs = MockHostFs::new();
+/// fs.expect_open_dir().return_once(move |_| Ok(Box::new(dir)));
+/// let dir = fs.open_dir("/srv/app".into()).unwrap();
+/// assert_eq!(dir.sync_fs().unwrap_err().raw_os_error(), Some(libc::EIO));
+/// # }
+/// ```
 #[cfg_attr(feature = "mock", mockall::automock)]
 pub trait HostFs: Send + Sync + fmt::Debug {
     /// Opens the directory at `path` (`open(O_RDONLY | O_DIRECTORY)`), following
