@@ -1754,3 +1754,19 @@ fn crash_torn_after_cuts_power_on_the_nth_call_with_a_tear() {
         "some seeds keep the write, some do not: {kept}"
     );
 }
+
+/// Copying a shared block takes from the same free space as growing the file: with room
+/// for one block, a write over the last shared block and one block past the end copies
+/// the first and stops short at the second.
+#[test]
+fn copy_on_write_and_growth_share_one_budget() {
+    let fs = home();
+    fs.write_file("/home/a", 4 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    fs.set_free(BS).unwrap();
+    let b = open(&fs, "b");
+    let written = b.write_at(3 * BS, &vec![1u8; 2 * BS as usize]).unwrap();
+    assert_eq!(written as u64, BS, "only the copied block is written");
+    assert_eq!(fs.free_bytes(), 0);
+    assert_eq!(errno(b.write_at(4 * BS, b"x")), libc::ENOSPC);
+}
