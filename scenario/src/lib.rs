@@ -1407,8 +1407,12 @@ impl Driver {
                 let unknown = self.durable.unknown;
                 self.durable = Durable::exactly(entry);
                 self.durable.unknown = unknown;
-                // A replaced hard link whose directory sync failed may come back.
-                if disturbance.faults > 0 && matches!(before.entry, Entry::Linked { .. }) {
+                // A replaced hard link or shared file whose directory sync failed may
+                // come back (the rename was not made durable; the kernel may keep either
+                // name), with its blocks still shared with the snapshot or copy.
+                if disturbance.faults > 0
+                    && matches!(before.entry, Entry::Linked { .. } | Entry::Shared { .. })
+                {
                     self.durable.add(before.entry);
                 }
             }

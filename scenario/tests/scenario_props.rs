@@ -418,3 +418,31 @@ fn replacement_left_by_a_double_fault_is_the_reserves_own() {
         ],
     });
 }
+
+/// Postmortem: a snapshot shared a 1-block reserve; the next `ensure` replaced it by one
+/// built beside it and renamed over it, and the directory sync after the rename failed.
+/// A crash may then bring back either name, and the old one's blocks are shared with the
+/// snapshot; the driver had allowed only the fresh file.
+#[test]
+fn crash_after_replacing_a_shared_reserve_with_a_failed_directory_sync() {
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 31,
+            quota_blocks: None,
+            allocate: AllocateMode::Supported,
+            bystander_blocks: 45,
+            usual_size_blocks: 1,
+            faults: vec![FaultPlan {
+                op: SimOp::SyncDir,
+                nth: 97,
+                errno: Errno::Eio,
+            }],
+        },
+        ops: vec![
+            usual(),
+            Op::SnapshotReserve,
+            ensure(SizeChoice::Blocks(1), Allocation::Auto),
+            Op::Crash,
+        ],
+    });
+}
