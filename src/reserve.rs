@@ -134,6 +134,7 @@ impl Ensured {
 
 /// What `release` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Released {
     /// The reserve was removed (rule 8).
     Released {
@@ -1087,12 +1088,13 @@ impl<F: HostFs> Reserve<F> {
             Plan::Replace { .. } => {
                 dir.rename(&self.temp_name(), &self.name)
                     .map_err(|e| self.err(Operation::Rename, e))?;
-                // The name now holds the fresh reserve and the linked file's name is gone:
-                // there is nothing to go back to. A failed directory sync only means a
-                // crash may bring the old name back (rule 6 allows the old state), so it
-                // is a warning, not an error that would leave allocated bytes behind.
+                // The name now holds the fresh reserve and the linked or shared file's
+                // name is gone: there is nothing to go back to. A failed directory sync
+                // only means a crash may bring the old name back (rule 6 allows the old
+                // state), so it is a warning, not an error that would leave allocated
+                // bytes behind.
                 if let Err(error) = dir.sync() {
-                    tracing::warn!(path = %self.home, %error, "could not sync the home directory after replacing a hard-linked reserve; a crash may bring the old name back");
+                    tracing::warn!(path = %self.home, %error, "could not sync the home directory after replacing a hard-linked or shared reserve; a crash may bring the old name back");
                 }
             }
             _ => {}

@@ -987,12 +987,22 @@ impl State {
     /// Blocks of `ino` from block `first_freed` on are freed: those shared with a snapshot
     /// stay held by it; with late frees on, the rest show in `space` only later.
     fn free_blocks_from(&mut self, ino: u64, first_freed: u64) {
+        self.free_blocks_keeping_groups(ino, first_freed, false);
+    }
+
+    /// [`free_blocks_from`](State::free_blocks_from); with `keep_groups` the file stays
+    /// a member of its reflink groups (its freed blocks no longer count, as a member's
+    /// blocks count only as far as the file has them), so a crash that brings its
+    /// blocks back finds them shared again, as the kernel does.
+    fn free_blocks_keeping_groups(&mut self, ino: u64, first_freed: u64, keep_groups: bool) {
         let (block_size, late) = (self.block_size, self.late_frees);
         // Blocks another reflink copy keeps: freeing them here gives nothing back.
         let mut clone_kept = self.clone_shared(ino);
         clone_kept.remove(0, first_freed);
         let clone_kept = clone_kept.block_count();
-        self.leave_clone_groups(ino, first_freed, u64::MAX);
+        if !keep_groups {
+            self.leave_clone_groups(ino, first_freed, u64::MAX);
+        }
         let Node::Regular { live, .. } = self.node_mut(ino) else {
             return;
         };
@@ -1012,7 +1022,9 @@ impl State {
 
     /// A file loses its data (last name and last handle gone).
     fn free_file(&mut self, ino: u64) {
-        self.free_blocks_from(ino, 0);
+        // Nothing can write to it any more; only a crash can bring its blocks back (an
+        // unlink whose directory was not synced), still shared with their other copies.
+        self.free_blocks_keeping_groups(ino, 0, true);
         if let Node::Regular { live, .. } = self.node_mut(ino) {
             *live = FileData::default();
         }
@@ -1567,7 +1579,7 @@ impl State {
         let node = self.node(ino);
         let (links, shared) = match node {
             Node::Directory { .. } => (1, 0),
-            Node::Regular { live, .. } => (self.links(ino), live.shared * self.block_size),
+            Node::Regular { .. } => (self.links(ino), self.shared_blocks(ino) * self.block_size),
             _ => (self.links(ino), 0),
         };
         visit(path, &node.probe(self.block_size, links), shared);
@@ -1753,16 +1765,21 @@ impl SimFs {
     /// ```
     ///
     /// # Errors
-    /// `ENOSPC` if files already use more than `capacity - free_bytes`; nothing changes.
+    /// `ENOSPC` if files (and blocks only snapshots hold) already use more than
+    /// `capacity - free_bytes`; nothing changes.
     pub fn set_free(&self, free_bytes: u64) -> io::Result<()> {
         let mut state = self.state();
         let free = free_bytes / state.block_size * state.block_size;
+        // What snapshots alone hold stays held; frees not shown yet are taken as shown
+        // (the figure given is the settled one).
+        let held = state.file_bytes().saturating_add(state.pinned());
         let other_writers = state
             .capacity
             .checked_sub(free)
-            .and_then(|room| room.checked_sub(state.file_bytes()))
+            .and_then(|room| room.checked_sub(held))
             .ok_or_else(|| errno(libc::ENOSPC))?;
         state.other_writers = other_writers;
+        state.pending_free = 0;
         Ok(())
     }
 
@@ -2446,8 +2463,8 @@ impl SimFs {
     }
 
     /// What [`snapshot`](SimFs::snapshot) lists, without building it: `visit` gets every
-    /// live path (depth first, names in order), its `lstat` and the bytes a snapshot
-    /// shares with it, from one reused buffer. For checks that run after every step.
+    /// live path (depth first, names in order), its `lstat` and the bytes a snapshot or
+    /// a reflink copy shares with it, from one reused buffer. For checks that run after every step.
     pub fn for_each_entry(&self, mut visit: impl FnMut(&str, &Probe, u64)) {
         let state = self.state();
         let mut path = String::from("/");

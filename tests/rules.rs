@@ -775,7 +775,7 @@ fn rule8_release_returns_bytes_real() {
             // other tests of this binary write to the same disk at the same time.
             let _ = freed_bytes;
         }
-        Released::Absent => panic!("rule 8: the reserve was there"),
+        other => panic!("rule 8: the reserve was there, got {other:?}"),
     }
     assert!(!home.join(".reserve").exists());
 }

@@ -1770,3 +1770,40 @@ fn copy_on_write_and_growth_share_one_budget() {
     assert_eq!(fs.free_bytes(), 0);
     assert_eq!(errno(b.write_at(4 * BS, b"x")), libc::ENOSPC);
 }
+
+// XFS and btrfs: an unlink whose directory was never synced may be undone by a crash;
+// the file that comes back still shares its extents with its copy.
+#[test]
+fn a_crash_that_undoes_an_unlink_brings_back_a_still_shared_reflink_copy() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    let free = fs.free_bytes();
+    dir(&fs, "/home").remove_file("a").unwrap(); // no directory sync
+    assert_eq!(fs.free_bytes(), free);
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(0));
+    fs.crash();
+    assert!(
+        fs.lookup("/home/a").unwrap().is_some(),
+        "the unlink was not durable"
+    );
+    assert_eq!(fs.free_bytes(), free, "the copies still share their blocks");
+    assert_eq!(open(&fs, "a").shared_bytes().unwrap(), Some(16 * BS));
+    assert_eq!(open(&fs, "b").shared_bytes().unwrap(), Some(16 * BS));
+}
+
+#[test]
+fn set_free_counts_what_snapshots_hold_and_takes_pending_frees_as_shown() {
+    let fs = home();
+    fs.write_file("/home/a", 16 * BS).unwrap();
+    fs.snapshot_file("/home/a").unwrap();
+    fs.set_late_frees(true);
+    fs.remove("/home/a").unwrap();
+    fs.write_file("/home/b", 4 * BS).unwrap();
+    dir(&fs, "/home/").remove_file("b").unwrap();
+    assert_eq!(fs.pending_free_bytes(), 4 * BS);
+    fs.set_free(MIB / 2).unwrap();
+    assert_eq!(fs.free_bytes(), MIB / 2);
+    assert_eq!(fs.pending_free_bytes(), 0);
+    assert_eq!(errno(fs.set_free(MIB - 15 * BS)), libc::ENOSPC);
+}

@@ -78,6 +78,20 @@ pub fn repo_scratch(what: &str) -> Scratch {
     }
 }
 
+/// A scratch directory under `base` (a mount the caller names), labelled with its
+/// filesystem type.
+pub fn scratch_in(what: &str, base: &Path) -> Scratch {
+    let fs_type = fs_type_name(statfs_type(base));
+    Scratch {
+        label: fs_type,
+        fs_type,
+        dir: tempfile::Builder::new()
+            .prefix(&format!("disk-reserve-bench-{what}-"))
+            .tempdir_in(base)
+            .unwrap_or_else(|e| panic!("temp dir in {}: {e}", base.display())),
+    }
+}
+
 /// `f_type` of the filesystem holding `path` (`statfs(2)`).
 fn statfs_type(path: &Path) -> Option<i64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;

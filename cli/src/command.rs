@@ -284,7 +284,7 @@ fn release(args: ReleaseArgs) -> Result<Report, Failure> {
         path: reserve.path().to_owned(),
         size_bytes: match released {
             Released::Released { .. } => len_before,
-            Released::Absent => 0,
+            _ => 0,
         },
         allocated_bytes: 0,
         free_bytes: space.free_bytes,

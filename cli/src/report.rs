@@ -149,7 +149,7 @@ impl Report {
             }) => {
                 json!({ "releasable_bytes": releasable_bytes, "freed_bytes": freed_bytes })
             }
-            What::Released(Released::Absent) => {
+            What::Released(_) => {
                 json!({ "releasable_bytes": 0, "freed_bytes": 0 })
             }
             What::Status {
@@ -256,6 +256,7 @@ impl fmt::Display for Report {
             What::Released(Released::Absent) => {
                 write!(f, "absent {path}: no reserve to release, {free} free")
             }
+            What::Released(other) => write!(f, "{} {path}: {free} free", other.as_str()),
             What::Status {
                 observed,
                 condition,

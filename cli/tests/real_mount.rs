@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use camino::{Utf8Path, Utf8PathBuf};
 use disk_reserve::{
     Condition, Ensured, HostFs, Observed, OpenOptions as DirOpen, RealFs, Released, Reserve,
-    ReserveConfig, SimFs, pattern,
+    ReserveConfig, SimFs, Strategy, pattern,
 };
 
 /// The reserve's file name in every home of these tests.
@@ -888,6 +888,69 @@ enum Op {
     /// Whatever is at the reserve path is replaced by a second name of one of the other
     /// writer's files (by index): `ln file home/.reserve`, a hard-link backup.
     LinkExternal(u64),
+    /// A backup tool copies the reserve by reflink outside the home (`FICLONE`; xfs,
+    /// btrfs): the copy shares its blocks.
+    ReflinkCopy,
+    /// A read-only snapshot of the subvolume holding the home and the other writer's files
+    /// (btrfs): it shares their blocks.
+    Snapshot,
+    /// Every reflink copy and snapshot is deleted (and, on btrfs, cleaned).
+    DropCopies,
+    /// Another writer deletes one of its files and `ensure` runs at once, before the
+    /// kernel shows the free (xfs, btrfs: late frees; the simulator with late frees on).
+    DeleteThenEnsure(u64),
+}
+
+/// Which of the sharing and late-free steps the filesystem has.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sharing {
+    /// `FICLONE` (xfs, btrfs).
+    reflink: bool,
+    /// Subvolume snapshots (btrfs); the home and the other writer's files are in one
+    /// subvolume.
+    snapshot: bool,
+    /// Frees that `statvfs` shows late (xfs, btrfs).
+    late_frees: bool,
+}
+
+impl Sharing {
+    fn of(fs_type: &str) -> Sharing {
+        match fs_type {
+            "xfs" => Sharing {
+                reflink: true,
+                snapshot: false,
+                late_frees: true,
+            },
+            "btrfs" => Sharing {
+                reflink: true,
+                snapshot: true,
+                late_frees: true,
+            },
+            _ => Sharing::default(),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.reflink || self.snapshot || self.late_frees
+    }
+}
+
+/// `FICLONE`: makes the new file `to` a reflink copy of `from`.
+fn ficlone(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let source = File::open(from)?;
+    let copy = OpenOptions::new().write(true).create_new(true).open(to)?;
+    // SAFETY: both descriptors are open for the duration of the call; FICLONE takes the
+    // source descriptor as its argument and reads no memory of ours.
+    let rc = unsafe { libc::ioctl(copy.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let error = io::Error::last_os_error();
+        drop(copy);
+        let _ = fs::remove_file(to);
+        Err(error)
+    }
 }
 
 /// What a step did, in terms both backends can give: the outcome's name and the bytes it
@@ -941,7 +1004,7 @@ fn released(result: disk_reserve::Result<Released>) -> Outcome {
                 Released::Released {
                     releasable_bytes, ..
                 } => Some(releasable_bytes),
-                Released::Absent => None,
+                _ => None,
             },
         },
         Err(error) => Outcome::error(&error),
@@ -958,6 +1021,19 @@ struct Differential {
     externals: Vec<Utf8PathBuf>,
     next_external: u64,
     noise: Vec<u8>,
+    /// Which sharing steps this filesystem has.
+    sharing: Sharing,
+    /// Whether the running sequence may copy the reserve by reflink (on xfs only with the
+    /// write strategy: XFS does not share unwritten extents, the simulator shares every
+    /// allocated block).
+    reflink_now: bool,
+    /// The reflink copies (same path on both sides).
+    copies: Vec<Utf8PathBuf>,
+    /// The kernel's snapshots of the home.
+    snapshots: Vec<PathBuf>,
+    /// Where snapshots go.
+    snapshot_dir: PathBuf,
+    next_copy: u64,
     /// Largest gaps seen between the kernel and the simulator.
     /// The largest difference between the kernel's free space and the simulator's after a
     /// step, and where: reported, not asserted (see [`differential`]).
@@ -965,15 +1041,41 @@ struct Differential {
     worst_allocated_gap: (u64, String),
 }
 
+impl Drop for Differential {
+    /// A failed step leaves snapshots behind, which `rm -r` cannot remove.
+    fn drop(&mut self) {
+        for snapshot in self.snapshots.drain(..) {
+            let _ = Command::new("btrfs")
+                .args(["subvolume", "delete"])
+                .arg(&snapshot)
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Differential {
     /// Both sides with an empty home and no external files. The simulator's capacity is
     /// the kernel's total; its free space is set from the kernel's before every step.
-    fn new(mount: &Path, home: &Utf8Path, other: &Utf8Path) -> Differential {
+    fn new(
+        mount: &Path,
+        home: &Utf8Path,
+        other: &Utf8Path,
+        sharing: Sharing,
+        snapshot_dir: &Path,
+    ) -> Differential {
         let total = free_and_total(mount).1;
         let sim_fs = SimFs::with_home(total, home);
         sim_fs.mkdir_all(other).unwrap();
+        sim_fs.set_late_frees(sharing.late_frees);
         let config = ReserveConfig::with_size_bytes(DIFF_SIZE);
         Differential {
+            sharing,
+            reflink_now: false,
+            copies: Vec::new(),
+            snapshots: Vec::new(),
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            next_copy: 0,
             mount: mount.to_path_buf(),
             real: Reserve::new(RealFs::new(), home, config.clone()).unwrap(),
             sim: Reserve::new(sim_fs.clone(), home, config).unwrap(),
@@ -991,21 +1093,48 @@ impl Differential {
         self.real.path()
     }
 
-    /// Back to an empty home and no external files, on both sides.
-    fn reset(&mut self) {
+    /// Back to an empty home and no external files, copies or snapshots, on both sides,
+    /// with `strategy`.
+    fn reset(&mut self, strategy: Strategy) {
         if self.real.probe().unwrap().is_some() {
             fs::remove_file(self.path()).unwrap();
         }
         for external in self.externals.drain(..) {
             fs::remove_file(&external).unwrap();
         }
+        self.drop_copies_on_the_kernel();
         let home = self.real.home().to_owned();
         let total = self.sim_fs.capacity();
         self.sim_fs = SimFs::with_home(total, &home);
         self.sim_fs.mkdir_all(&self.other).unwrap();
-        self.sim = Reserve::new(self.sim_fs.clone(), &home, self.sim.config().clone()).unwrap();
+        self.sim_fs.set_late_frees(self.sharing.late_frees);
+        let config = ReserveConfig::with_size_bytes(DIFF_SIZE).strategy(strategy);
+        self.real = Reserve::new(RealFs::new(), &home, config.clone()).unwrap();
+        self.sim = Reserve::new(self.sim_fs.clone(), &home, config).unwrap();
+        self.reflink_now =
+            self.sharing.reflink && (strategy == Strategy::Write || self.sharing.snapshot);
         settle(&self.mount);
         self.sim_fs.set_free(free_bytes(&self.mount)).unwrap();
+    }
+
+    /// Deletes the kernel's reflink copies and snapshots, and waits for btrfs to clean the
+    /// deleted subvolumes.
+    fn drop_copies_on_the_kernel(&mut self) {
+        for copy in self.copies.drain(..) {
+            fs::remove_file(&copy).unwrap();
+        }
+        if !self.snapshots.is_empty() {
+            // Committed (`-c`) and synced, the cleaner runs at once; without that,
+            // `subvolume sync` waited for the next periodic commit (30 s).
+            for snapshot in self.snapshots.drain(..) {
+                sh("btrfs", &["subvolume", "delete", "-c", path_str(&snapshot)]);
+            }
+            settle(&self.mount);
+            sh(
+                "timeout",
+                &["120", "btrfs", "subvolume", "sync", path_str(&self.mount)],
+            );
+        }
     }
 
     /// Settles the kernel's free space, checks the simulator is within tolerance of it,
@@ -1112,6 +1241,78 @@ impl Differential {
                 let sim = Outcome::io(self.sim_fs.hard_link(&external, &path));
                 (real, sim)
             }
+            Op::ReflinkCopy => {
+                if !self.reflink_now {
+                    return (Outcome::named("unsupported"), Outcome::named("unsupported"));
+                }
+                let path = self.path().to_owned();
+                let regular = |probe: Option<disk_reserve::Probe>| {
+                    probe.is_some_and(|p| p.kind == disk_reserve::FileKind::Regular)
+                };
+                let copy = self.other.join(format!("copy-{}", self.next_copy));
+                self.next_copy += 1;
+                let real = if regular(self.real.probe().unwrap()) {
+                    Outcome::io(ficlone(path.as_std_path(), copy.as_std_path()))
+                } else {
+                    Outcome::named("no-file")
+                };
+                let sim = if regular(self.sim_fs.lookup(&path).unwrap()) {
+                    Outcome::io(self.sim_fs.reflink(&path, &copy))
+                } else {
+                    Outcome::named("no-file")
+                };
+                if real.kind == "ok" && sim.kind == "ok" {
+                    self.copies.push(copy);
+                }
+                (real, sim)
+            }
+            Op::Snapshot => {
+                if !self.sharing.snapshot {
+                    return (Outcome::named("unsupported"), Outcome::named("unsupported"));
+                }
+                let snapshot = self.snapshot_dir.join(format!("snap-{}", self.next_copy));
+                self.next_copy += 1;
+                let volume = self.other.parent().expect("the volume").as_str();
+                sh(
+                    "btrfs",
+                    &["subvolume", "snapshot", "-r", volume, path_str(&snapshot)],
+                );
+                self.snapshots.push(snapshot);
+                // The kernel snapshots the reserve and the other writer's files; the
+                // simulator snapshots the same files (not the reflink copies: it would
+                // count blocks both hold twice, and only the free space would drift).
+                let path = self.path().to_owned();
+                if let Some(probe) = self.sim_fs.lookup(&path).unwrap()
+                    && probe.kind == disk_reserve::FileKind::Regular
+                {
+                    self.sim_fs.snapshot_file(&path).unwrap();
+                }
+                for external in &self.externals {
+                    self.sim_fs.snapshot_file(external).unwrap();
+                }
+                (Outcome::named("ok"), Outcome::named("ok"))
+            }
+            Op::DropCopies => {
+                for copy in &self.copies {
+                    self.sim_fs.remove(copy).unwrap();
+                }
+                self.sim_fs.drop_snapshots();
+                self.drop_copies_on_the_kernel();
+                (Outcome::named("ok"), Outcome::named("ok"))
+            }
+            Op::DeleteThenEnsure(index) => {
+                if self.externals.is_empty() {
+                    return (Outcome::named("no-file"), Outcome::named("no-file"));
+                }
+                let at = (index % self.externals.len() as u64) as usize;
+                let path = self.externals.remove(at);
+                // No settling in between: what an operator's next command sees.
+                fs::remove_file(&path).unwrap();
+                let real = ensured(self.real.ensure());
+                self.sim_fs.remove(&path).unwrap();
+                let sim = ensured(self.sim.ensure());
+                (real, sim)
+            }
         }
     }
 
@@ -1156,8 +1357,14 @@ impl Differential {
     }
 
     /// Runs `ops` from an empty home, comparing both sides after every step.
-    fn run_sequence(&mut self, name: &str, ops: &[Op], outcomes: &mut BTreeMap<String, u64>) {
-        self.reset();
+    fn run_sequence(
+        &mut self,
+        name: &str,
+        strategy: Strategy,
+        ops: &[Op],
+        outcomes: &mut BTreeMap<String, u64>,
+    ) {
+        self.reset(strategy);
         let mut history: Vec<String> = Vec::new();
         for (step, &op) in ops.iter().enumerate() {
             let context = |history: &[String]| {
@@ -1204,7 +1411,42 @@ fn op_name(op: Op) -> &'static str {
         Op::Truncate(_) => "truncate",
         Op::PlantSparse(_) => "plant_sparse",
         Op::LinkExternal(_) => "link_external",
+        Op::ReflinkCopy => "reflink_copy",
+        Op::Snapshot => "snapshot",
+        Op::DropCopies => "drop_copies",
+        Op::DeleteThenEnsure(_) => "delete_then_ensure",
     }
+}
+
+/// Shared blocks and late frees: a reflink copy then release (expects nothing back) and
+/// ensure (replaces it), a snapshot then ensure and release, copies dropped, and an
+/// external file deleted right before an ensure that needs its space.
+fn sharing_sequence() -> Vec<Op> {
+    let size = DIFF_SIZE;
+    vec![
+        Op::Ensure,
+        Op::ReflinkCopy,
+        Op::Release,
+        Op::DropCopies,
+        Op::Ensure,
+        Op::ReflinkCopy,
+        Op::Ensure,
+        Op::Ensure,
+        Op::Release,
+        Op::DropCopies,
+        Op::Ensure,
+        Op::Snapshot,
+        Op::Ensure,
+        Op::Release,
+        Op::Ensure,
+        Op::Snapshot,
+        Op::Release,
+        Op::DropCopies,
+        Op::ExternalWrite(Amount::LeaveFree(size + size / 2)),
+        Op::Ensure,
+        Op::DeleteThenEnsure(0),
+        Op::Release,
+    ]
 }
 
 /// A sequence through every outcome: create, present, release, defer at the headroom,
@@ -1243,11 +1485,18 @@ fn fixed_sequence() -> Vec<Op> {
 
 /// A random operation; sizes are around the reserve's size, some of them not a whole
 /// number of 4 KiB blocks.
-fn random_op(rng: &mut Rng) -> Op {
+fn random_op(rng: &mut Rng, sharing: Sharing) -> Op {
     let size = DIFF_SIZE;
     let blocks = |rng: &mut Rng, up_to: u64| rng.below(up_to / (4 * KIB) + 1) * 4 * KIB;
     let ragged = |rng: &mut Rng, up_to: u64| blocks(rng, up_to) + rng.below(4 * KIB);
-    match rng.below(12) {
+    // The sharing steps only where the filesystem has them (elsewhere the sequences are
+    // what they were).
+    let kinds = if sharing.any() { 16 } else { 12 };
+    match rng.below(kinds) {
+        12 => Op::ReflinkCopy,
+        13 if sharing.snapshot => Op::Snapshot,
+        13 | 14 => Op::DeleteThenEnsure(rng.below(8)),
+        15 => Op::DropCopies,
         0..=3 => Op::Ensure,
         4..=5 => Op::Release,
         6..=7 => Op::ExternalWrite(match rng.below(3) {
@@ -1276,7 +1525,16 @@ fn random_op(rng: &mut Rng) -> Op {
 /// f. A fixed and 50 random sequences of `ensure`, `release`, external writes and
 /// deletes, truncation and a planted sparse file, applied to the kernel and to a `SimFs`
 /// of the same capacity, give the same outcomes and the same reserve after every step:
-/// the same condition and length, allocated bytes within [`ALLOCATED_TOLERANCE_BYTES`].
+/// the same condition and length, allocated bytes within [`ALLOCATED_TOLERANCE_BYTES`],
+/// and the same releasable bytes from `release`.
+///
+/// Where the filesystem has them, the sequences also copy the reserve by reflink
+/// (`FICLONE` against [`SimFs::reflink`]; xfs, btrfs), snapshot the home's subvolume
+/// (btrfs, against [`SimFs::snapshot_file`]), drop the copies and snapshots, and delete
+/// an external file right before an `ensure` (late frees; the simulator's are on), from
+/// a fixed sharing sequence (with both the write and the automatic strategy) and at
+/// random. On xfs, reflink copies are made only of written reserves: XFS does not share
+/// unwritten (fallocated) extents, and the simulator shares every allocated block.
 ///
 /// The simulator's free space is set from the kernel's before each step, so both decide
 /// from the same number. How far they drift apart within a step is printed, not asserted:
@@ -1292,10 +1550,23 @@ fn differential() {
     let seed = test_seed("differential");
     let mut rng = Rng::new(seed);
     let dir = Home::new(&mount, "differential");
-    let home = utf8(dir.path()).join("home");
-    let other = utf8(dir.path()).join("other");
+    let sharing = Sharing::of(&fs_type(&mount));
+    // On btrfs the home and the other writer's files are in one subvolume (a hard link
+    // cannot cross subvolumes), which the snapshot step snapshots.
+    let volume = utf8(dir.path()).join("volume");
+    let mut cleanup = BtrfsCleanup::default();
+    if sharing.snapshot {
+        sh("btrfs", &["subvolume", "create", volume.as_str()]);
+        cleanup.subvolumes.push(volume.clone().into_std_path_buf());
+    } else {
+        fs::create_dir(&volume).unwrap();
+    }
+    let home = volume.join("home");
+    let other = volume.join("other");
+    let snapshots = dir.path().join("snapshots");
     fs::create_dir(&home).unwrap();
     fs::create_dir(&other).unwrap();
+    fs::create_dir(&snapshots).unwrap();
 
     // Ballast, so that free space starts near the headroom boundary.
     settle(&mount.root);
@@ -1321,14 +1592,36 @@ fn differential() {
     ballast_file.sync_all().unwrap();
     drop(ballast_file);
 
-    let mut differential = Differential::new(&mount.root, &home, &other);
+    let mut differential = Differential::new(&mount.root, &home, &other, sharing, &snapshots);
     let mut outcomes = BTreeMap::new();
-    differential.run_sequence("fixed", &fixed_sequence(), &mut outcomes);
+    differential.run_sequence("fixed", Strategy::Auto, &fixed_sequence(), &mut outcomes);
+    if sharing.any() {
+        for strategy in [Strategy::Write, Strategy::Auto] {
+            differential.run_sequence(
+                &format!("sharing, {strategy:?}"),
+                strategy,
+                &sharing_sequence(),
+                &mut outcomes,
+            );
+        }
+    }
     for sequence in 0..RANDOM_SEQUENCES {
         let ops: Vec<Op> = (0..STEPS_PER_SEQUENCE)
-            .map(|_| random_op(&mut rng))
+            .map(|_| random_op(&mut rng, sharing))
             .collect();
-        differential.run_sequence(&format!("random #{sequence}"), &ops, &mut outcomes);
+        // Where the sharing steps run, every other sequence writes its reserve (on xfs,
+        // the ones that copy it); elsewhere the sequences are what they were.
+        let strategy = if sharing.any() && sequence % 2 == 1 {
+            Strategy::Write
+        } else {
+            Strategy::Auto
+        };
+        differential.run_sequence(
+            &format!("random #{sequence}, {strategy:?}"),
+            strategy,
+            &ops,
+            &mut outcomes,
+        );
     }
     println!(
         "differential fs={}: 1 fixed and {RANDOM_SEQUENCES} random sequences agree; largest gaps: allocated {} B (after {}), free {} B (after {}); outcomes {outcomes:?}",

@@ -6,7 +6,8 @@
 //! (between calls or in the middle of one), the reserve deleted, truncated or replaced by
 //! a sparse file, a symlink, a directory, a fifo or a socket behind the lifecycle's back,
 //! an errno injected into the next call of an operation, a crash (between calls or in the
-//! middle of one), and an `ensure` racing a `release` on two threads.
+//! middle of one), an `ensure` racing a `release` on two threads, and the reserve's blocks
+//! shared with a snapshot or a reflink copy outside the home.
 //!
 //! [`run`] plays the operations one by one and, after each, checks invariants against a
 //! reference model written from the rules the README lists (not from the lifecycle code):
@@ -15,7 +16,8 @@
 //! * a successful `ensure` leaves allocated ≥ size and length == size;
 //! * a failed call leaves the reserve and the free space as they were (an oversized
 //!   reserve may stay cut to the size: shrinking only gives space back);
-//! * `release` never fails for lack of space;
+//! * `release` never fails for lack of space, and the bytes it expected to give back
+//!   (blocks shared with a snapshot or a copy excluded) are what the filesystem gained;
 //! * nothing outside the reserve path changes, and a refused non-regular file is left
 //!   untouched;
 //! * a crash leaves the last durable state or a partial reserve, and the next `ensure`
@@ -72,6 +74,9 @@ const MOVED_HOME: &str = "/srv/app.old";
 const RESERVE: &str = "/srv/app/.reserve";
 /// A file outside the home; planted symlinks point at it.
 const BYSTANDER: &str = "/srv/bystander";
+/// Where a backup tool keeps its reflink copy of the reserve ([`Op::ReflinkReserve`]):
+/// outside the home.
+const COPY: &str = "/srv/reserve.copy";
 
 /// One run's input: a simulated disk and what happens to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, arbitrary::Arbitrary)]
@@ -294,8 +299,16 @@ pub enum Op {
     /// A snapshot takes the reserve's blocks (a btrfs snapshot, a reflink copy elsewhere):
     /// they are shared from now on, so deleting the reserve does not give them back.
     SnapshotReserve,
-    /// Every snapshot is deleted: the blocks only they held are free again.
+    /// Every snapshot is deleted, and the reflink copy ([`Op::ReflinkReserve`]) too: the
+    /// blocks only they held are free again.
     DropSnapshots,
+    /// A backup tool copies the reserve by reflink (`cp --reflink`, `FICLONE`) to a file
+    /// outside the home: the copy takes no space and shares every block, so deleting the
+    /// reserve gives back none of them while the copy lives. Played only on a regular,
+    /// allocated reserve of a writable filesystem with no snapshot and no earlier copy:
+    /// `SimFs` counts blocks both a snapshot and a copy hold twice once both outlive the
+    /// file, and one copy is all the model tracks.
+    ReflinkReserve,
     /// Frees show in `statvfs` late (XFS, btrfs), or at once again.
     SetLateFrees(bool),
     /// The filesystem becomes read-only, or writable again.
@@ -327,6 +340,8 @@ pub struct RunReport {
     pub moves: usize,
     /// Lifecycle calls that found a hard link at the reserve path.
     pub linked: usize,
+    /// Lifecycle calls that found a reserve sharing blocks with a snapshot or a copy.
+    pub shared: usize,
 }
 
 /// An invariant [`run`] checks.
@@ -342,6 +357,9 @@ pub enum Invariant {
     NoTraceOnFailure,
     /// `release` never fails for lack of space.
     ReleaseNeedsNoSpace,
+    /// The bytes `release` expected to give back (its releasable bytes) are what the
+    /// filesystem eventually gained (once late frees show), on an undisturbed disk.
+    ReleaseGainsWhatItExpects,
     /// Nothing outside the reserve path changes.
     OnlyTheReservePath,
     /// A refused non-regular file is left untouched.
@@ -370,6 +388,9 @@ impl Invariant {
                 "a failed call leaves the reserve and the free space as they were"
             }
             Invariant::ReleaseNeedsNoSpace => "release never fails for lack of space",
+            Invariant::ReleaseGainsWhatItExpects => {
+                "the bytes release expected are what the filesystem eventually gained"
+            }
             Invariant::OnlyTheReservePath => "nothing outside the reserve path changes",
             Invariant::StaysInItsHome => "what a call does happens in the directory it was given",
             Invariant::RefusedUntouched => "a refused non-regular file is left untouched",
@@ -568,6 +589,8 @@ struct Before {
     pending: u64,
     /// Whether a replacement an earlier double fault left was there.
     replacing: bool,
+    /// The bytes that replacement held (the next call under the lock removes it).
+    replacing_bytes: u64,
     /// Bytes all regular files hold.
     file_bytes: u64,
 }
@@ -613,6 +636,8 @@ struct Driver {
     /// Set while a move of the home is planned for the running call: the move count
     /// before it ([`Driver::put_home_back`]).
     after_lifecycle_call: Option<u64>,
+    /// Whether the reflink copy ([`COPY`]) exists.
+    copy: bool,
 }
 
 /// The lifecycle on the scenario's disk. `SimFs` shows late frees at the first `syncfs`
@@ -708,6 +733,7 @@ impl Driver {
                 others_bytes: 0,
                 outside_bytes: bystander_bytes,
                 pinned_bytes: 0,
+                pinned_in_files: false,
                 entry: Entry::Absent,
             },
             outside: outside_entries(&fs),
@@ -723,6 +749,7 @@ impl Driver {
             op: None,
             after_lifecycle_call: None,
             bystander_bytes,
+            copy: false,
         };
         for plan in setup.faults.iter().take(MAX_FAULTS) {
             driver.arm(plan.op, 1 + u32::from(plan.nth) % 32, plan.errno.code());
@@ -796,6 +823,7 @@ impl Driver {
             free: self.true_free(),
             pending: self.fs.pending_free_bytes(),
             replacing: view.replacing.is_some(),
+            replacing_bytes: view.replacing.map_or(0, |p| p.allocated_bytes),
             file_bytes: view.file_bytes,
         }
     }
@@ -1037,7 +1065,9 @@ impl Driver {
                 result
             }
             Op::SnapshotReserve => {
-                if matches!(self.model.entry, Entry::File { blocks, .. } | Entry::Shared { blocks, .. } if blocks > 0)
+                // Not with a reflink copy: see `Op::ReflinkReserve`.
+                if !self.copy
+                    && matches!(self.model.entry, Entry::File { blocks, .. } | Entry::Shared { blocks, .. } if blocks > 0)
                 {
                     self.fs
                         .snapshot_file(RESERVE)
@@ -1050,10 +1080,39 @@ impl Driver {
             }
             Op::DropSnapshots => {
                 self.fs.drop_snapshots();
+                if self.copy {
+                    self.fs.remove(COPY).expect("the copy is a regular file");
+                    self.copy = false;
+                    self.model.pinned_in_files = false;
+                    self.outside = outside_entries(&self.fs);
+                }
                 self.model.pinned_bytes = 0;
                 if let Entry::Shared { len, blocks, .. } = self.model.entry {
                     self.model.entry = Entry::File { len, blocks };
                 }
+                let view = self.view();
+                self.settle(&view, true)
+            }
+            Op::ReflinkReserve => {
+                // Excluded (see the op): a snapshot or an earlier copy, a read-only disk.
+                let Entry::File { len, blocks } = self.model.entry else {
+                    return Ok(());
+                };
+                if self.copy || self.model.pinned_bytes > 0 || self.model.read_only || blocks == 0 {
+                    return Ok(());
+                }
+                self.fs
+                    .reflink(RESERVE, COPY)
+                    .expect("a regular file at the reserve path, nothing at the copy's");
+                self.copy = true;
+                self.outside = outside_entries(&self.fs);
+                // Every block is shared now; the copy holds nothing of its own.
+                self.model.pinned_in_files = true;
+                self.model.entry = Entry::Shared {
+                    len,
+                    blocks,
+                    shared: blocks,
+                };
                 let view = self.view();
                 self.settle(&view, true)
             }
@@ -1099,6 +1158,20 @@ impl Driver {
             self.model.pinned_bytes += shared * BLOCK_BYTES;
         }
         self.model.entry = entry;
+    }
+
+    /// Bytes the reflink copy holds that the reserve does not share (0 without a copy).
+    fn copy_own_bytes(&self) -> u64 {
+        if !self.copy {
+            return 0;
+        }
+        let held = self
+            .fs
+            .lookup(COPY)
+            .ok()
+            .flatten()
+            .map_or(0, |p| p.allocated_bytes);
+        held - self.fs.shared_bytes_of(COPY).min(held)
     }
 
     /// Free bytes as the disk will show them once pending frees are accounted.
@@ -1187,7 +1260,7 @@ impl Driver {
         self.model.entry = entry;
         // Which file a snapshot's blocks are shared with again after a crash depends on
         // which names came back: the snapshots' own share is read from the disk.
-        self.model.pinned_bytes = self.fs.pinned_bytes();
+        self.model.pinned_bytes = self.fs.pinned_bytes() + self.copy_own_bytes();
         self.durable = Durable::exactly(entry);
         self.settle(&view, exact_space)
     }
@@ -1238,12 +1311,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Counts a call that found a hard link or a shared file at the reserve path.
+    fn count_found(&mut self, entry: Entry) {
+        match entry {
+            Entry::Linked { .. } => self.report.linked += 1,
+            Entry::Shared { .. } => self.report.shared += 1,
+            _ => {}
+        }
+    }
+
     /// `ensure`, optionally with a power cut after `crash_after` calls.
     fn ensure(&mut self, args: Args, crash_after: Option<u32>) -> Result<(), Violation> {
         let before = self.before();
-        if let Entry::Linked { .. } = before.entry {
-            self.report.linked += 1;
-        }
+        self.count_found(before.entry);
         let forecast = self
             .tidied_model()
             .ensure(args.size, args.headroom, args.strategy);
@@ -1407,8 +1487,12 @@ impl Driver {
                 let unknown = self.durable.unknown;
                 self.durable = Durable::exactly(entry);
                 self.durable.unknown = unknown;
-                // A replaced hard link whose directory sync failed may come back.
-                if disturbance.faults > 0 && matches!(before.entry, Entry::Linked { .. }) {
+                // A replaced hard link or shared file whose directory sync failed may
+                // come back (the rename was not made durable; the kernel may keep either
+                // name), with its blocks still shared with the snapshot or copy.
+                if disturbance.faults > 0
+                    && matches!(before.entry, Entry::Linked { .. } | Entry::Shared { .. })
+                {
                     self.durable.add(before.entry);
                 }
             }
@@ -1428,9 +1512,7 @@ impl Driver {
     /// `release`, optionally with a power cut after `crash_after` calls.
     fn release(&mut self, crash_after: Option<u32>) -> Result<(), Violation> {
         let before = self.before();
-        if let Entry::Linked { .. } = before.entry {
-            self.report.linked += 1;
-        }
+        self.count_found(before.entry);
         let (expected, expected_after) = self.model.release();
         let mut tap = Tap::arm(&self.fs, crash_after);
         let reserve = scenario_reserve(&self.fs, ReserveConfig::default());
@@ -1470,6 +1552,35 @@ impl Driver {
             (Err(refusal), Err(error)) => refusal_matches(*refusal, error) && entry == before.entry,
             _ => false,
         };
+        // Rule 1 and 8: what release counted on is what the disk gained, once pending
+        // frees show (less only when a crash had overcommitted the disk, so free was 0).
+        // A replacement an earlier double fault left is removed under the lock first: its
+        // bytes come back too.
+        if let (
+            Ok(Released::Released {
+                releasable_bytes, ..
+            }),
+            false,
+        ) = (&result, disturbance.any())
+        {
+            let gained = self.true_free().saturating_sub(before.free);
+            let tidied = if view.replacing.is_none() {
+                before.replacing_bytes
+            } else {
+                0
+            };
+            let expected = releasable_bytes + tidied;
+            self.check(
+                gained == expected || (before.free == 0 && gained < expected),
+                Invariant::ReleaseGainsWhatItExpects,
+                || {
+                    format!(
+                        "release expected {releasable_bytes} bytes back from {:?} (and {tidied} from a replacement left behind); the disk gained {gained}",
+                        before.entry
+                    )
+                },
+            )?;
+        }
         self.check(as_expected, Invariant::Model, || {
             format!(
                 "model expected {expected:?} leaving {expected_after:?}; release returned {} leaving {entry:?}",

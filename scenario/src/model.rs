@@ -15,8 +15,8 @@ pub(crate) enum Entry {
     Absent,
     /// A regular file of `len` bytes whose first `blocks` blocks are allocated.
     File { len: u64, blocks: u64 },
-    /// A regular file whose first `shared` blocks a snapshot shares: deleting it gives
-    /// back only the others.
+    /// A regular file whose first `shared` blocks a snapshot or a reflink copy shares:
+    /// deleting it gives back only the others.
     Shared { len: u64, blocks: u64, shared: u64 },
     /// A regular file with another name outside the home (a hard link of the bystander):
     /// its blocks are counted outside, never the reserve's.
@@ -99,8 +99,11 @@ pub(crate) struct Model {
     pub others_bytes: u64,
     /// Bytes files outside the reserve path hold.
     pub outside_bytes: u64,
-    /// Bytes only snapshots hold.
+    /// Bytes only snapshots or a reflink copy hold.
     pub pinned_bytes: u64,
+    /// Whether the pinned bytes are a file's (a reflink copy outside the home): then they
+    /// count against the quota like any file's. (Snapshots and copies are never mixed.)
+    pub pinned_in_files: bool,
     /// What is at the reserve path now.
     pub entry: Entry,
 }
@@ -112,13 +115,23 @@ fn div_ceil(a: u64, b: u64) -> u64 {
 impl Model {
     /// Bytes held by files, with `entry` at the reserve path.
     fn file_bytes_with(&self, entry: Entry) -> u64 {
-        self.outside_bytes + entry.blocks() * self.block_bytes
+        let copy = if self.pinned_in_files {
+            self.pinned_bytes
+        } else {
+            0
+        };
+        self.outside_bytes + entry.blocks() * self.block_bytes + copy
     }
 
     /// Free bytes, with `entry` at the reserve path.
     pub fn free_with(&self, entry: Entry) -> u64 {
+        let snapshots = if self.pinned_in_files {
+            0
+        } else {
+            self.pinned_bytes
+        };
         self.capacity_bytes
-            .saturating_sub(self.file_bytes_with(entry) + self.others_bytes + self.pinned_bytes)
+            .saturating_sub(self.file_bytes_with(entry) + self.others_bytes + snapshots)
     }
 
     /// Free bytes once `entry` is gone from the reserve path: its shared blocks stay
@@ -380,6 +393,7 @@ mod tests {
             others_bytes: 0,
             outside_bytes: 0,
             pinned_bytes: 0,
+            pinned_in_files: false,
             entry: Entry::Absent,
         }
     }
