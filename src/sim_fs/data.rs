@@ -1,0 +1,394 @@
+//! How a file's blocks and bytes are kept, and what a crash leaves of them.
+
+use super::*;
+
+/// Allocated blocks of one file: disjoint, non-adjacent `[start, end)` block ranges keyed
+/// by start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Extents(pub(super) BTreeMap<u64, u64>);
+
+impl Extents {
+    pub(super) fn block_count(&self) -> u64 {
+        self.0.iter().map(|(start, end)| end - start).sum()
+    }
+
+    /// The unallocated ranges inside `[start, end)`, in order.
+    pub(super) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut cursor = start;
+        if let Some((_, &covered_to)) = self.0.range(..=start).next_back() {
+            cursor = cursor.max(covered_to);
+        }
+        for (&range_start, &range_end) in self.0.range(start..end) {
+            if range_start > cursor {
+                gaps.push((cursor, range_start));
+            }
+            cursor = cursor.max(range_end);
+        }
+        if cursor < end {
+            gaps.push((cursor, end));
+        }
+        gaps
+    }
+
+    /// Marks `[start, end)` allocated, merging with touching ranges.
+    pub(super) fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut merged_start, mut merged_end) = (start, end);
+        if let Some((&before_start, &before_end)) = self.0.range(..start).next_back()
+            && before_end >= start
+        {
+            merged_start = before_start;
+            merged_end = merged_end.max(before_end);
+        }
+        let absorbed: Vec<u64> = self.0.range(merged_start..=end).map(|(&s, _)| s).collect();
+        for range_start in absorbed {
+            if let Some(range_end) = self.0.remove(&range_start) {
+                merged_end = merged_end.max(range_end);
+            }
+        }
+        self.0.insert(merged_start, merged_end);
+    }
+
+    /// Frees every block at index `first_freed` or later.
+    pub(super) fn truncate(&mut self, first_freed: u64) {
+        self.0.split_off(&first_freed);
+        if let Some(mut last) = self.0.last_entry()
+            && *last.get() > first_freed
+        {
+            *last.get_mut() = first_freed;
+        }
+    }
+
+    /// The blocks in both `self` and `other`.
+    pub(super) fn intersection(&self, other: &Extents) -> Extents {
+        let mut both = Extents::default();
+        for (&start, &end) in &self.0 {
+            let mut cursor = start;
+            for (gap_start, gap_end) in other.gaps(start, end) {
+                both.insert(cursor, gap_start);
+                cursor = gap_end;
+            }
+            both.insert(cursor, end);
+        }
+        both
+    }
+
+    /// Forgets the blocks in `[start, end)`.
+    pub(super) fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let inside: Vec<(u64, u64)> = self
+            .0
+            .range(..end)
+            .filter(|&(_, &range_end)| range_end > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (range_start, range_end) in inside {
+            self.0.remove(&range_start);
+            if range_start < start {
+                self.0.insert(range_start, start);
+            }
+            if range_end > end {
+                self.0.insert(end, range_end);
+            }
+        }
+    }
+}
+
+/// Length, allocated blocks and written bytes of a regular file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct FileData {
+    pub(super) len: u64,
+    pub(super) blocks: Extents,
+    /// How many of its first blocks are shared with a snapshot ([`SimFs::snapshot_file`]):
+    /// freeing them does not give space back.
+    pub(super) shared: u64,
+    /// The bytes of the blocks a caller wrote with [`FileHandle::write_at`], by block
+    /// index, each one block long; every other byte reads as zero. Only written blocks
+    /// cost memory, never allocated ones, and a clone (a sync) shares them until one side
+    /// writes again. Bytes past `len` in the last block are kept zero.
+    pub(super) data: BTreeMap<u64, Arc<Vec<u8>>>,
+}
+
+impl FileData {
+    /// Copies `bytes` into the file at `offset`, block by block.
+    pub(super) fn store(&mut self, offset: u64, bytes: &[u8], block_size: u64) {
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let at = offset + done as u64;
+            let (block, within) = (at / block_size, (at % block_size) as usize);
+            let n = (block_size as usize - within).min(bytes.len() - done);
+            let stored = self
+                .data
+                .entry(block)
+                .or_insert_with(|| Arc::new(vec![0; block_size as usize]));
+            Arc::make_mut(stored)[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Makes this copy (the durable one) equal to `live`, reusing what it holds: a block
+    /// that already shares live's bytes is left alone, a block whose bytes only this copy
+    /// holds takes live's bytes in place, any other shares live's. So a file rewritten
+    /// and synced in a loop costs two copies of each block it changes and no allocation;
+    /// a block synced and never written again is held once.
+    pub(super) fn sync_from(&mut self, live: &FileData) {
+        self.len = live.len;
+        self.blocks.clone_from(&live.blocks);
+        self.shared = live.shared;
+        self.data.retain(|block, _| live.data.contains_key(block));
+        for (&block, bytes) in &live.data {
+            match self.data.get_mut(&block) {
+                Some(mine) if Arc::ptr_eq(mine, bytes) => {}
+                Some(mine) => match Arc::get_mut(mine) {
+                    Some(own) => own.copy_from_slice(bytes),
+                    None => *mine = Arc::clone(bytes),
+                },
+                None => {
+                    self.data.insert(block, Arc::clone(bytes));
+                }
+            }
+        }
+    }
+
+    /// Reads from `offset` into `buf`, up to the length: what was written, zeros elsewhere.
+    pub(super) fn load(&self, offset: u64, buf: &mut [u8], block_size: u64) -> usize {
+        let available = self.len.saturating_sub(offset);
+        let n = usize::try_from(available).map_or(buf.len(), |a| a.min(buf.len()));
+        let buf = &mut buf[..n];
+        buf.fill(0);
+        let (first, last) = (
+            offset / block_size,
+            (offset + n as u64).div_ceil(block_size),
+        );
+        for (&block, bytes) in self.data.range(first..last) {
+            let block_start = block * block_size;
+            let from = offset.max(block_start);
+            let to = (offset + n as u64).min(block_start + block_size);
+            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(
+                &bytes[(from - block_start) as usize..(to - block_start) as usize],
+            );
+        }
+        n
+    }
+
+    /// Forgets the written bytes in `[start, end)`: they read as zeros again.
+    pub(super) fn zero(&mut self, start: u64, end: u64, block_size: u64) {
+        if start >= end {
+            return;
+        }
+        let (first, last) = (start / block_size, end.div_ceil(block_size));
+        let touched: Vec<u64> = self.data.range(first..last).map(|(&b, _)| b).collect();
+        for block in touched {
+            let block_start = block * block_size;
+            let (from, to) = (start.max(block_start), end.min(block_start + block_size));
+            if from == block_start && to == block_start + block_size {
+                self.data.remove(&block);
+            } else if let Some(bytes) = self.data.get_mut(&block) {
+                Arc::make_mut(bytes)[(from - block_start) as usize..(to - block_start) as usize]
+                    .fill(0);
+            }
+        }
+    }
+}
+
+/// SplitMix64: the small seeded generator of [`SimFs::crash_torn`].
+pub(super) struct SplitMix64(pub(super) u64);
+
+impl SplitMix64 {
+    pub(super) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..=n`.
+    pub(super) fn up_to(&mut self, n: u64) -> u64 {
+        match n.checked_add(1) {
+            Some(bound) => self.next() % bound,
+            None => self.next(),
+        }
+    }
+
+    pub(super) fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+}
+
+/// A file after a torn crash: the durable state `durable` with a seeded prefix (in block
+/// order) of the blocks that differ in `live` written over it, and the length the writes
+/// of those blocks left, or the live length and allocation. A file that lost blocks or length since its sync comes back whole,
+/// as synced or as live: a truncation is one journalled step, and a mix of old and new
+/// blocks after one is no state a disk can hold. (A file shortened and grown back since is
+/// caught by [`State::shortened`] before this.)
+pub(super) fn torn_file(
+    durable: &FileData,
+    live: &FileData,
+    block_size: u64,
+    rng: &mut SplitMix64,
+) -> FileData {
+    if durable == live {
+        return durable.clone();
+    }
+    let shrunk = live.len < durable.len
+        || durable
+            .blocks
+            .0
+            .iter()
+            .any(|(&start, &end)| !live.blocks.gaps(start, end).is_empty());
+    if shrunk {
+        return if rng.coin() {
+            live.clone()
+        } else {
+            durable.clone()
+        };
+    }
+    // The blocks whose allocation or bytes differ, in order. Growth only: every block
+    // `durable` has, `live` has too.
+    let mut differing: Vec<u64> = Vec::new();
+    for (&start, &end) in &live.blocks.0 {
+        for (gap_start, gap_end) in durable.blocks.gaps(start, end) {
+            differing.extend(gap_start..gap_end);
+        }
+    }
+    let blocks_with_data = live.data.keys().chain(durable.data.keys()).copied();
+    differing.extend(blocks_with_data.filter(|b| live.data.get(b) != durable.data.get(b)));
+    differing.sort_unstable();
+    differing.dedup();
+    let kept = rng.up_to(differing.len() as u64) as usize;
+    if kept == differing.len() {
+        return live.clone();
+    }
+    let mut torn = durable.clone();
+    for &block in &differing[..kept] {
+        torn.blocks.insert(block, block + 1);
+        match live.data.get(&block) {
+            Some(bytes) => torn.data.insert(block, Arc::clone(bytes)),
+            None => torn.data.remove(&block),
+        };
+    }
+    // The length a write reached when it had written the kept blocks and not the next
+    // (the start of the first block not kept, within the synced and the live length), or
+    // the live length and allocation: the metadata reached the disk before the data, as
+    // ext4's `data=writeback` and XFS allow; the blocks not kept then read as synced
+    // (zeros where new). Never a hole the live file did not have.
+    if rng.coin() {
+        torn.len = live.len;
+        torn.blocks = live.blocks.clone();
+    } else {
+        torn.len = (differing[kept] * block_size).clamp(durable.len, live.len);
+    }
+    // Bytes past the length of its last block read as zeros.
+    let len = torn.len;
+    torn.zero(len, len.next_multiple_of(block_size), block_size);
+    torn
+}
+
+/// What a sync of a file with live state `live` leaves on the disk: `live`, but for the
+/// blocks in `lost` (dropped by a failed sync), which keep their bytes in `durable`.
+pub(super) fn written_back(
+    live: &FileData,
+    durable: &FileData,
+    lost: Option<&std::collections::BTreeSet<u64>>,
+) -> FileData {
+    let mut disk = live.clone();
+    for &block in lost.into_iter().flatten() {
+        match durable.data.get(&block) {
+            Some(bytes) => disk.data.insert(block, Arc::clone(bytes)),
+            None => disk.data.remove(&block),
+        };
+    }
+    disk
+}
+
+/// One inode. Directories and files keep a live state and the state a crash returns to.
+#[derive(Debug)]
+pub(super) enum Node {
+    Directory {
+        live: BTreeMap<String, u64>,
+        durable: BTreeMap<String, u64>,
+    },
+    Regular {
+        live: FileData,
+        durable: FileData,
+    },
+    Symlink {
+        target: String,
+    },
+    /// Fifos, sockets and devices: no content.
+    Special(FileKind),
+}
+
+impl Node {
+    pub(super) fn kind(&self) -> FileKind {
+        match self {
+            Node::Directory { .. } => FileKind::Directory,
+            Node::Regular { .. } => FileKind::Regular,
+            Node::Symlink { .. } => FileKind::Symlink,
+            Node::Special(kind) => *kind,
+        }
+    }
+
+    pub(super) fn probe(&self, block_size: u64, links: u64) -> Probe {
+        let (len, allocated_bytes) = match self {
+            Node::Regular { live, .. } => (live.len, live.blocks.block_count() * block_size),
+            Node::Symlink { target } => (target.len() as u64, 0),
+            Node::Directory { .. } | Node::Special(_) => (0, 0),
+        };
+        Probe {
+            kind: self.kind(),
+            len,
+            allocated_bytes,
+            links,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Extents;
+
+    fn ranges(extents: &Extents) -> Vec<(u64, u64)> {
+        extents.0.iter().map(|(&s, &e)| (s, e)).collect()
+    }
+
+    #[test]
+    fn extents_merge_touching_and_overlapping_ranges() {
+        let mut extents = Extents::default();
+        extents.insert(10, 20);
+        extents.insert(30, 40);
+        extents.insert(20, 30);
+        assert_eq!(ranges(&extents), [(10, 40)]);
+        extents.insert(5, 50);
+        assert_eq!(ranges(&extents), [(5, 50)]);
+        extents.insert(60, 70);
+        assert_eq!(extents.block_count(), 55);
+    }
+
+    #[test]
+    fn extents_gaps_lists_unallocated_ranges_in_order() {
+        let mut extents = Extents::default();
+        extents.insert(2, 4);
+        extents.insert(6, 8);
+        assert_eq!(extents.gaps(0, 10), [(0, 2), (4, 6), (8, 10)]);
+        assert_eq!(extents.gaps(3, 7), [(4, 6)]);
+        assert_eq!(extents.gaps(2, 4), []);
+    }
+
+    #[test]
+    fn extents_truncate_frees_blocks_from_index() {
+        let mut extents = Extents::default();
+        extents.insert(0, 10);
+        extents.insert(20, 30);
+        extents.truncate(5);
+        assert_eq!(ranges(&extents), [(0, 5)]);
+        extents.truncate(0);
+        assert_eq!(extents.block_count(), 0);
+    }
+}
