@@ -1807,3 +1807,61 @@ fn set_free_counts_what_snapshots_hold_and_takes_pending_frees_as_shown() {
     assert_eq!(fs.pending_free_bytes(), 0);
     assert_eq!(errno(fs.set_free(MIB - 15 * BS)), libc::ENOSPC);
 }
+
+// ---- the one-pass readers the scenario driver uses, against `snapshot()` ----
+
+/// `for_each_entry` visits what `snapshot()` lists — every path with its `lstat` and the
+/// bytes it shares — and nothing else; `other_writers_bytes` and `shared_bytes_of` say
+/// what the snapshot says.
+#[test]
+fn one_pass_readers_agree_with_the_snapshot() {
+    let fs = home();
+    fs.mkdir_all("/home/d/e").unwrap();
+    fs.write_file("/home/d/e/a", 3 * BS).unwrap();
+    fs.write_file("/home/b", 2 * BS).unwrap();
+    fs.reflink("/home/b", "/home/d/c").unwrap();
+    fs.snapshot_file("/home/d/e/a").unwrap();
+    fs.symlink("/home/l", "/home/d/e/a").unwrap();
+    fs.eat(5 * BS);
+    let snapshot = fs.snapshot();
+    let mut visited = std::collections::BTreeMap::new();
+    let mut shared = std::collections::BTreeMap::new();
+    fs.for_each_entry(|path, probe, bytes| {
+        visited.insert(camino::Utf8PathBuf::from(path), probe.clone());
+        if bytes > 0 {
+            shared.insert(camino::Utf8PathBuf::from(path), bytes);
+        }
+    });
+    assert_eq!(visited, snapshot.entries);
+    assert_eq!(shared, snapshot.shared_bytes);
+    assert_eq!(shared.len(), 3, "a, b and c share blocks: {shared:?}");
+    assert_eq!(
+        visited[Utf8Path::new("/home/d/e/a")].allocated_bytes,
+        3 * BS
+    );
+    for path in ["/home/b", "/home/d/c", "/home/d/e/a", "/home/l", "/nothing"] {
+        assert_eq!(
+            fs.shared_bytes_of(path),
+            snapshot.shared_bytes_of(path),
+            "{path}"
+        );
+    }
+    assert_eq!(fs.other_writers_bytes(), snapshot.other_writers_bytes);
+    assert_eq!(fs.other_writers_bytes(), 5 * BS);
+}
+
+/// `all_calls` is every operation's `calls`, in `SimOp::ALL`'s order.
+#[test]
+fn all_calls_is_every_call_count() {
+    let fs = home();
+    let file = create(&fs, "a");
+    file.write_at(0, b"x").unwrap();
+    file.write_at(1, b"y").unwrap();
+    file.sync_data().unwrap();
+    let all = fs.all_calls();
+    for (i, op) in SimOp::ALL.iter().enumerate() {
+        assert_eq!(all[i], fs.calls(*op), "{op:?}");
+    }
+    assert_eq!(fs.calls(SimOp::WriteAt), 2);
+    assert!(all.iter().sum::<u64>() >= 4);
+}
