@@ -1827,7 +1827,7 @@ fn one_pass_readers_agree_with_the_snapshot() {
     let mut visited = std::collections::BTreeMap::new();
     let mut shared = std::collections::BTreeMap::new();
     fs.for_each_entry(|path, probe, bytes| {
-        visited.insert(camino::Utf8PathBuf::from(path), probe.clone());
+        visited.insert(camino::Utf8PathBuf::from(path), *probe);
         if bytes > 0 {
             shared.insert(camino::Utf8PathBuf::from(path), bytes);
         }
