@@ -415,7 +415,7 @@ impl FileHandle for SimFile {
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
         let gaps = state.file_mut(self.ino).blocks.gaps(first, last);
-        let (mut budget, out_of_space) = state.allocation_budget();
+        let (mut budget, out_of_space) = state.allocation_budget_for(&gaps);
         if !state.unshare_for_write(self.ino, first, last, &mut budget) {
             return Err(errno(out_of_space));
         }
@@ -524,7 +524,7 @@ impl FileHandle for SimFile {
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
         let gaps = state.file_mut(ino).blocks.gaps(first, last);
-        let (mut budget, out_of_space) = state.allocation_budget();
+        let (mut budget, out_of_space) = state.allocation_budget_for(&gaps);
         if !state.unshare_for_write(ino, first, last, &mut budget) {
             return Err(errno(out_of_space));
         }

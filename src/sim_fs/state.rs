@@ -310,6 +310,16 @@ impl State {
     /// free space is the tighter limit (checked first, like ext4), `EDQUOT` when the quota is.
     /// Frees not yet shown count as free: an allocation waits for them (XFS flushes its
     /// inode worker before it says `ENOSPC`).
+    /// [`allocation_budget`](State::allocation_budget) for a write that must fill
+    /// `gaps`: an overwrite of allocated blocks none of which a reflink copy shares needs
+    /// no new block, so it skips the pass over every file (0 blocks, never drawn on).
+    pub(super) fn allocation_budget_for(&self, gaps: &[(u64, u64)]) -> (u64, i32) {
+        if gaps.is_empty() && self.clones.is_empty() {
+            return (0, libc::ENOSPC);
+        }
+        self.allocation_budget()
+    }
+
     pub(super) fn allocation_budget(&self) -> (u64, i32) {
         let file_bytes = self.file_bytes();
         let free_blocks = self
