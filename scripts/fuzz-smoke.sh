@@ -6,6 +6,13 @@
 # `-s none` builds without a sanitizer (the library has no unsafe code outside the libc
 # backend, which the target does not use; the invariants are what is checked).
 #
+# Built `-O` (optimized, without debug assertions) but with overflow checks kept, and
+# `--no-trace-compares`: libFuzzer's comparison callbacks were about 29% of the time and
+# the inputs are decoded into bounded ranges (arbitrary), so comparison tracing adds
+# little guidance. Measured the same hour, machine loaded: 6.3k exec/s as before,
+# 11–13k with these flags; a planted release bug (shared bytes counted as freed) was found
+# from an empty corpus in 37k–70k executions with them and 50k–81k without (3 seeds each).
+#
 # Usage: scripts/fuzz-smoke.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +26,9 @@ fi
 
 export RUSTC_BOOTSTRAP=1
 cd fuzz
-cargo fuzz build lifecycle -s none
+export RUSTFLAGS="${RUSTFLAGS:-} -Coverflow-checks=on"
+flags=(-O -s none --no-trace-compares)
+cargo fuzz build lifecycle "${flags[@]}"
 
 # Run on a scratch copy of the seeds so the committed corpus only changes on purpose.
 work="$(mktemp -d)"
@@ -28,7 +37,7 @@ cp corpus/lifecycle/* "$work/"
 
 log="$work/fuzz.log"
 status=0
-cargo fuzz run lifecycle -s none "$work" -- \
+cargo fuzz run lifecycle "${flags[@]}" "$work" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1 || status=$?
 
 execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"

@@ -1480,6 +1480,12 @@ impl Driver {
                 if let Some(shrunk) = forecast.shrunk {
                     self.durable.add(shrunk);
                 }
+                // On the way to a deferral `ensure` flushes the filesystem (`syncfs`, to
+                // see pending frees), which makes what is there now durable, whatever an
+                // earlier failed call left live.
+                if matches!(result, Ok(Ensured::Deferred { .. })) {
+                    self.durable.add(entry);
+                }
             }
             // Rule 6: a reserve laid down is durable (unless an earlier double fault left
             // a file whose directory entry never was).
@@ -1531,6 +1537,9 @@ impl Driver {
         }
         if crashed {
             self.durable.add(Entry::Absent);
+            // Release flushes the filesystem (`syncfs`) for its baseline before it
+            // unlinks: what was there, durable or not, may come back.
+            self.durable.add(before.entry);
             return self.crashed(&before, !disturbance.other_writer);
         }
         self.after_call(&before, &view, result.is_err(), true, &[])?;
@@ -1589,8 +1598,10 @@ impl Driver {
         })?;
         if let Ok(Released::Released { .. }) = result {
             if disturbance.faults > 0 {
-                // The directory sync is best effort: the old entry may come back.
+                // The directory sync is best effort: the old entry may come back, as
+                // the `syncfs` before the unlink left it.
                 self.durable.add(Entry::Absent);
+                self.durable.add(before.entry);
             } else {
                 self.durable = Durable::exactly(Entry::Absent);
             }
@@ -1703,16 +1714,19 @@ impl Driver {
         {
             found_by_release.push(Entry::File { len, blocks: 0 });
         }
+        // Either call, first under the lock, tidies a replacement an earlier double
+        // fault left: whichever goes second finds it gone and its bytes free.
+        let tidied = self.tidied_model();
         let releases_second: Vec<_> = found_by_release
             .into_iter()
             .map(|found| {
-                let mut m = self.model.clone();
+                let mut m = tidied.clone();
                 m.entry = found;
                 m.release()
             })
             .collect();
-        let (release_first, after_release) = self.model.release();
-        let mut m = self.model.clone();
+        let (release_first, after_release) = tidied.release();
+        let mut m = tidied;
         m.entry = after_release;
         let ensure_second = m.ensure(args.size, args.headroom, args.strategy);
         let end_b = ensure_second.after;

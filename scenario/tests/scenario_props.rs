@@ -528,3 +528,62 @@ fn reflink_copy_of_the_reserve() {
         assert!(report.shared >= 1, "{report:?}");
     }
 }
+
+/// Postmortem (found by the fuzzer once `syncfs` made a `SimFs` durable, as it does the
+/// kernel): a write-path `ensure` under an exhausted quota failed and could not roll back
+/// (an injected `ENOSPC` on the removal), leaving a partial reserve that was never synced;
+/// after a crash a later `ensure` deferred, and its `syncfs` on the way made what was there
+/// durable. A crash in the next `release` brought that file back; the driver had allowed
+/// only the states before the deferral. The same holds for `release`, which flushes the
+/// filesystem for its baseline before unlinking.
+#[test]
+fn a_deferral_makes_what_is_there_durable() {
+    let crash_in_release = Op::CrashDuring {
+        after_calls: 135,
+        call: Interrupted::Release,
+    };
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 33_554_431,
+            quota_blocks: Some(48),
+            allocate: AllocateMode::NoBlocks,
+            bystander_blocks: u32::MAX,
+            usual_size_blocks: 3_104_374_783,
+            faults: vec![
+                FaultPlan {
+                    op: SimOp::Probe,
+                    nth: 32,
+                    errno: Errno::Enospc,
+                },
+                FaultPlan {
+                    op: SimOp::RemoveFile,
+                    nth: 0,
+                    errno: Errno::Enospc,
+                },
+            ],
+        },
+        ops: vec![
+            usual(),
+            ensure(SizeChoice::Blocks(u32::MAX), Allocation::Auto),
+            usual(),
+            Op::OtherWriterDuringCall {
+                after_calls: 69,
+                bytes: 1_162_167_621,
+            },
+            Op::OtherWriterDuringCall {
+                after_calls: 69,
+                bytes: -2_021_161_147,
+            },
+            crash_in_release,
+            Op::CrashDuring {
+                after_calls: 135,
+                call: Interrupted::Ensure(EnsureArgs::default()),
+            },
+            Op::OtherWriterDuringCall {
+                after_calls: 69,
+                bytes: -2_025_503_419,
+            },
+            crash_in_release,
+        ],
+    });
+}
