@@ -99,6 +99,22 @@ mod tests {
     use super::*;
     use std::fmt;
 
+    /// The default hint promises bytes only when the reserve holds some.
+    #[test]
+    fn default_hint_names_the_file_and_its_bytes_only_when_there_are_some() {
+        let path = Utf8Path::new("/srv/app/.reserve");
+        assert_eq!(
+            default_hint(path, Some(64 << 20)),
+            "hint: the disk is full; delete the disk reserve /srv/app/.reserve to free 64.0 MiB for the cleanup"
+        );
+        for none in [None, Some(0)] {
+            assert_eq!(
+                default_hint(path, none),
+                "hint: the disk is full and there is no disk reserve at /srv/app/.reserve to delete; free space by hand"
+            );
+        }
+    }
+
     #[derive(Debug)]
     struct Wrap(Box<dyn StdError + Send + Sync>);
     impl fmt::Display for Wrap {

@@ -349,6 +349,36 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `status` prints these words (`ensure_would`), so they are part of the contract.
+    #[test]
+    fn plan_words() {
+        let words = [
+            (Plan::Nothing, "nothing"),
+            (Plan::Refuse(FileKind::Directory), "refuse"),
+            (Plan::Shrink { from_len: 1 }, "shrink"),
+            (
+                Plan::Defer {
+                    free_bytes: 0,
+                    needed_bytes: 1,
+                },
+                "defer",
+            ),
+            (Plan::Create, "create"),
+            (
+                Plan::Replace {
+                    links: 2,
+                    shared_bytes: 0,
+                },
+                "replace",
+            ),
+            (Plan::Extend { from_len: 1 }, "top up"),
+            (Plan::Refill { from_len: 1 }, "top up"),
+        ];
+        for (plan, word) in words {
+            assert_eq!(plan.as_str(), word, "{plan:?}");
+        }
+    }
+
     const MIB: u64 = 1 << 20;
 
     fn space(free_bytes: u64) -> Space {

@@ -421,5 +421,15 @@ mod tests {
         assert_eq!(zero.kind(), io::ErrorKind::InvalidInput);
         let inner = zero.into_inner().unwrap().downcast::<Error>().unwrap();
         assert!(matches!(*inner, Error::ZeroSize { .. }));
+        let cancelled = Error::Cancelled {
+            path: "/a/.reserve".into(),
+        };
+        assert_eq!(cancelled.kind(), io::ErrorKind::Interrupted);
+        let not_allocated = Error::NotAllocated {
+            path: "/a/.reserve".into(),
+            allocated_bytes: 0,
+            size_bytes: 1 << 20,
+        };
+        assert_eq!(not_allocated.kind(), io::ErrorKind::Unsupported);
     }
 }
