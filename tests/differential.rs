@@ -416,6 +416,8 @@ struct Tally {
     ended_early: AtomicU64,
     /// Steps where a side ran out of space (`ENOSPC`, or a short write).
     enospc: AtomicU64,
+    /// Resyncs by kind.
+    kinds: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 struct Run<'a> {
@@ -545,6 +547,31 @@ impl<'a> Run<'a> {
 
     fn resync(&mut self, what: String) {
         self.tally.resyncs.fetch_add(1, Ordering::Relaxed);
+        // Tallied by operation and by which side ran out first, for the summary.
+        let op = what.split([' ', ':']).next().unwrap_or("?");
+        let who = if what.contains("Err(28) vs") {
+            "real_refused"
+        } else if what.contains("vs Err(28)") {
+            "sim_refused"
+        } else if what.contains("deferred vs") {
+            "real_deferred"
+        } else if what.contains("vs deferred") {
+            "sim_deferred"
+        } else {
+            "both_short"
+        };
+        let ends = if what.contains("case ends") {
+            "_end"
+        } else {
+            ""
+        };
+        *self
+            .tally
+            .kinds
+            .lock()
+            .unwrap()
+            .entry(format!("{op}/{who}{ends}"))
+            .or_default() += 1;
         self.log.push(format!("  resync: {what}"));
     }
 
@@ -1025,7 +1052,7 @@ fn simfs_agrees_with_the_kernel_on_random_sequences() {
     let ops = tally.ops.load(Ordering::Relaxed);
     println!(
         "DIFF_RESULT fs={} cases={} ops={ops} enospc_steps={} resyncs={} ended_early={} secs={secs:.1} \
-         ops_per_sec={:.0} result={}",
+         ops_per_sec={:.0} result={} resync_kinds={}",
         mount.row,
         tally.cases.load(Ordering::Relaxed),
         tally.enospc.load(Ordering::Relaxed),
@@ -1033,6 +1060,14 @@ fn simfs_agrees_with_the_kernel_on_random_sequences() {
         tally.ended_early.load(Ordering::Relaxed),
         ops as f64 / secs,
         if result.is_ok() { "agree" } else { "diverged" },
+        tally
+            .kinds
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, n)| format!("{k}:{n}"))
+            .collect::<Vec<_>>()
+            .join(","),
     );
     if let Err(e) = result {
         panic!("{e}");
