@@ -416,6 +416,8 @@ struct Tally {
     ended_early: AtomicU64,
     /// Steps where a side ran out of space (`ENOSPC`, or a short write).
     enospc: AtomicU64,
+    /// The largest gap seen between the two sides' free space, in bytes.
+    max_drift: AtomicU64,
     /// Resyncs by kind.
     kinds: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -875,6 +877,9 @@ impl<'a> Run<'a> {
             real = real_dir.space().unwrap().free_bytes;
             tries += 1;
         }
+        self.tally
+            .max_drift
+            .fetch_max(real.abs_diff(sim), Ordering::Relaxed);
         if real.abs_diff(sim) > self.tolerance {
             return Err(TestCaseError::fail(format!(
                 "free space: real {real} vs sim {sim}, {} apart, tolerance {} ({})\nsteps:\n{}",
@@ -1051,13 +1056,14 @@ fn simfs_agrees_with_the_kernel_on_random_sequences() {
     let secs = started.elapsed().as_secs_f64();
     let ops = tally.ops.load(Ordering::Relaxed);
     println!(
-        "DIFF_RESULT fs={} cases={} ops={ops} enospc_steps={} resyncs={} ended_early={} secs={secs:.1} \
+        "DIFF_RESULT fs={} cases={} ops={ops} enospc_steps={} resyncs={} ended_early={} max_free_drift={} secs={secs:.1} \
          ops_per_sec={:.0} result={} resync_kinds={}",
         mount.row,
         tally.cases.load(Ordering::Relaxed),
         tally.enospc.load(Ordering::Relaxed),
         tally.resyncs.load(Ordering::Relaxed),
         tally.ended_early.load(Ordering::Relaxed),
+        tally.max_drift.load(Ordering::Relaxed),
         ops as f64 / secs,
         if result.is_ok() { "agree" } else { "diverged" },
         tally
