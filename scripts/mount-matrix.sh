@@ -8,6 +8,9 @@
 # "conformance" column is tests/conformance.rs's RealFs half (cargo test --test conformance
 # real::) run in a directory of the mount, including its fill to ENOSPC, whose bytes
 # written against the free space reported before are printed per filesystem at the end.
+# The "fileapi_diff" column is tests/differential.rs's runner (random file-API sequences on
+# SimFs and on the mount, compared step by step) for MOUNT_MATRIX_DIFF_CASES sequences
+# (default 200, about 4,000 operations); its figures are printed at the end.
 # The FUSE rows run only fuse_write_path: the other tests would only take minutes there.
 #
 # Needs root and loop devices, as CI has; without them it says so in one line and exits 0.
@@ -27,7 +30,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 IMAGE_MIB=${MOUNT_MATRIX_IMAGE_MIB:-512}
 TEST_TIMEOUT=${MOUNT_MATRIX_TEST_TIMEOUT:-300}
-TESTS=(${MOUNT_MATRIX_TESTS:-conformance full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut reflink_release snapshot quota late_free never_fits overlay fuse_write_path})
+DIFF_CASES=${MOUNT_MATRIX_DIFF_CASES:-200}
+TESTS=(${MOUNT_MATRIX_TESTS:-conformance fileapi_diff full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut reflink_release snapshot quota late_free never_fits overlay fuse_write_path})
 FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro fusefat exfat-fuse})
 # Rows that run only some of the tests (the others show "-").
 declare -A ROW_TESTS=([fusefat]="fuse_write_path" [exfat-fuse]="fuse_write_path")
@@ -66,8 +70,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-say "building the test binaries (cargo test -p disk-reserve-cli -p disk-reserve --no-run --test real_mount --test conformance)"
-artifacts=$(cargo test -p disk-reserve-cli -p disk-reserve --no-run --test real_mount --test conformance \
+say "building the test binaries (cargo test -p disk-reserve-cli -p disk-reserve --no-run --test real_mount --test conformance --test differential)"
+artifacts=$(cargo test -p disk-reserve-cli -p disk-reserve --no-run --test real_mount --test conformance --test differential \
     --message-format=json-render-diagnostics </dev/null)
 executable_of() { # $1: a pattern the artifact's target must match
     printf '%s\n' "$artifacts" | grep '"reason":"compiler-artifact"' | grep -- "$1" |
@@ -76,7 +80,8 @@ executable_of() { # $1: a pattern the artifact's target must match
 testbin=$(executable_of '"kind":\["test"\],"crate_types":\["bin"\],"name":"real_mount"')
 clibin=$(executable_of '"kind":\["bin"\],"crate_types":\["bin"\],"name":"disk-reserve"')
 conformancebin=$(executable_of '"kind":\["test"\],"crate_types":\["bin"\],"name":"conformance"')
-if [ ! -x "$testbin" ] || [ ! -x "$clibin" ] || [ ! -x "$conformancebin" ]; then
+diffbin=$(executable_of '"kind":\["test"\],"crate_types":\["bin"\],"name":"differential"')
+if [ ! -x "$testbin" ] || [ ! -x "$clibin" ] || [ ! -x "$conformancebin" ] || [ ! -x "$diffbin" ]; then
     echo "mount-matrix: could not find the built test binaries ($testbin, $conformancebin) or command ($clibin)" >&2
     exit 1
 fi
@@ -207,7 +212,7 @@ for fs in "${FILESYSTEMS[@]}"; do
             continue
         fi
         # The conformance suite changes things: not on the read-only row.
-        if [ "$t" = conformance ] && [ -n "$ro" ]; then
+        if { [ "$t" = conformance ] || [ "$t" = fileapi_diff ]; } && [ -n "$ro" ]; then
             cell[$fs.$t]=-
             continue
         fi
@@ -219,6 +224,11 @@ for fs in "${FILESYSTEMS[@]}"; do
             env DISK_RESERVE_CONFORMANCE_DIR="$mnt" DISK_RESERVE_CONFORMANCE_FS="$fs" \
                 timeout -k 10 "$TEST_TIMEOUT" "$conformancebin" real:: --test-threads=1 \
                 --nocapture </dev/null >"$log" 2>&1 || rc=$?
+        elif [ "$t" = fileapi_diff ]; then
+            env DISK_RESERVE_DIFF_DIR="$mnt" DISK_RESERVE_DIFF_FS="$fs" DISK_RESERVE_DIFF_CASES="$DIFF_CASES" \
+                timeout -k 10 "$TEST_TIMEOUT" "$diffbin" --exact simfs_agrees_with_the_kernel_on_random_sequences \
+                --test-threads=1 --nocapture </dev/null >"$log" 2>&1 || rc=$?
+            grep -o 'DIFF_RESULT .*' "$log" >>"$work/diff_result" || true
         else
             env DISK_RESERVE_TEST_MOUNT="$mnt" DISK_RESERVE_TEST_FS="$fs" \
                 ${ro:+DISK_RESERVE_TEST_READONLY=1} \
@@ -308,6 +318,12 @@ if [ -s "$work/enospc_fill" ]; then
             sprintf("%.2f MiB", f["written"] / 1048576),
             sprintf("%.0f KiB (%s%%)", f["shortfall"] / 1024, f["shortfall_pct"]),
             sprintf("%.2f MiB", f["free_at_enospc"] / 1048576) }' "$work/enospc_fill"
+fi
+
+if [ -s "$work/diff_result" ]; then
+    echo
+    echo "fileapi_diff: operations run on SimFs and the mount, steps out of space, resyncs at the ENOSPC boundary"
+    sed 's/^DIFF_RESULT //' "$work/diff_result"
 fi
 
 for fs in "${FILESYSTEMS[@]}"; do
