@@ -123,9 +123,16 @@ impl Observed {
     }
 
     /// Bytes `ensure` must still allocate to make the reserve complete (rule 4's
-    /// `missing = size - allocated`).
+    /// `missing = size - allocated`). A hard-linked or shared file is replaced by a fresh
+    /// reserve built beside it, so none of its blocks count: the whole size is missing.
     pub fn missing_bytes(self, size_bytes: u64) -> u64 {
-        size_bytes.saturating_sub(self.releasable_bytes().min(size_bytes))
+        let own = match self {
+            Observed::Regular {
+                allocated_bytes, ..
+            } => allocated_bytes,
+            _ => 0,
+        };
+        size_bytes.saturating_sub(own.min(size_bytes))
     }
 }
 
@@ -348,6 +355,34 @@ fn decide_on_space(observed: Observed, size_bytes: u64, headroom_bytes: u64, spa
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Postmortem (found by the fuzzer): a shared reserve whose own blocks cover the size
+    /// was replaced without reading the free space, because its "missing" bytes counted
+    /// them; the replacement is built beside it and needs the whole size plus the
+    /// headroom free.
+    #[test]
+    fn a_shared_reserve_is_replaced_only_with_room_for_a_whole_new_one() {
+        let size = 4 * MIB;
+        let shared = Observed::Shared {
+            len: 2 * size,
+            allocated_bytes: 2 * size,
+            releasable_bytes: size,
+        };
+        assert_eq!(shared.missing_bytes(size), size);
+        assert_eq!(decide_early(shared, size), None, "the free space decides");
+        let tight = space(2 * size - 1);
+        assert!(matches!(
+            decide(shared, size, size, tight),
+            Plan::Defer {
+                needed_bytes,
+                ..
+            } if needed_bytes == 2 * size
+        ));
+        assert!(matches!(
+            decide(shared, size, size, space(2 * size)),
+            Plan::Replace { .. }
+        ));
+    }
 
     /// `status` prints these words (`ensure_would`), so they are part of the contract.
     #[test]
