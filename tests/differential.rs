@@ -59,8 +59,11 @@ const DIFF_TOLERANCE: &[(&str, f64, u64)] = &[
     ("ext4", 0.05, 256 * KIB),
     ("ext2", 0.2, 256 * KIB),
     ("xfs", 0.05, 256 * KIB),
-    ("btrfs", 1.0, 256 * KIB),
-    ("btrfs-zstd", 1.0, 256 * KIB),
+    // btrfs: free space drifts up to 5.6 MB of 512 MiB from what SimFs counts (its
+    // metadata reserve and extent items), measured over 890k operations and three matrix
+    // runs, against the 5.63 MB of 1% + 256 KiB; 1.5% leaves a margin.
+    ("btrfs", 1.5, 256 * KIB),
+    ("btrfs-zstd", 1.5, 256 * KIB),
 ];
 
 /// Names a step may use: at the top of the tree, or inside a top-level directory.
@@ -389,12 +392,11 @@ fn walk(dir: &dyn DirHandle, prefix: &str, out: &mut BTreeMap<String, Node>) {
 /// The bytes a write puts at `offset`: a function of the position and the step's seed, so
 /// a prefix written on one side is the same prefix on the other.
 fn pattern(offset: u64, len: usize, seed: u8) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| {
-            let at = offset + i;
-            (at ^ (at >> 8) ^ (at >> 16)) as u8 ^ seed
-        })
-        .collect()
+    // Incompressible, or btrfs with compress-force takes less space than SimFs counts
+    // (seen in CI: 5.6 MB apart after two other-writer steps on btrfs-zstd).
+    let mut buf = vec![0u8; len];
+    disk_reserve::pattern::fill(&mut buf, u64::from(seed), offset);
+    buf
 }
 
 // ---- the runner ----
@@ -1216,6 +1218,14 @@ fn regression_create_at_the_enospc_boundary() {
             },
         ],
     );
+}
+
+/// Found on btrfs with `compress-force=zstd` (the mount matrix's `fileapi_diff` column):
+/// other writers' data was compressible, so the real side took 5.6 MB less than SimFs
+/// counts; every write of the runner is now incompressible. On tmpfs it only replays.
+#[test]
+fn regression_other_writers_on_a_compressing_filesystem() {
+    regression(4096, vec![Op::Eat { kib: 2244 }, Op::Eat { kib: 4064 }]);
 }
 
 /// Found on btrfs: with the disk full, cutting a file back after a write that ran out
