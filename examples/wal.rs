@@ -398,56 +398,27 @@ mod tests {
     #[test]
     fn every_acknowledged_record_survives_a_thousand_crashes_at_random_points() {
         for seed in 1..=1000u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-            let fs = SimFs::with_home(256 * 1024, HOME);
-            let mut acknowledged: Vec<Vec<u8>> = Vec::new();
-            // Two power cuts per run; recovery itself may be cut too.
-            for round in 0..2 {
-                fs.crash_after(1 + rng.below(120) as u32);
-                let crashes = fs.crashes();
-                let mut in_flight = None;
-                if let Ok(dir) = fs.open_dir(HOME.into())
-                    && let Ok((mut wal, got)) = Wal::open(dir, 1024)
-                {
-                    assert_eq!(got, acknowledged, "seed {seed} round {round}: recovery");
-                    loop {
-                        let payload = vec![rng.below(256) as u8; 1 + rng.below(400) as usize];
-                        match wal.append(&payload) {
-                            Ok(()) => acknowledged.push(payload),
-                            Err(_) => {
-                                in_flight = Some(payload);
-                                break;
-                            }
-                        }
-                    }
-                }
-                if fs.crashes() == crashes {
-                    fs.crash(); // the disk filled before the planned cut
-                }
-                fs.crash_after(0);
-                let (_, got) = open(&fs, 1024);
-                // The record in flight at the cut may or may not have made it.
-                if got.len() == acknowledged.len() + 1 {
-                    assert_eq!(got.last(), in_flight.as_ref(), "seed {seed}: in flight");
-                    acknowledged.push(in_flight.unwrap());
-                }
-                assert_eq!(got, acknowledged, "seed {seed} round {round}");
-            }
+            crash_run(seed, false);
         }
     }
 
-    /// One run of [`every_acknowledged_record_survives_a_thousand_torn_crashes`]: two
-    /// torn power cuts at random calls (recovery itself may be cut too), each keeping a
-    /// seeded part of what was not synced. Panics with the seed. Returns how many cuts
-    /// left a torn tail (bytes past the last whole record) in the live segment.
-    fn torn_crash_run(seed: u64) -> usize {
+    /// One run of two power cuts at random calls (recovery itself may be cut too); with
+    /// `torn`, each keeps a seeded part of what was not synced
+    /// ([`every_acknowledged_record_survives_a_thousand_torn_crashes`]), else it loses all
+    /// of it. Panics with the seed. Returns how many cuts left a torn tail (bytes past the
+    /// last whole record) in the live segment.
+    fn crash_run(seed: u64, torn: bool) -> usize {
         let mut torn_tails = 0;
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let fs = SimFs::with_home(256 * 1024, HOME);
         let mut acknowledged: Vec<Vec<u8>> = Vec::new();
         for round in 0..2 {
-            let tear = rng.below(u64::MAX);
-            fs.crash_torn_after(1 + rng.below(120) as u32, tear);
+            let tear = torn.then(|| rng.below(u64::MAX));
+            let after = 1 + rng.below(120) as u32;
+            match tear {
+                Some(tear) => fs.crash_torn_after(after, tear),
+                None => fs.crash_after(after),
+            }
             let crashes = fs.crashes();
             let mut in_flight = None;
             if let Ok(dir) = fs.open_dir(HOME.into())
@@ -466,9 +437,13 @@ mod tests {
                 }
             }
             if fs.crashes() == crashes {
-                fs.crash_torn(tear); // the disk filled before the planned cut
+                // The disk filled before the planned cut.
+                match tear {
+                    Some(tear) => fs.crash_torn(tear),
+                    None => fs.crash(),
+                }
             }
-            fs.crash_torn_after(0, 0);
+            fs.crash_after(0);
             if let Ok(live) = fs
                 .open_dir(HOME.into())
                 .and_then(|dir| dir.open_file(LIVE, OpenOptions::read()))
@@ -505,7 +480,7 @@ mod tests {
     }
 
     /// One run of [`every_acknowledged_record_survives_failed_fsyncs_reopens_and_torn_crashes`]:
-    /// as [`torn_crash_run`], and in half the rounds the k-th `fsync` of the live segment
+    /// as [`crash_run`], and in half the rounds the k-th `fsync` of the live segment
     /// fails; the poisoned log is then reopened without a crash and carries on. Returns
     /// how many fsyncs failed.
     fn failing_fsync_run(seed: u64) -> usize {
@@ -569,7 +544,7 @@ mod tests {
 
     #[test]
     fn every_acknowledged_record_survives_a_thousand_torn_crashes() {
-        let torn_tails: usize = (1..=1000u64).map(torn_crash_run).sum();
+        let torn_tails: usize = (1..=1000u64).map(|seed| crash_run(seed, true)).sum();
         // The cuts tore records: recovery met a torn tail and cut it.
         assert!(torn_tails >= 100, "{torn_tails} torn tails in 2,000 cuts");
     }
