@@ -648,6 +648,65 @@ fn set_len_growing_allocates_nothing() {
     assert_eq!(allocated(&fs, "/home/f"), BS);
 }
 
+/// btrfs (`set_eof_block_zeroing`): growing a file whose end is inside a hole block
+/// writes that block — by `set_len`, by a write past the end and by an `allocate` past
+/// the end — and needs a free block for it; a file ending on a block boundary or in an
+/// allocated block takes nothing more. Off (ext4, XFS, tmpfs), nothing is allocated.
+#[test]
+fn growing_past_an_end_inside_a_hole_block_writes_that_block_when_zeroing_is_on() {
+    let grow = |fs: &SimFs, name: &str, how: &str| {
+        let f = create(fs, name);
+        f.set_len(BS + 100).unwrap();
+        match how {
+            "set_len" => f.set_len(10 * BS).unwrap(),
+            "write" => assert_eq!(f.write_at(5 * BS, b"x").unwrap(), 1),
+            _ => f.allocate(5 * BS, BS).unwrap(),
+        }
+        allocated(fs, &format!("/home/{name}"))
+    };
+    for (how, own) in [("set_len", 0), ("write", BS), ("allocate", BS)] {
+        let fs = home();
+        assert_eq!(grow(&fs, "off", how), own, "{how}, zeroing off");
+        fs.set_eof_block_zeroing(true);
+        assert_eq!(grow(&fs, "on", how), own + BS, "{how}, zeroing on");
+    }
+
+    let fs = home();
+    fs.set_eof_block_zeroing(true);
+    let aligned = create(&fs, "aligned");
+    aligned.set_len(2 * BS).unwrap();
+    aligned.set_len(8 * BS).unwrap();
+    assert_eq!(
+        allocated(&fs, "/home/aligned"),
+        0,
+        "an end on a block boundary"
+    );
+    let written = create(&fs, "written");
+    assert_eq!(written.write_at(0, &[1; 100]).unwrap(), 100);
+    written.set_len(8 * BS).unwrap();
+    assert_eq!(
+        allocated(&fs, "/home/written"),
+        BS,
+        "the end block was there"
+    );
+    // The zeroed tail reads as zeros; the bytes before it are kept.
+    let mut buf = [9u8; 200];
+    let reader = dir(&fs, "/home")
+        .open_file("written", OpenOptions::read())
+        .unwrap();
+    assert_eq!(reader.read_at(0, &mut buf).unwrap(), 200);
+    assert_eq!((buf[99], buf[100]), (1, 0));
+
+    // No free block: the growth fails as btrfs's does, and the file keeps its length.
+    let full = create(&fs, "full");
+    full.set_len(100).unwrap();
+    fs.set_free(0).unwrap();
+    assert_eq!(errno(full.set_len(8 * BS)), libc::ENOSPC);
+    assert_eq!(errno(full.write_at(4 * BS, b"x")), libc::ENOSPC);
+    assert_eq!(len(&fs, "/home/full"), 100);
+    assert_eq!(allocated(&fs, "/home/full"), 0);
+}
+
 #[test]
 fn write_less_handle_is_ebadf_for_writes_and_einval_for_set_len() {
     let fs = home();

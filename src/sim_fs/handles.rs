@@ -389,7 +389,12 @@ impl FileHandle for SimFile {
             AllocateMode::Supported => {
                 let block_size = state.block_size;
                 let (first, last) = (offset / block_size, end.div_ceil(block_size));
-                let gaps = state.file_mut(ino).blocks.gaps(first, last);
+                let mut gaps = state.file_mut(ino).blocks.gaps(first, last);
+                if let Some(block) = state.eof_block_to_zero(ino, offset)
+                    && block < first
+                {
+                    gaps.insert(0, (block, block + 1));
+                }
                 let needed: u64 = gaps.iter().map(|(start, end)| end - start).sum();
                 let (budget, out_of_space) = state.allocation_budget();
                 if needed > budget {
@@ -414,7 +419,12 @@ impl FileHandle for SimFile {
         let end = checked_end(offset, len)?;
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
-        let gaps = state.file_mut(self.ino).blocks.gaps(first, last);
+        let mut gaps = state.file_mut(self.ino).blocks.gaps(first, last);
+        if let Some(block) = state.eof_block_to_zero(self.ino, offset)
+            && block < first
+        {
+            gaps.insert(0, (block, block + 1));
+        }
         let (mut budget, out_of_space) = state.allocation_budget_for(&gaps);
         if !state.unshare_for_write(self.ino, first, last, &mut budget) {
             return Err(errno(out_of_space));
@@ -451,6 +461,15 @@ impl FileHandle for SimFile {
         }
         if len < state.file_mut(self.ino).len {
             state.shortened.insert(self.ino);
+        }
+        if let Some(block) = state.eof_block_to_zero(self.ino, len) {
+            let gap = [(block, block + 1)];
+            let (budget, out_of_space) = state.allocation_budget_for(&gap);
+            if budget == 0 {
+                return Err(errno(out_of_space));
+            }
+            state.file_mut(self.ino).blocks.insert(block, block + 1);
+            state.redirtied(self.ino, block, block + 1);
         }
         let block_size = state.block_size;
         let file = state.file_mut(self.ino);
@@ -523,7 +542,12 @@ impl FileHandle for SimFile {
         }
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
-        let gaps = state.file_mut(ino).blocks.gaps(first, last);
+        let mut gaps = state.file_mut(ino).blocks.gaps(first, last);
+        if let Some(block) = state.eof_block_to_zero(ino, offset)
+            && block < first
+        {
+            gaps.insert(0, (block, block + 1));
+        }
         let (mut budget, out_of_space) = state.allocation_budget_for(&gaps);
         if !state.unshare_for_write(ino, first, last, &mut budget) {
             return Err(errno(out_of_space));

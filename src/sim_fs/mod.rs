@@ -489,6 +489,30 @@ impl SimFs {
         }
     }
 
+    /// Makes an extension of a file whose length ends inside a block write zeros over
+    /// the rest of that block, allocating it if it was a hole, as btrfs does
+    /// (`btrfs_truncate_block`): a `set_len` that grows the file, and a write or an
+    /// `allocate` that starts past its end. ext4, XFS and tmpfs leave the hole (the
+    /// default). It matters where the block is then shared: a snapshot taken after it
+    /// holds a block the file's owner did not write.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// fs.set_eof_block_zeroing(true);
+    /// let data = fs.open_dir("/data".into())?;
+    /// let file = data.open_file("sparse", OpenOptions::create_new())?;
+    /// file.set_len(5000)?; // from 0: no block to zero
+    /// assert_eq!(file.probe()?.allocated_bytes, 0);
+    /// file.set_len(20_000)?; // 5000 ends inside block 1: it is written
+    /// assert_eq!(file.probe()?.allocated_bytes, 4096);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_eof_block_zeroing(&self, on: bool) {
+        self.state().eof_block_zeroing = on;
+    }
+
     /// Takes a snapshot of the file at `path` (a btrfs snapshot, a reflink copy kept
     /// elsewhere): its blocks are now shared, so [`FileHandle::shared_bytes`] counts them
     /// and deleting or truncating the file does not give them back until

@@ -44,6 +44,8 @@ pub(super) struct State {
     pub(super) max_free_reported: u64,
     /// Frees show in `space` late ([`SimFs::set_late_frees`]).
     pub(super) late_frees: bool,
+    /// Extending a file zeroes the rest of its last block ([`SimFs::set_eof_block_zeroing`]).
+    pub(super) eof_block_zeroing: bool,
     /// Bytes freed but not yet shown by `space`.
     pub(super) pending_free: u64,
     /// Whether a `space` call has seen `pending_free` (the next one shows it).
@@ -125,6 +127,7 @@ impl State {
             pending_move: None,
             moves: 0,
             late_frees: false,
+            eof_block_zeroing: false,
             pending_free: 0,
             pending_seen: false,
             snapshots: BTreeMap::new(),
@@ -313,6 +316,22 @@ impl State {
     /// [`allocation_budget`](State::allocation_budget) for a write that must fill
     /// `gaps`: an overwrite of allocated blocks none of which a reflink copy shares needs
     /// no new block, so it skips the pass over every file (0 blocks, never drawn on).
+    /// The block that extending file `ino` from `from` on (a `set_len` to `from`, or a
+    /// write or `allocate` starting at `from`) writes zeros into first when
+    /// [`SimFs::set_eof_block_zeroing`] is on: the block holding the file's end, when that
+    /// end is inside a block, the block is a hole, and the extension starts past it.
+    pub(super) fn eof_block_to_zero(&mut self, ino: u64, from: u64) -> Option<u64> {
+        if !self.eof_block_zeroing {
+            return None;
+        }
+        let block_size = self.block_size;
+        let file = self.file_mut(ino);
+        let block = file.len / block_size;
+        let inside = file.len % block_size != 0;
+        (inside && from > file.len && !file.blocks.gaps(block, block + 1).is_empty())
+            .then_some(block)
+    }
+
     pub(super) fn allocation_budget_for(&self, gaps: &[(u64, u64)]) -> (u64, i32) {
         if gaps.is_empty() && self.clones.is_empty() {
             return (0, libc::ENOSPC);
