@@ -327,7 +327,7 @@ impl State {
         let block_size = self.block_size;
         let file = self.file_mut(ino);
         let block = file.len / block_size;
-        let inside = file.len % block_size != 0;
+        let inside = !file.len.is_multiple_of(block_size);
         (inside && from > file.len && !file.blocks.gaps(block, block + 1).is_empty())
             .then_some(block)
     }
