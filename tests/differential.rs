@@ -59,9 +59,11 @@ const DIFF_TOLERANCE: &[(&str, f64, u64)] = &[
     ("ext4", 0.05, 256 * KIB),
     ("ext2", 0.2, 256 * KIB),
     ("xfs", 0.05, 256 * KIB),
-    // btrfs: free space drifts up to 5.6 MB of 512 MiB from what SimFs counts (its
-    // metadata reserve and extent items), measured over 890k operations and three matrix
-    // runs, against the 5.63 MB of 1% + 256 KiB; 1.5% leaves a margin.
+    // btrfs: free space drifts up to 3.6 MB of 512 MiB from what SimFs counts (its
+    // metadata reserve and extent items), measured over 12k operations per row once the
+    // runner flushes at a quarter of the tolerance (before, flushing only past the
+    // tolerance, the drift seen was the tolerance itself: 8.3 MB). 1.5% (8.3 MB) is
+    // also the window near full where the two may disagree about ENOSPC.
     ("btrfs", 1.5, 256 * KIB),
     ("btrfs-zstd", 1.5, 256 * KIB),
 ];
@@ -420,6 +422,8 @@ struct Tally {
     enospc: AtomicU64,
     /// The largest gap seen between the two sides' free space, in bytes.
     max_drift: AtomicU64,
+    /// Where the largest drift was seen: both sides' free space and the last steps.
+    worst_drift: std::sync::Mutex<String>,
     /// Resyncs by kind.
     kinds: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -830,7 +834,8 @@ impl<'a> Run<'a> {
             }
         }
         self.compare_tree()?;
-        self.compare_space()?;
+        let (real, sim) = self.compare_space()?;
+        self.log.push(format!("  free: real {real}, sim {sim}"));
         Ok(true)
     }
 
@@ -868,22 +873,31 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Free space agrees within the tolerance; a real filesystem that accounts frees late
-    /// (XFS, btrfs) is asked to flush first.
-    fn compare_space(&self) -> Result<(), TestCaseError> {
+    /// Free space agrees within the tolerance. A real filesystem that accounts writes or
+    /// frees late (btrfs shows buffered writes only once written back, XFS and btrfs show
+    /// frees after a commit) is asked to flush as soon as the two are a quarter of the
+    /// tolerance apart, so that the drift measured is the accounting's, not the flush's:
+    /// flushing only past the tolerance made the largest drift seen the tolerance itself.
+    fn compare_space(&self) -> Result<(u64, u64), TestCaseError> {
         let sim = self.sim.free();
         let real_dir = self.real.dir(None).unwrap();
         let mut real = real_dir.space().unwrap().free_bytes;
         let mut tries = 0;
-        while real.abs_diff(sim) > self.tolerance && tries < 5 {
+        while real.abs_diff(sim) > self.tolerance / 4 && tries < 5 {
             real_dir.sync_fs().unwrap();
             std::thread::sleep(Duration::from_millis(tries * 5));
             real = real_dir.space().unwrap().free_bytes;
             tries += 1;
         }
-        self.tally
-            .max_drift
-            .fetch_max(real.abs_diff(sim), Ordering::Relaxed);
+        let drift = real.abs_diff(sim);
+        if drift > self.tally.max_drift.fetch_max(drift, Ordering::Relaxed) {
+            let tail = self.log.len().saturating_sub(12);
+            *self.tally.worst_drift.lock().unwrap() = format!(
+                "real {real} sim {sim} free, near full: {}; last steps: {}",
+                self.near_full(),
+                self.log[tail..].join(" | ")
+            );
+        }
         if real.abs_diff(sim) > self.tolerance {
             return Err(TestCaseError::fail(format!(
                 "free space: real {real} vs sim {sim}, {} apart, tolerance {} ({})\nsteps:\n{}",
@@ -893,7 +907,7 @@ impl<'a> Run<'a> {
                 self.log.join("\n")
             )));
         }
-        Ok(())
+        Ok((real, sim))
     }
 
     /// Every file's bytes, at the end of a sequence.
@@ -1079,6 +1093,7 @@ fn simfs_agrees_with_the_kernel_on_random_sequences() {
             .collect::<Vec<_>>()
             .join(","),
     );
+    println!("DIFF_WORST_DRIFT {}", tally.worst_drift.lock().unwrap());
     if let Err(e) = result {
         panic!("{e}");
     }
