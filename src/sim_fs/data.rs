@@ -115,39 +115,74 @@ pub(super) struct FileData {
 }
 
 impl FileData {
-    /// Copies `bytes` into the file at `offset`, block by block.
-    pub(super) fn store(&mut self, offset: u64, bytes: &[u8], block_size: u64) {
+    /// Copies `bytes` into the file at `offset`, block by block. A block this copy alone
+    /// holds is written in place; a block shared with the durable copy (the last sync) or
+    /// a new one takes a buffer from `spare`, so that a block rewritten and synced in a
+    /// loop costs one copy of its bytes and no allocation.
+    pub(super) fn store(
+        &mut self,
+        offset: u64,
+        bytes: &[u8],
+        block_size: u64,
+        spare: &mut SpareBlocks,
+    ) {
         let mut done = 0usize;
         while done < bytes.len() {
             let at = offset + done as u64;
             let (block, within) = (at / block_size, (at % block_size) as usize);
             let n = (block_size as usize - within).min(bytes.len() - done);
-            let stored = self
-                .data
-                .entry(block)
-                .or_insert_with(|| Arc::new(vec![0; block_size as usize]));
-            Arc::make_mut(stored)[within..within + n].copy_from_slice(&bytes[done..done + n]);
+            let source = &bytes[done..done + n];
+            let whole = n == block_size as usize;
+            match self.data.get_mut(&block) {
+                Some(stored) => match Arc::get_mut(stored) {
+                    Some(own) => own[within..within + n].copy_from_slice(source),
+                    None => {
+                        let mut fresh = spare.take(block_size);
+                        let buf = Arc::get_mut(&mut fresh).expect("a spare block is unshared");
+                        if !whole {
+                            buf.copy_from_slice(stored);
+                        }
+                        buf[within..within + n].copy_from_slice(source);
+                        *stored = fresh;
+                    }
+                },
+                None => {
+                    let mut fresh = spare.take(block_size);
+                    let buf = Arc::get_mut(&mut fresh).expect("a spare block is unshared");
+                    if !whole {
+                        buf.fill(0);
+                    }
+                    buf[within..within + n].copy_from_slice(source);
+                    self.data.insert(block, fresh);
+                }
+            }
             done += n;
         }
     }
 
-    /// Makes this copy (the durable one) equal to `live`, reusing what it holds: a block
-    /// that already shares live's bytes is left alone, a block whose bytes only this copy
-    /// holds takes live's bytes in place, any other shares live's. So a file rewritten
-    /// and synced in a loop costs two copies of each block it changes and no allocation;
-    /// a block synced and never written again is held once.
-    pub(super) fn sync_from(&mut self, live: &FileData) {
+    /// Makes this copy (the durable one) equal to `live`. A block whose bytes differ comes
+    /// to share live's buffer, and the buffer it held alone goes to `spare` for live's next
+    /// write to take (see [`store`](FileData::store)): a sync copies no bytes.
+    pub(super) fn sync_from(&mut self, live: &FileData, spare: &mut SpareBlocks) {
         self.len = live.len;
-        self.blocks.clone_from(&live.blocks);
+        if self.blocks != live.blocks {
+            self.blocks.clone_from(&live.blocks);
+        }
         self.shared = live.shared;
-        self.data.retain(|block, _| live.data.contains_key(block));
+        self.data.retain(|block, mine| {
+            let keep = live.data.contains_key(block);
+            if !keep {
+                spare.give(mine);
+            }
+            keep
+        });
         for (&block, bytes) in &live.data {
             match self.data.get_mut(&block) {
                 Some(mine) if Arc::ptr_eq(mine, bytes) => {}
-                Some(mine) => match Arc::get_mut(mine) {
-                    Some(own) => own.copy_from_slice(bytes),
-                    None => *mine = Arc::clone(bytes),
-                },
+                Some(mine) => {
+                    spare.give(mine);
+                    *mine = Arc::clone(bytes);
+                }
                 None => {
                     self.data.insert(block, Arc::clone(bytes));
                 }
@@ -192,6 +227,33 @@ impl FileData {
                 Arc::make_mut(bytes)[(from - block_start) as usize..(to - block_start) as usize]
                     .fill(0);
             }
+        }
+    }
+}
+
+/// Block buffers no file holds any more, kept for the next write to fill instead of
+/// allocating (see [`FileData::store`]): at most [`SpareBlocks::MAX`] of them.
+#[derive(Debug, Default)]
+pub(super) struct SpareBlocks(Vec<Arc<Vec<u8>>>);
+
+impl SpareBlocks {
+    const MAX: usize = 64;
+
+    /// An unshared buffer of `block_size` bytes, its contents unspecified.
+    pub(super) fn take(&mut self, block_size: u64) -> Arc<Vec<u8>> {
+        while let Some(buf) = self.0.pop() {
+            if buf.len() == block_size as usize && Arc::strong_count(&buf) == 1 {
+                return buf;
+            }
+        }
+        Arc::new(vec![0; block_size as usize])
+    }
+
+    /// Keeps a clone of `buf` if no one else holds it (it is then the only other holder,
+    /// and becomes the only one once the caller lets `buf` go).
+    pub(super) fn give(&mut self, buf: &Arc<Vec<u8>>) {
+        if self.0.len() < Self::MAX && Arc::strong_count(buf) == 1 && Arc::weak_count(buf) == 0 {
+            self.0.push(Arc::clone(buf));
         }
     }
 }

@@ -568,8 +568,8 @@ impl FileHandle for SimFile {
             return Err(errno(out_of_space));
         }
         let written = (written_end - offset) as usize;
-        file.store(offset, &buf[..written], block_size);
         file.len = file.len.max(written_end);
+        state.store(ino, offset, &buf[..written]);
         state.redirtied(ino, first, written_end.div_ceil(block_size));
         Ok(written)
     }

@@ -46,6 +46,8 @@ pub(super) struct State {
     pub(super) late_frees: bool,
     /// Extending a file zeroes the rest of its last block ([`SimFs::set_eof_block_zeroing`]).
     pub(super) eof_block_zeroing: bool,
+    /// Block buffers kept for the next write ([`FileData::store`]).
+    pub(super) spare: SpareBlocks,
     /// Bytes freed but not yet shown by `space`.
     pub(super) pending_free: u64,
     /// Whether a `space` call has seen `pending_free` (the next one shows it).
@@ -128,6 +130,7 @@ impl State {
             moves: 0,
             late_frees: false,
             eof_block_zeroing: false,
+            spare: SpareBlocks::default(),
             pending_free: 0,
             pending_seen: false,
             snapshots: BTreeMap::new(),
@@ -810,11 +813,11 @@ impl State {
     /// A successful `fsync`/`fdatasync` of `ino`: what it has becomes durable, but for the
     /// blocks a failed one dropped ([`State::writeback_lost`]).
     pub(super) fn write_back(&mut self, ino: u64) {
-        let lost = self.writeback_lost.get(&ino).cloned();
-        if let Node::Regular { live, durable } = self.node_mut(ino) {
+        let lost = self.writeback_lost.get(&ino);
+        if let Some(Node::Regular { live, durable }) = self.nodes.get_mut(&ino) {
             match lost {
-                None => durable.sync_from(live),
-                Some(lost) => *durable = written_back(live, durable, Some(&lost)),
+                None => durable.sync_from(live, &mut self.spare),
+                Some(lost) => *durable = written_back(live, durable, Some(lost)),
             }
         }
         self.shortened.remove(&ino);
@@ -833,6 +836,13 @@ impl State {
                 .filter(|b| live.data.get(b) != durable.data.get(b))
                 .collect();
             self.writeback_lost.entry(ino).or_default().extend(dropped);
+        }
+    }
+
+    /// Copies `bytes` into the live file `ino` at `offset` ([`FileData::store`]).
+    pub(super) fn store(&mut self, ino: u64, offset: u64, bytes: &[u8]) {
+        if let Some(Node::Regular { live, .. }) = self.nodes.get_mut(&ino) {
+            live.store(offset, bytes, self.block_size, &mut self.spare);
         }
     }
 

@@ -10,11 +10,15 @@ pub struct Counting;
 /// Live heap bytes: allocated and not yet freed.
 pub static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
+/// Allocations made so far (`alloc` and `realloc` calls).
+pub static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
 // SAFETY: every call is forwarded unchanged to `System`; the counter only observes sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: same contract as the caller's.
         let ptr = unsafe { System.alloc(layout) };
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         if !ptr.is_null() {
             LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         }
@@ -30,6 +34,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: same contract as the caller's.
         let new = unsafe { System.realloc(ptr, layout, new_size) };
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         if !new.is_null() {
             LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
             LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
