@@ -8,7 +8,8 @@
 //! free, one past its quota, one where `fallocate` is not supported or allocates nothing,
 //! one that is read-only, one whose files share blocks with a snapshot or a reflink copy
 //! ([`SimFs::snapshot_file`], [`SimFs::reflink`]), one whose frees show late
-//! ([`SimFs::set_late_frees`]), one whose operations fail with a chosen errno on the Nth call,
+//! ([`SimFs::set_late_frees`]), one that writes the block holding a file's end when the
+//! file grows, as btrfs does ([`SimFs::set_eof_block_zeroing`]), one whose operations fail with a chosen errno on the Nth call,
 //! one that other writers fill between any two calls, and one that crashes and forgets
 //! whatever was not fsynced ([`SimFs::crash`]) or keeps a seeded part of it
 //! ([`SimFs::crash_torn`]). It returns the errnos the Linux kernel returns.
