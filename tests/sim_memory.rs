@@ -12,7 +12,7 @@ use disk_reserve::{HostFs, OpenOptions, SimFs};
 #[path = "support/counting_alloc.rs"]
 mod counting_alloc;
 
-use counting_alloc::{ALLOCATIONS, Counting, LIVE_BYTES};
+use counting_alloc::{Counting, LIVE_BYTES, thread_counts};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -90,16 +90,14 @@ fn memory_does_not_grow_with_simulated_size() {
         file.write_all_at(0, &block).unwrap();
         file.sync_data().unwrap();
     }
-    let (before, allocations) = (
-        LIVE_BYTES.load(Ordering::SeqCst),
-        ALLOCATIONS.load(Ordering::SeqCst),
-    );
+    // Counted on this thread: the test harness' own thread may allocate meanwhile.
+    let (allocations, bytes) = thread_counts();
     for i in 0..1000u32 {
         file.write_all_at(0, &[i as u8; 4096]).unwrap();
         file.sync_data().unwrap();
     }
-    let allocated = ALLOCATIONS.load(Ordering::SeqCst) - allocations;
-    let grown = LIVE_BYTES.load(Ordering::SeqCst).saturating_sub(before);
+    let (allocations_after, bytes_after) = thread_counts();
+    let (allocated, grown) = (allocations_after - allocations, bytes_after - bytes);
     println!("1000 rewrites + fdatasync of one block: {allocated} allocations, {grown} B");
     assert_eq!(allocated, 0, "a rewrite + sync loop allocates");
     assert_eq!(grown, 0, "a rewrite + sync loop grows the heap");
