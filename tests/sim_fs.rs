@@ -697,6 +697,21 @@ fn growing_past_an_end_inside_a_hole_block_writes_that_block_when_zeroing_is_on(
     assert_eq!(reader.read_at(0, &mut buf).unwrap(), 200);
     assert_eq!((buf[99], buf[100]), (1, 0));
 
+    // Growing from inside the end block (a write or an allocate starting in it, past the
+    // end) needs that one block once: with exactly one block free, all three succeed.
+    for how in ["write", "write_fill", "allocate"] {
+        let name = format!("one-{how}");
+        let f = create(&fs, &name);
+        f.set_len(100).unwrap();
+        fs.set_free(BS).unwrap();
+        match how {
+            "write" => assert_eq!(f.write_at(200, b"x").unwrap(), 1),
+            "write_fill" => f.write_fill(200, 100).unwrap(),
+            _ => f.allocate(200, 100).unwrap(),
+        }
+        assert_eq!(allocated(&fs, &format!("/home/{name}")), BS, "{how}");
+    }
+
     // No free block: the growth fails as btrfs's does, and the file keeps its length.
     let full = create(&fs, "full");
     full.set_len(100).unwrap();
@@ -705,6 +720,32 @@ fn growing_past_an_end_inside_a_hole_block_writes_that_block_when_zeroing_is_on(
     assert_eq!(errno(full.write_at(4 * BS, b"x")), libc::ENOSPC);
     assert_eq!(len(&fs, "/home/full"), 100);
     assert_eq!(allocated(&fs, "/home/full"), 0);
+}
+
+/// A block a write starts fresh, part-way, reads as zeros around the bytes written, even
+/// when its buffer is one a sync gave back (the simulator reuses them).
+#[test]
+fn a_partial_write_to_a_new_block_reads_zeros_around_it_with_reused_buffers() {
+    let fs = home();
+    let f = dir(&fs, "/home")
+        .open_file("f", OpenOptions::create())
+        .unwrap();
+    // Rewrite and sync a block a few times: the buffers the syncs let go are kept.
+    for byte in [0xAA, 0xBB, 0xCC] {
+        f.write_all_at(0, &[byte; BS as usize]).unwrap();
+        f.sync_data().unwrap();
+    }
+    f.write_all_at(2 * BS + 10, b"xy").unwrap();
+    // Grown over the rest of the block, which must read as zeros too.
+    f.set_len(3 * BS).unwrap();
+    let mut block = vec![0x55; BS as usize];
+    assert_eq!(f.read_at(2 * BS, &mut block).unwrap(), block.len());
+    assert_eq!(&block[10..12], b"xy");
+    block[10..12].fill(0);
+    assert!(
+        block.iter().all(|&b| b == 0),
+        "the rest of the new block reads as zeros"
+    );
 }
 
 #[test]
