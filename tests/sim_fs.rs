@@ -660,11 +660,17 @@ fn growing_past_an_end_inside_a_hole_block_writes_that_block_when_zeroing_is_on(
         match how {
             "set_len" => f.set_len(10 * BS).unwrap(),
             "write" => assert_eq!(f.write_at(5 * BS, b"x").unwrap(), 1),
+            "write_fill" => f.write_fill(5 * BS, BS).unwrap(),
             _ => f.allocate(5 * BS, BS).unwrap(),
         }
         allocated(fs, &format!("/home/{name}"))
     };
-    for (how, own) in [("set_len", 0), ("write", BS), ("allocate", BS)] {
+    for (how, own) in [
+        ("set_len", 0),
+        ("write", BS),
+        ("write_fill", BS),
+        ("allocate", BS),
+    ] {
         let fs = home();
         assert_eq!(grow(&fs, "off", how), own, "{how}, zeroing off");
         fs.set_eof_block_zeroing(true);
