@@ -728,6 +728,35 @@ fn growing_past_an_end_inside_a_hole_block_writes_that_block_when_zeroing_is_on(
     assert_eq!(allocated(&fs, "/home/full"), 0);
 }
 
+/// The end block the knob zeroes is written again: if a failed sync had dropped that
+/// block's earlier bytes from writeback, the next sync writes the zeros, and a crash then
+/// finds zeros there, not the bytes from before the failed sync.
+#[test]
+fn a_zeroed_end_block_is_dirty_again_after_a_failed_sync() {
+    let fs = home();
+    fs.set_eof_block_zeroing(true);
+    let f = create(&fs, "f");
+    f.write_all_at(0, &[0xAA; 2 * BS as usize]).unwrap();
+    f.sync_all().unwrap();
+    dir(&fs, "/home").sync().unwrap();
+    f.set_len(BS).unwrap(); // block 1 cut: a hole, its old bytes still on the disk
+    f.set_len(BS + 100).unwrap(); // from a block boundary: nothing to zero
+    fs.fail_next(SimOp::SyncFile, libc::EIO);
+    assert_eq!(errno(f.sync_all()), libc::EIO);
+    f.set_len(3 * BS).unwrap(); // zeroes block 1, where the file ends
+    f.sync_all().unwrap();
+    fs.crash();
+    let f = dir(&fs, "/home")
+        .open_file("f", OpenOptions::read())
+        .unwrap();
+    let mut block = vec![0x55; BS as usize];
+    assert_eq!(f.read_at(BS, &mut block).unwrap(), block.len());
+    assert!(
+        block.iter().all(|&b| b == 0),
+        "block 1 reads as the zeros synced last, not the bytes before the failed sync"
+    );
+}
+
 /// A block a write starts fresh, part-way, reads as zeros around the bytes written, even
 /// when its buffer is one a sync gave back (the simulator reuses them).
 #[test]
