@@ -687,6 +687,14 @@ fn growing_past_an_end_inside_a_hole_block_writes_that_block_when_zeroing_is_on(
         0,
         "an end on a block boundary"
     );
+    let same = create(&fs, "same");
+    same.set_len(100).unwrap();
+    same.set_len(100).unwrap();
+    assert_eq!(
+        allocated(&fs, "/home/same"),
+        0,
+        "a set_len that does not grow"
+    );
     let written = create(&fs, "written");
     assert_eq!(written.write_at(0, &[1; 100]).unwrap(), 100);
     written.set_len(8 * BS).unwrap();
