@@ -183,6 +183,11 @@ impl State {
         let mut overlap = 0;
         for &group in self.clones.keys() {
             let members = self.clone_members(group);
+            if let [(_, a), (_, b)] = members.as_slice() {
+                // Two members (a file and its copy): what they count twice is what both have.
+                overlap += a.intersection_count(b);
+                continue;
+            }
             let mut union = Extents::default();
             for (_, blocks) in &members {
                 overlap += blocks.block_count();
@@ -198,11 +203,21 @@ impl State {
     /// The blocks of `ino` another reflink copy also has.
     pub(super) fn clone_shared(&self, ino: u64) -> Extents {
         let mut shared = Extents::default();
-        for &group in self.clones.keys() {
+        for (&group, group_members) in &self.clones {
+            if !group_members.contains_key(&ino) {
+                continue;
+            }
             let members = self.clone_members(group);
             let Some((_, own)) = members.iter().find(|(member, _)| *member == ino) else {
                 continue;
             };
+            if let [(_, a), (_, b)] = members.as_slice() {
+                // Two members: what `ino` shares is what both have.
+                for (&start, &end) in &a.intersection(b).0 {
+                    shared.insert(start, end);
+                }
+                continue;
+            }
             let mut others = Extents::default();
             for (_, blocks) in members.iter().filter(|(member, _)| *member != ino) {
                 for (&start, &end) in &blocks.0 {
@@ -224,9 +239,13 @@ impl State {
             _ => return 0,
         };
         let cloned = self.clone_shared(ino);
-        let mut both = cloned.clone();
-        both.truncate(snapshot);
-        snapshot + cloned.block_count() - both.block_count()
+        // The snapshot shares the first `snapshot` blocks: the copy's below them count once.
+        let both: u64 = cloned
+            .0
+            .range(..snapshot)
+            .map(|(&start, &end)| end.min(snapshot) - start)
+            .sum();
+        snapshot + cloned.block_count() - both
     }
 
     /// `ino` stops pointing at its groups' blocks in `[first, last)`: from now on they
