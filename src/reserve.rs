@@ -1007,19 +1007,20 @@ impl<F: HostFs> Reserve<F> {
     /// can only be ours); anything else there is refused.
     fn remove_stale_replacement(&self, dir: &dyn DirHandle) -> Result<()> {
         let temp = self.temp_name();
-        let temp_path = self.home.join(&temp);
+        // The full path only names the replacement in an error or a log line: built then.
+        let temp_path = || self.home.join(&temp);
         match dir
             .probe(&temp)
-            .map_err(|e| Error::io(Operation::Probe, temp_path.clone(), e))?
+            .map_err(|e| Error::io(Operation::Probe, temp_path(), e))?
         {
             None => Ok(()),
             Some(p) if p.kind == crate::FileKind::Regular && p.links == 1 => {
-                tracing::debug!(path = %temp_path, "removing a replacement reserve an interrupted ensure left behind");
+                tracing::debug!(path = %temp_path(), "removing a replacement reserve an interrupted ensure left behind");
                 dir.remove_file(&temp)
-                    .map_err(|e| Error::io(Operation::Remove, temp_path, e))
+                    .map_err(|e| Error::io(Operation::Remove, temp_path(), e))
             }
             Some(p) => Err(Error::NotARegularFile {
-                path: temp_path,
+                path: temp_path(),
                 kind: p.kind,
             }),
         }

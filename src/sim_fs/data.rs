@@ -43,11 +43,11 @@ impl Extents {
             merged_start = before_start;
             merged_end = merged_end.max(before_end);
         }
-        let absorbed: Vec<u64> = self.0.range(merged_start..=end).map(|(&s, _)| s).collect();
-        for range_start in absorbed {
-            if let Some(range_end) = self.0.remove(&range_start) {
-                merged_end = merged_end.max(range_end);
-            }
+        // The ranges from `merged_start` to `end` are absorbed: taken one at a time, each
+        // lookup finding the next, so no list of them is built.
+        while let Some((&range_start, &range_end)) = self.0.range(merged_start..=end).next() {
+            self.0.remove(&range_start);
+            merged_end = merged_end.max(range_end);
         }
         self.0.insert(merged_start, merged_end);
     }
@@ -65,15 +65,33 @@ impl Extents {
     /// The blocks in both `self` and `other`.
     pub(super) fn intersection(&self, other: &Extents) -> Extents {
         let mut both = Extents::default();
-        for (&start, &end) in &self.0 {
-            let mut cursor = start;
-            for (gap_start, gap_end) in other.gaps(start, end) {
-                both.insert(cursor, gap_start);
-                cursor = gap_end;
-            }
-            both.insert(cursor, end);
+        for (start, end) in self.overlaps(other) {
+            both.push(start, end);
         }
         both
+    }
+
+    /// The ranges, in order.
+    pub(super) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.0.iter().map(|(&start, &end)| (start, end))
+    }
+
+    /// The ranges both `self` and `other` cover, in order.
+    fn overlaps<'a>(&'a self, other: &'a Extents) -> impl Iterator<Item = (u64, u64)> + 'a {
+        overlapping(self.ranges(), other.ranges())
+    }
+
+    /// Adds `[start, end)`, which starts at or after every range held: appended, or
+    /// joined to the last range when it touches it.
+    fn push(&mut self, start: u64, end: u64) {
+        if let Some(mut last) = self.0.last_entry()
+            && *last.get() >= start
+        {
+            let last_end = last.get_mut();
+            *last_end = (*last_end).max(end);
+            return;
+        }
+        self.0.insert(start, end);
     }
 
     /// Forgets the blocks in `[start, end)`.
@@ -81,13 +99,15 @@ impl Extents {
         if start >= end {
             return;
         }
-        let inside: Vec<(u64, u64)> = self
+        // The ranges that overlap `[start, end)` are the last ones starting before `end`
+        // (they are disjoint and sorted): taken from the back until one ends at or before
+        // `start`. What is put back ends at `start` or starts at `end`, so the loop stops.
+        while let Some((&range_start, &range_end)) = self
             .0
             .range(..end)
+            .next_back()
             .filter(|&(_, &range_end)| range_end > start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (range_start, range_end) in inside {
+        {
             self.0.remove(&range_start);
             if range_start < start {
                 self.0.insert(range_start, start);
@@ -97,6 +117,30 @@ impl Extents {
             }
         }
     }
+}
+
+/// The ranges two lists of disjoint ranges in order both cover, in order: one pass over
+/// the two, always stepping the one whose range ends first. Nothing is allocated, so
+/// the result of one call can be a list of the next.
+pub(super) fn overlapping(
+    ours: impl Iterator<Item = (u64, u64)>,
+    theirs: impl Iterator<Item = (u64, u64)>,
+) -> impl Iterator<Item = (u64, u64)> {
+    let (mut ours, mut theirs) = (ours.peekable(), theirs.peekable());
+    std::iter::from_fn(move || {
+        loop {
+            let (&(start, end), &(other_start, other_end)) = (ours.peek()?, theirs.peek()?);
+            if end <= other_end {
+                ours.next();
+            } else {
+                theirs.next();
+            }
+            let (both_start, both_end) = (start.max(other_start), end.min(other_end));
+            if both_start < both_end {
+                return Some((both_start, both_end));
+            }
+        }
+    })
 }
 
 /// Length, allocated blocks and written bytes of a regular file.
@@ -414,7 +458,7 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use super::{Extents, SplitMix64};
+    use super::{Extents, SplitMix64, overlapping};
 
     /// The reference SplitMix64 sequence from seed 0, so a torn crash's seed means the
     /// same tears in every version.
@@ -456,6 +500,52 @@ mod tests {
         assert_eq!(extents.gaps(0, 10), [(0, 2), (4, 6), (8, 10)]);
         assert_eq!(extents.gaps(3, 7), [(4, 6)]);
         assert_eq!(extents.gaps(2, 4), []);
+    }
+
+    /// `insert`, `remove`, `intersection` and `overlapping` against a plain set of
+    /// block numbers, over seeded random ranges in 0..64: the same blocks, kept as
+    /// disjoint, non-touching ranges.
+    #[test]
+    fn extents_operations_agree_with_a_set_of_blocks() {
+        use std::collections::BTreeSet;
+        let blocks = |extents: &Extents| -> BTreeSet<u64> {
+            extents.0.iter().flat_map(|(&s, &e)| s..e).collect()
+        };
+        let well_formed = |extents: &Extents| {
+            let list = ranges(extents);
+            list.iter().all(|&(s, e)| s < e) && list.windows(2).all(|w| w[0].1 < w[1].0)
+        };
+        let mut rng = SplitMix64(7);
+        for _ in 0..500 {
+            let (mut a, mut b) = (Extents::default(), Extents::default());
+            let (mut set_a, mut set_b) = (BTreeSet::new(), BTreeSet::new());
+            for _ in 0..rng.up_to(8) {
+                let (start, len) = (rng.up_to(63), rng.up_to(8));
+                let end = (start + len).min(64);
+                let (extents, set) = if rng.coin() {
+                    (&mut a, &mut set_a)
+                } else {
+                    (&mut b, &mut set_b)
+                };
+                if rng.up_to(3) == 0 {
+                    extents.remove(start, end);
+                    set.retain(|block| !(start..end).contains(block));
+                } else {
+                    extents.insert(start, end);
+                    set.extend(start..end);
+                }
+                assert_eq!(blocks(extents), *set, "after an insert or a remove");
+                assert!(well_formed(extents), "{:?}", ranges(extents));
+            }
+            let both: BTreeSet<u64> = set_a.intersection(&set_b).copied().collect();
+            let intersection = a.intersection(&b);
+            assert_eq!(blocks(&intersection), both, "{a:?} ∩ {b:?}");
+            assert!(well_formed(&intersection), "{:?}", ranges(&intersection));
+            let counted: u64 = overlapping(a.ranges(), b.ranges())
+                .map(|(start, end)| end - start)
+                .sum();
+            assert_eq!(counted, both.len() as u64, "{a:?} ∩ {b:?}");
+        }
     }
 
     #[test]

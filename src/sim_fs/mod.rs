@@ -1136,7 +1136,9 @@ impl SimFs {
     /// a reflink copy shares with it, from one reused buffer. For checks that run after every step.
     pub fn for_each_entry(&self, mut visit: impl FnMut(&str, &Probe, u64)) {
         let state = self.state();
-        let mut path = String::from("/");
+        // Room for the scenario's deepest paths, so the buffer is not grown name by name.
+        let mut path = String::with_capacity(128);
+        path.push('/');
         state.walk(ROOT_INO, &mut path, &mut visit);
     }
 

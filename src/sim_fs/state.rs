@@ -178,10 +178,52 @@ impl State {
             .collect()
     }
 
+    /// The blocks of member `ino` of a clone group that are still the group's, as
+    /// ranges in order: `blocks` (what the group's map says), as far as the file still
+    /// has them. `None` when `ino` is no longer a regular file.
+    fn member_ranges<'a>(
+        &'a self,
+        ino: u64,
+        blocks: &'a Extents,
+    ) -> Option<impl Iterator<Item = (u64, u64)> + 'a> {
+        match self.nodes.get(&ino) {
+            Some(Node::Regular { live, .. }) => {
+                Some(overlapping(blocks.ranges(), live.blocks.ranges()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The blocks both members of a two-member clone group (a file and its copy) still
+    /// have, as ranges in order; nothing when one of them is gone. Built from the maps
+    /// without allocating: this is the common case, and the accounting asks for it on
+    /// every allocation.
+    fn pair_shared<'a>(
+        &'a self,
+        members: &'a BTreeMap<u64, Extents>,
+    ) -> impl Iterator<Item = (u64, u64)> + 'a {
+        let mut pair = members.iter();
+        let a = pair
+            .next()
+            .and_then(|(&ino, blocks)| self.member_ranges(ino, blocks));
+        let b = pair
+            .next()
+            .and_then(|(&ino, blocks)| self.member_ranges(ino, blocks));
+        a.zip(b).into_iter().flat_map(|(a, b)| overlapping(a, b))
+    }
+
     /// Blocks files count more than once because reflink copies share them.
     pub(super) fn clone_overlap_blocks(&self) -> u64 {
         let mut overlap = 0;
-        for &group in self.clones.keys() {
+        for (&group, group_members) in &self.clones {
+            if group_members.len() == 2 {
+                // What a file and its copy count twice is what both have.
+                overlap += self
+                    .pair_shared(group_members)
+                    .map(|(start, end)| end - start)
+                    .sum::<u64>();
+                continue;
+            }
             let members = self.clone_members(group);
             let mut union = Extents::default();
             for (_, blocks) in &members {
@@ -198,7 +240,17 @@ impl State {
     /// The blocks of `ino` another reflink copy also has.
     pub(super) fn clone_shared(&self, ino: u64) -> Extents {
         let mut shared = Extents::default();
-        for &group in self.clones.keys() {
+        for (&group, group_members) in &self.clones {
+            if !group_members.contains_key(&ino) {
+                continue;
+            }
+            if group_members.len() == 2 {
+                // A file and its copy: what either shares is what both have.
+                for (start, end) in self.pair_shared(group_members) {
+                    shared.insert(start, end);
+                }
+                continue;
+            }
             let members = self.clone_members(group);
             let Some((_, own)) = members.iter().find(|(member, _)| *member == ino) else {
                 continue;
@@ -224,9 +276,13 @@ impl State {
             _ => return 0,
         };
         let cloned = self.clone_shared(ino);
-        let mut both = cloned.clone();
-        both.truncate(snapshot);
-        snapshot + cloned.block_count() - both.block_count()
+        // The snapshot shares the first `snapshot` blocks: the copy's below them count once.
+        let both: u64 = cloned
+            .0
+            .range(..snapshot)
+            .map(|(&start, &end)| end.min(snapshot) - start)
+            .sum();
+        snapshot + cloned.block_count() - both
     }
 
     /// `ino` stops pointing at its groups' blocks in `[first, last)`: from now on they
@@ -520,11 +576,14 @@ impl State {
         if text.len() >= PATH_MAX {
             return Err(errno(libc::ENAMETOOLONG));
         }
-        let mut pending: VecDeque<Component> = components(text).collect();
+        // The path's own components are read as they come; those of the symlinks followed
+        // go first, from `expanded` (next one last), which is only filled by a symlink.
+        let mut rest = components(text).peekable();
+        let mut expanded: Vec<Component> = Vec::new();
         let mut stack = vec![ROOT_INO];
         let mut hops = 0;
-        while let Some(component) = pending.pop_front() {
-            let is_last = pending.is_empty();
+        while let Some(component) = expanded.pop().or_else(|| rest.next()) {
+            let is_last = expanded.is_empty() && rest.peek().is_none();
             let name = match component {
                 Component::Root => {
                     stack.truncate(1);
@@ -561,9 +620,9 @@ impl State {
                     if target.is_empty() {
                         return Err(errno(libc::ENOENT));
                     }
-                    for component in components(target).collect::<Vec<_>>().into_iter().rev() {
-                        pending.push_front(component);
-                    }
+                    let at = expanded.len();
+                    expanded.extend(components(target));
+                    expanded[at..].reverse();
                 }
                 _ if is_last => {
                     return Ok(Lookup {
@@ -796,13 +855,19 @@ impl State {
 
     /// What `syncfs(2)` does: every inode's live state becomes the state a crash returns to.
     pub(super) fn sync_everything(&mut self) {
-        let lost = &self.writeback_lost;
+        let (lost, spare) = (&self.writeback_lost, &mut self.spare);
         for (ino, node) in &mut self.nodes {
             match node {
-                Node::Directory { live, durable } => durable.clone_from(live),
-                Node::Regular { live, durable } => {
-                    *durable = written_back(live, durable, lost.get(ino));
+                // Most directories did not change since the last sync: no copy for them.
+                Node::Directory { live, durable } => {
+                    if durable != live {
+                        durable.clone_from(live);
+                    }
                 }
+                Node::Regular { live, durable } => match lost.get(ino) {
+                    None => durable.sync_from(live, spare),
+                    Some(lost) => *durable = written_back(live, durable, Some(lost)),
+                },
                 Node::Symlink { .. } | Node::Special(_) => {}
             }
         }
