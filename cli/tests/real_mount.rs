@@ -2016,6 +2016,28 @@ fn moving_home() {
 // ---------------------------------------------------------------------------------------
 // i. A power cut (rule 6)
 
+/// The test mount of `test` and its mountinfo, if its power can be cut
+/// ([`cut_power`]): XFS with `xfs_io` installed; otherwise `None`, with the skip printed.
+fn xfs_to_cut(test: &str) -> Option<(TestMount, MountInfo)> {
+    let mount = test_mount(test, Needs::Writable)?;
+    let info = mount_info(&mount.root).expect("the mount is in mountinfo");
+    if info.fs_type != "xfs" {
+        skip(
+            test,
+            &format!(
+                "{} is {}: only XFS shuts down without flushing its log (xfs_io shutdown)",
+                mount.fs, info.fs_type
+            ),
+        );
+        return None;
+    }
+    if Command::new("xfs_io").arg("-V").output().is_err() {
+        skip(test, "xfs_io is not installed");
+        return None;
+    }
+    Some((mount, info))
+}
+
 /// Cuts the power on the XFS mount at `root`: `xfs_io -x -c shutdown` without `-f`, so
 /// the log is not flushed and whatever was not made durable is lost; then unmounts it and
 /// mounts the same device again with the same options (log recovery runs).
@@ -2094,24 +2116,9 @@ fn ensure_then_cut(root: &Path, info: &MountInfo, home: &Path, strategy: &str, o
 /// only XFS can shut itself down without flushing from a test.
 #[test]
 fn power_cut() {
-    let Some(mount) = test_mount("power_cut", Needs::Writable) else {
+    let Some((mount, info)) = xfs_to_cut("power_cut") else {
         return;
     };
-    let info = mount_info(&mount.root).expect("the mount is in mountinfo");
-    if info.fs_type != "xfs" {
-        skip(
-            "power_cut",
-            &format!(
-                "{} is {}: only XFS shuts down without flushing its log (xfs_io shutdown)",
-                mount.fs, info.fs_type
-            ),
-        );
-        return;
-    }
-    if Command::new("xfs_io").arg("-V").output().is_err() {
-        skip("power_cut", "xfs_io is not installed");
-        return;
-    }
     let home = Home::new(&mount, "power_cut");
     let mut seen = Vec::new();
     for strategy in ["fallocate", "write"] {
@@ -2182,24 +2189,9 @@ fn unsynced_survived(dir: &Path, data: &[u8]) -> (bool, bool) {
 /// does lose such work (printed: XFS may have written some of it back on its own).
 #[test]
 fn syncfs_power_cut() {
-    let Some(mount) = test_mount("syncfs_power_cut", Needs::Writable) else {
+    let Some((mount, info)) = xfs_to_cut("syncfs_power_cut") else {
         return;
     };
-    let info = mount_info(&mount.root).expect("the mount is in mountinfo");
-    if info.fs_type != "xfs" {
-        skip(
-            "syncfs_power_cut",
-            &format!(
-                "{} is {}: only XFS shuts down without flushing its log (xfs_io shutdown)",
-                mount.fs, info.fs_type
-            ),
-        );
-        return;
-    }
-    if Command::new("xfs_io").arg("-V").output().is_err() {
-        skip("syncfs_power_cut", "xfs_io is not installed");
-        return;
-    }
     let home = Home::new(&mount, "syncfs_power_cut");
     let (control, synced, other) = (
         home.path().join("control"),
