@@ -1503,6 +1503,25 @@ fn writing_a_reflinked_block_copies_only_that_block() {
     assert_eq!(fs.free_bytes(), free - 3 * BS);
 }
 
+/// Three copies of one file (a copy of a file that already has one joins its group):
+/// with the middle one removed, the other two still share every block, and the blocks
+/// count once in free space.
+#[test]
+fn two_of_three_reflink_copies_still_share_everything() {
+    let fs = home();
+    fs.write_file("/home/a", 4 * BS).unwrap();
+    fs.reflink("/home/a", "/home/b").unwrap();
+    fs.reflink("/home/a", "/home/c").unwrap();
+    assert_eq!(fs.free_bytes(), MIB - 4 * BS);
+    fs.remove("/home/b").unwrap();
+    assert_eq!(fs.shared_bytes_of("/home/a"), 4 * BS, "a shares with c");
+    assert_eq!(fs.shared_bytes_of("/home/c"), 4 * BS, "c shares with a");
+    assert_eq!(fs.free_bytes(), MIB - 4 * BS, "the blocks count once");
+    fs.remove("/home/a").unwrap();
+    assert_eq!(fs.shared_bytes_of("/home/c"), 0);
+    assert_eq!(fs.free_bytes(), MIB - 4 * BS, "c keeps them");
+}
+
 #[test]
 fn deleting_one_reflink_copy_gives_back_only_what_the_other_does_not_share() {
     let fs = home();
