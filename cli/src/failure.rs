@@ -138,6 +138,18 @@ mod tests {
 
     use super::*;
 
+    /// A 1 MiB reserve in `home` with the command's hint, as `main` makes it.
+    fn mib_reserve(home: impl AsRef<std::path::Path>) -> Reserve<RealFs> {
+        with_command_hint(
+            Reserve::new(
+                RealFs::new(),
+                home.as_ref(),
+                ReserveConfig::with_size_bytes(1 << 20),
+            )
+            .unwrap(),
+        )
+    }
+
     fn enospc_on(reserve: &Reserve<RealFs>) -> Error {
         Error::io(
             Operation::Allocate,
@@ -167,14 +179,7 @@ mod tests {
                 break;
             }
         }
-        let reserve = with_command_hint(
-            Reserve::new(
-                RealFs::new(),
-                &mount,
-                ReserveConfig::with_size_bytes(1 << 20),
-            )
-            .unwrap(),
-        );
+        let reserve = mib_reserve(&mount);
         let lines = Failure::of(enospc_on(&reserve), &reserve).lines();
         let _ = std::process::Command::new("umount").arg(&mount).status();
         assert!(
@@ -186,14 +191,7 @@ mod tests {
     #[test]
     fn out_of_space_adds_the_hint_with_the_bytes_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let reserve = with_command_hint(
-            Reserve::new(
-                RealFs::new(),
-                dir.path(),
-                ReserveConfig::with_size_bytes(1 << 20),
-            )
-            .unwrap(),
-        );
+        let reserve = mib_reserve(dir.path());
         let home = reserve.home().to_owned();
         let path = reserve.path().to_owned();
 
@@ -224,14 +222,7 @@ mod tests {
     #[test]
     fn a_quota_is_called_a_quota() {
         let dir = tempfile::tempdir().unwrap();
-        let reserve = with_command_hint(
-            Reserve::new(
-                RealFs::new(),
-                dir.path(),
-                ReserveConfig::with_size_bytes(1 << 20),
-            )
-            .unwrap(),
-        );
+        let reserve = mib_reserve(dir.path());
         reserve.ensure().unwrap();
         let home = reserve.home().to_owned();
         let edquot = Error::io(

@@ -22,6 +22,23 @@ impl SimDir {
         state.begin_on(op, names, self.generation)?;
         Ok(state)
     }
+
+    /// The prelude of `unlinkat(2)`, `rmdir(2)` and `renameat(2)`: every name checked,
+    /// write access to the mount taken (`EROFS`) before any lookup, then the inode the
+    /// first name names (`ENOENT` if none).
+    fn begin_removal(&self, op: SimOp, names: &[&str]) -> io::Result<(MutexGuard<'_, State>, u64)> {
+        let state = self.begin(op, names)?;
+        for name in names {
+            check_name(name)?;
+        }
+        if state.read_only {
+            return Err(errno(libc::EROFS));
+        }
+        let ino = state
+            .entry(self.ino, names[0])?
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        Ok((state, ino))
+    }
 }
 
 impl DirHandle for SimDir {
@@ -96,15 +113,7 @@ impl DirHandle for SimDir {
     }
 
     fn remove_file(&self, name: &str) -> io::Result<()> {
-        let mut state = self.begin(SimOp::RemoveFile, &[name])?;
-        check_name(name)?;
-        // unlinkat(2) takes write access to the mount before it looks the name up.
-        if state.read_only {
-            return Err(errno(libc::EROFS));
-        }
-        let ino = state
-            .entry(self.ino, name)?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+        let (mut state, ino) = self.begin_removal(SimOp::RemoveFile, &[name])?;
         if let Node::Directory { .. } = state.node(ino) {
             return Err(errno(libc::EISDIR));
         }
@@ -114,16 +123,7 @@ impl DirHandle for SimDir {
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let mut state = self.begin(SimOp::Rename, &[from, to])?;
-        check_name(from)?;
-        check_name(to)?;
-        // renameat(2), too, takes write access before looking either name up.
-        if state.read_only {
-            return Err(errno(libc::EROFS));
-        }
-        let source = state
-            .entry(self.ino, from)?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+        let (mut state, source) = self.begin_removal(SimOp::Rename, &[from, to])?;
         let target = state.entry(self.ino, to)?;
         let source_is_dir = matches!(state.node(source), Node::Directory { .. });
         if let Some(target) = target {
@@ -186,15 +186,7 @@ impl DirHandle for SimDir {
     }
 
     fn remove_dir(&self, name: &str) -> io::Result<()> {
-        let mut state = self.begin(SimOp::RemoveDir, &[name])?;
-        check_name(name)?;
-        // rmdir(2) takes write access to the mount before it looks the name up.
-        if state.read_only {
-            return Err(errno(libc::EROFS));
-        }
-        let ino = state
-            .entry(self.ino, name)?
-            .ok_or_else(|| errno(libc::ENOENT))?;
+        let (mut state, ino) = self.begin_removal(SimOp::RemoveDir, &[name])?;
         match state.node(ino) {
             Node::Directory { live, .. } if !live.is_empty() => {
                 return Err(errno(libc::ENOTEMPTY));
