@@ -1503,6 +1503,35 @@ fn writing_a_reflinked_block_copies_only_that_block() {
     assert_eq!(fs.free_bytes(), free - 3 * BS);
 }
 
+/// A second snapshot of a file frees nothing: the blocks the first one holds that the
+/// file lost since (cut, then written anew) stay held. Found by the lifecycle fuzzer
+/// (snapshot, truncate, crash, ensure, snapshot): SimFs kept only the larger of the two
+/// snapshots' counts and gave the first one's blocks back.
+#[test]
+fn a_second_snapshot_keeps_what_the_first_holds_alone() {
+    let fs = home();
+    fs.write_file("/home/f", 48 * BS).unwrap();
+    fs.snapshot_file("/home/f").unwrap();
+    let f = open(&fs, "f");
+    f.set_len(0).unwrap();
+    assert_eq!(
+        fs.free_bytes(),
+        MIB - 48 * BS,
+        "the snapshot holds the cut blocks"
+    );
+    f.write_fill(0, 100 * BS).unwrap();
+    assert_eq!(fs.free_bytes(), MIB - 148 * BS);
+    fs.snapshot_file("/home/f").unwrap();
+    assert_eq!(
+        fs.free_bytes(),
+        MIB - 148 * BS,
+        "the second snapshot shares the new blocks and the first still holds the old"
+    );
+    assert_eq!(fs.pinned_bytes(), 48 * BS);
+    fs.drop_snapshots();
+    assert_eq!(fs.free_bytes(), MIB - 100 * BS);
+}
+
 /// Three copies of one file (a copy of a file that already has one joins its group):
 /// with the middle one removed, the other two still share every block, and the blocks
 /// count once in free space.

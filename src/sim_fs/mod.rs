@@ -527,16 +527,19 @@ impl SimFs {
             .resolve(path.as_ref(), false)?
             .ino
             .ok_or_else(|| errno(libc::ENOENT))?;
-        let taken = match state.node_mut(ino) {
+        let held = state.snapshots.get(&ino).copied().unwrap_or(0);
+        let (taken, left_behind) = match state.node_mut(ino) {
             Node::Regular { live, durable } => {
+                // What the last snapshot holds that the file no longer has stays held.
+                let left_behind = held - live.shared.min(held);
                 live.shared = live.blocks.block_count();
                 durable.shared = durable.blocks.block_count().min(live.shared);
-                live.shared
+                (live.shared, left_behind)
             }
             _ => return Err(errno(libc::EINVAL)),
         };
-        let held = state.snapshots.entry(ino).or_insert(0);
-        *held = (*held).max(taken);
+        state.snapshot_only_blocks += left_behind;
+        state.snapshots.insert(ino, taken);
         Ok(())
     }
 
@@ -627,6 +630,7 @@ impl SimFs {
     pub fn drop_snapshots(&self) {
         let mut state = self.state();
         state.snapshots.clear();
+        state.snapshot_only_blocks = 0;
         for node in state.nodes.values_mut() {
             if let Node::Regular { live, durable } = node {
                 live.shared = 0;

@@ -55,6 +55,9 @@ pub(super) struct State {
     /// Snapshots: inode → how many of its first blocks a snapshot holds
     /// ([`SimFs::snapshot_file`]). What the file no longer shares, the snapshot alone holds.
     pub(super) snapshots: BTreeMap<u64, u64>,
+    /// Blocks older snapshots hold that their file no longer has, set aside when a newer
+    /// snapshot of the same file took its entry in `snapshots` (a snapshot frees nothing).
+    pub(super) snapshot_only_blocks: u64,
     /// Reflink copies ([`SimFs::reflink`]): group → inode → the blocks of that file that
     /// are the group's blocks (at the same index in every member, as `FICLONE` makes
     /// them). A block is shared while two members have it; a file's blocks in no group
@@ -134,6 +137,7 @@ impl State {
             pending_free: 0,
             pending_seen: false,
             snapshots: BTreeMap::new(),
+            snapshot_only_blocks: 0,
             clones: BTreeMap::new(),
             next_clone_group: 0,
             space_changes: VecDeque::new(),
@@ -319,8 +323,9 @@ impl State {
         true
     }
 
-    /// Bytes only snapshots still hold: what each snapshot took less what its file (if
-    /// it still exists) shares with it now.
+    /// Bytes only snapshots still hold: what each file's last snapshot took less what
+    /// the file (if it still exists) shares with it now, and what older snapshots hold
+    /// alone.
     pub(super) fn pinned(&self) -> u64 {
         let blocks: u64 = self
             .snapshots
@@ -330,7 +335,7 @@ impl State {
                 _ => *taken,
             })
             .sum();
-        blocks * self.block_size
+        (blocks + self.snapshot_only_blocks) * self.block_size
     }
 
     /// Bytes held: files' blocks, other writers, blocks only a snapshot still holds.
