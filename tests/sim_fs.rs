@@ -1513,21 +1513,25 @@ fn a_second_snapshot_keeps_what_the_first_holds_alone() {
     fs.write_file("/home/f", 48 * BS).unwrap();
     fs.snapshot_file("/home/f").unwrap();
     let f = open(&fs, "f");
-    f.set_len(0).unwrap();
+    f.set_len(16 * BS).unwrap();
     assert_eq!(
         fs.free_bytes(),
         MIB - 48 * BS,
         "the snapshot holds the cut blocks"
     );
-    f.write_fill(0, 100 * BS).unwrap();
-    assert_eq!(fs.free_bytes(), MIB - 148 * BS);
+    f.write_fill(16 * BS, 84 * BS).unwrap();
+    assert_eq!(
+        fs.free_bytes(),
+        MIB - 132 * BS,
+        "100 in the file, 32 in the snapshot"
+    );
     fs.snapshot_file("/home/f").unwrap();
     assert_eq!(
         fs.free_bytes(),
-        MIB - 148 * BS,
-        "the second snapshot shares the new blocks and the first still holds the old"
+        MIB - 132 * BS,
+        "the second snapshot shares the file's blocks and the first still holds the cut ones"
     );
-    assert_eq!(fs.pinned_bytes(), 48 * BS);
+    assert_eq!(fs.pinned_bytes(), 32 * BS);
     fs.drop_snapshots();
     assert_eq!(fs.free_bytes(), MIB - 100 * BS);
 }
