@@ -101,6 +101,14 @@ fn memory_does_not_grow_with_simulated_size() {
     println!("1000 rewrites + fdatasync of one block: {allocated} allocations, {grown} B");
     assert_eq!(allocated, 0, "a rewrite + sync loop allocates");
     assert_eq!(grown, 0, "a rewrite + sync loop grows the heap");
+    // A block no sync shares is written in place: no buffer taken, none allocated.
+    let (allocations, _) = thread_counts();
+    for i in 0..1000u32 {
+        file.write_all_at(0, &[i as u8; 4096]).unwrap();
+    }
+    let allocated = thread_counts().0 - allocations;
+    println!("1000 rewrites of one unsynced block: {allocated} allocations");
+    assert_eq!(allocated, 0, "an unsynced block is not written in place");
     // Nor does it keep alive what others let go: a sync keeps for reuse only buffers no
     // one else holds, so blocks a reflink copy shared are freed with the copy.
     let a = home.open_file("a", OpenOptions::create_new()).unwrap();

@@ -31,6 +31,16 @@ impl Extents {
         gaps
     }
 
+    /// Whether every block of `[start, end)` is allocated (an empty range is).
+    pub(super) fn covers(&self, start: u64, end: u64) -> bool {
+        start >= end
+            || self
+                .0
+                .range(..=start)
+                .next_back()
+                .is_some_and(|(_, &covered_to)| covered_to >= end)
+    }
+
     /// Marks `[start, end)` allocated, merging with touching ranges.
     pub(super) fn insert(&mut self, start: u64, end: u64) {
         if start >= end {
@@ -170,15 +180,22 @@ impl FileData {
         block_size: u64,
         spare: &mut SpareBlocks,
     ) {
+        // A power of two (`SimFs::with_block_size`): shifts and masks, not divisions.
+        let shift = block_size.trailing_zeros();
         let mut done = 0usize;
         while done < bytes.len() {
             let at = offset + done as u64;
-            let (block, within) = (at / block_size, (at % block_size) as usize);
+            let (block, within) = (at >> shift, (at & (block_size - 1)) as usize);
             let n = (block_size as usize - within).min(bytes.len() - done);
             let source = &bytes[done..done + n];
             let whole = n == block_size as usize;
             match self.data.get_mut(&block) {
-                Some(stored) => match Arc::get_mut(stored) {
+                // A shared buffer (the usual case after a sync) is not asked for `get_mut`,
+                // an atomic read-modify-write that would fail.
+                Some(stored) => match (Arc::strong_count(stored) == 1)
+                    .then(|| Arc::get_mut(stored))
+                    .flatten()
+                {
                     Some(own) => own[within..within + n].copy_from_slice(source),
                     None => {
                         let mut fresh = spare.take(block_size);
@@ -213,22 +230,24 @@ impl FileData {
             self.blocks.clone_from(&live.blocks);
         }
         self.shared = live.shared;
-        self.data.retain(|block, mine| {
-            let keep = live.data.contains_key(block);
-            if !keep {
-                spare.give(mine);
-            }
-            keep
-        });
         for (&block, bytes) in &live.data {
             match self.data.get_mut(&block) {
                 Some(mine) if Arc::ptr_eq(mine, bytes) => {}
-                Some(mine) => {
-                    spare.give(mine);
-                    *mine = Arc::clone(bytes);
-                }
+                Some(mine) => spare.give(std::mem::replace(mine, Arc::clone(bytes))),
                 None => {
                     self.data.insert(block, Arc::clone(bytes));
+                }
+            }
+        }
+        // Now a superset of live's blocks: any more are blocks live let go.
+        if self.data.len() != live.data.len() {
+            let gone: Vec<u64> = (self.data.keys())
+                .filter(|block| !live.data.contains_key(block))
+                .copied()
+                .collect();
+            for block in gone {
+                if let Some(mine) = self.data.remove(&block) {
+                    spare.give(mine);
                 }
             }
         }
@@ -293,11 +312,10 @@ impl SpareBlocks {
         Arc::new(vec![0; block_size as usize])
     }
 
-    /// Keeps a clone of `buf` if no one else holds it (it is then the only other holder,
-    /// and becomes the only one once the caller lets `buf` go).
-    pub(super) fn give(&mut self, buf: &Arc<Vec<u8>>) {
-        if self.0.len() < Self::MAX && Arc::strong_count(buf) == 1 && Arc::weak_count(buf) == 0 {
-            self.0.push(Arc::clone(buf));
+    /// Keeps `buf` if no one else holds it; drops it otherwise.
+    pub(super) fn give(&mut self, buf: Arc<Vec<u8>>) {
+        if self.0.len() < Self::MAX && Arc::strong_count(&buf) == 1 && Arc::weak_count(&buf) == 0 {
+            self.0.push(buf);
         }
     }
 }
@@ -502,7 +520,7 @@ mod tests {
         assert_eq!(extents.gaps(2, 4), []);
     }
 
-    /// `insert`, `remove`, `intersection` and `overlapping` against a plain set of
+    /// `insert`, `remove`, `intersection`, `overlapping` and `covers` against a plain set of
     /// block numbers, over seeded random ranges in 0..64: the same blocks, kept as
     /// disjoint, non-touching ranges.
     #[test]
@@ -545,6 +563,16 @@ mod tests {
                 .map(|(start, end)| end - start)
                 .sum();
             assert_eq!(counted, both.len() as u64, "{a:?} ∩ {b:?}");
+            for _ in 0..8 {
+                let (start, len) = (rng.up_to(64), rng.up_to(12));
+                let all_in = (start..start + len).all(|block| set_a.contains(&block));
+                assert_eq!(
+                    a.covers(start, start + len),
+                    all_in,
+                    "{a:?} covers {start}+{len}"
+                );
+                assert_eq!(a.gaps(start, start + len).is_empty(), all_in, "{a:?} gaps");
+            }
         }
     }
 

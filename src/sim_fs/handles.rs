@@ -532,6 +532,9 @@ impl FileHandle for SimFile {
         if buf.is_empty() {
             return Ok(0);
         }
+        if state.overwrite(ino, offset, buf) {
+            return Ok(buf.len());
+        }
         let block_size = state.block_size;
         let (first, last) = (offset / block_size, end.div_ceil(block_size));
         let mut gaps = state.file_mut(ino).blocks.gaps(first, last);

@@ -909,6 +909,33 @@ impl State {
         }
     }
 
+    /// The common write, done at once: bytes into blocks `ino` already has, starting
+    /// within its length, with no reflink copies to unshare and no lost writeback to
+    /// redirty, so nothing is allocated and no space can run out. Returns whether it was
+    /// that write (`false`: nothing done, the caller takes the general path).
+    pub(super) fn overwrite(&mut self, ino: u64, offset: u64, bytes: &[u8]) -> bool {
+        if !self.clones.is_empty() || !self.writeback_lost.is_empty() {
+            return false;
+        }
+        let block_size = self.block_size;
+        let Some(Node::Regular { live, .. }) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        let end = offset + bytes.len() as u64;
+        // Shifts, not divisions: a block size is a power of two (`SimFs::with_block_size`).
+        let shift = block_size.trailing_zeros();
+        let (first, last) = (
+            offset >> shift,
+            (end >> shift) + u64::from(end & (block_size - 1) != 0),
+        );
+        if offset > live.len || !live.blocks.covers(first, last) {
+            return false;
+        }
+        live.len = live.len.max(end);
+        live.store(offset, bytes, block_size, &mut self.spare);
+        true
+    }
+
     /// Copies `bytes` into the live file `ino` at `offset` ([`FileData::store`]).
     pub(super) fn store(&mut self, ino: u64, offset: u64, bytes: &[u8]) {
         if let Some(Node::Regular { live, .. }) = self.nodes.get_mut(&ino) {
