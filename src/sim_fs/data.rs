@@ -241,7 +241,9 @@ impl FileData {
         }
         // Now a superset of live's blocks: any more are blocks live let go.
         if self.data.len() != live.data.len() {
-            let gone: Vec<u64> = (self.data.keys())
+            let gone: Vec<u64> = self
+                .data
+                .keys()
                 .filter(|block| !live.data.contains_key(block))
                 .copied()
                 .collect();
