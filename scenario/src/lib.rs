@@ -1490,16 +1490,22 @@ impl Driver {
             // Rule 6: a reserve laid down is durable (unless an earlier double fault left
             // a file whose directory entry never was).
             Ok(_) => {
-                let unknown = self.durable.unknown;
-                self.durable = Durable::exactly(entry);
-                self.durable.unknown = unknown;
+                let previous = std::mem::replace(&mut self.durable, Durable::exactly(entry));
+                self.durable.unknown = previous.unknown;
                 // A replaced hard link or shared file whose directory sync failed may
                 // come back (the rename was not made durable; the kernel may keep either
-                // name), with its blocks still shared with the snapshot or copy.
+                // name), with its blocks still shared with the snapshot or copy, and in
+                // any state a crash could have left it in before this call: a cut to
+                // size whose fsync failed earlier is not durable either (found by the
+                // fuzzer: the old file came back at its length before the cut).
                 if disturbance.faults > 0
                     && matches!(before.entry, Entry::Linked { .. } | Entry::Shared { .. })
                 {
                     self.durable.add(before.entry);
+                    for state in previous.states {
+                        self.durable.add(state);
+                    }
+                    self.durable.partial_up_to = previous.partial_up_to;
                 }
             }
             Err(_) if strict => {
