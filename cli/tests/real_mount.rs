@@ -2590,7 +2590,7 @@ fn cow_preallocation() {
         .unwrap()
         .set_len(len)
         .unwrap();
-    let allocated = fs::metadata(&file).unwrap().blocks() * 512;
+    let (_, allocated) = len_and_allocated(&file).expect("the truncated file");
     let extra = allocated.saturating_sub(len.next_multiple_of(4 * KIB));
     println!(
         "cow_preallocation fs=xfs: reflinked 4 MiB file truncated to {len}: {allocated} bytes allocated, {extra} more than its blocks"
