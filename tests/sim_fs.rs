@@ -2125,3 +2125,84 @@ fn a_torn_overwrite_keeps_a_prefix_of_the_rewritten_blocks() {
         "every prefix occurs over 200 seeds"
     );
 }
+
+// ---- interleave: another actor's turn in the middle of a call ----
+
+#[test]
+fn interleave_runs_the_actor_once_just_before_the_nth_call_then_the_call_sees_its_work() {
+    let fs = SimFs::with_home(MIB, "/home");
+    let home = dir(&fs, "/home");
+    let other = fs.clone();
+    let turns = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&turns);
+    let space_before = fs.calls(SimOp::Space);
+    fs.interleave(3, move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // The actor's own calls go through the filesystem and are counted, but do not
+        // move the plan: it has fired.
+        other.open_dir(p("/home")).unwrap().space().unwrap();
+        other.write_file("/home/theirs", 10).unwrap();
+    });
+    assert!(
+        home.probe("theirs").unwrap().is_none(),
+        "call 1: before the turn"
+    );
+    home.space().unwrap(); // call 2
+    assert_eq!(turns.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // Call 3: the actor runs first, so the probe sees its file.
+    assert!(home.probe("theirs").unwrap().is_some());
+    assert_eq!(turns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        fs.calls(SimOp::Space),
+        space_before + 2,
+        "the actor's call is counted"
+    );
+    for _ in 0..20 {
+        home.space().unwrap();
+    }
+    assert_eq!(
+        turns.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one turn only"
+    );
+}
+
+#[test]
+fn interleave_zero_cancels_and_drops_the_actor_and_a_new_plan_replaces_the_old() {
+    let fs = SimFs::with_home(MIB, "/home");
+    let home = dir(&fs, "/home");
+    let token = Arc::new(());
+    let held = Arc::clone(&token);
+    fs.interleave(1, move || drop(held));
+    assert_eq!(Arc::strong_count(&token), 2);
+    fs.interleave(0, || {});
+    assert_eq!(Arc::strong_count(&token), 1, "cancelling drops the actor");
+    home.space().unwrap();
+
+    let other = fs.clone();
+    fs.interleave(1, || panic!("replaced: must never run"));
+    fs.interleave(2, move || other.write_file("/home/second", 1).unwrap());
+    home.space().unwrap();
+    assert!(fs.lookup("/home/second").unwrap().is_none());
+    home.space().unwrap();
+    assert!(fs.lookup("/home/second").unwrap().is_some());
+}
+
+#[test]
+fn interleave_runs_before_the_call_is_counted_or_faulted() {
+    // The actor comes before the call begins: the call is not counted yet when it runs,
+    // and a fault planned for the call still fires on the call.
+    let fs = SimFs::with_home(MIB, "/home");
+    let home = dir(&fs, "/home");
+    let before = fs.calls(SimOp::Space);
+    let other = fs.clone();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen_by_actor = Arc::clone(&seen);
+    fs.fail_next(SimOp::Space, libc::EIO);
+    fs.interleave(1, move || {
+        *seen_by_actor.lock().unwrap() = Some(other.calls(SimOp::Space));
+    });
+    assert_eq!(errno(home.space()), libc::EIO);
+    assert_eq!(*seen.lock().unwrap(), Some(before));
+    assert_eq!(fs.calls(SimOp::Space), before + 1);
+}

@@ -6,7 +6,7 @@
 //! (between calls or in the middle of one), the reserve deleted, truncated or replaced by
 //! a sparse file, a symlink, a directory, a fifo or a socket behind the lifecycle's back,
 //! an errno injected into the next call of an operation, a crash (between calls or in the
-//! middle of one), an `ensure` racing a `release` on two threads, and the reserve's blocks
+//! middle of one), a `release` run in the middle of an `ensure`, and the reserve's blocks
 //! shared with a snapshot or a reflink copy outside the home.
 //!
 //! [`run`] plays the operations one by one and, after each, checks invariants against a
@@ -46,7 +46,7 @@ mod model;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{OnceLock, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use camino::Utf8PathBuf;
 
@@ -317,7 +317,11 @@ pub enum Op {
     SetAllocate(AllocateMode),
     /// The quota changes (blocks, mapped as in [`SimSetup::quota_blocks`]).
     SetQuota(Option<u32>),
-    /// An `ensure` and a `release` on two threads at once.
+    /// An `ensure` and a `release` at once: the release runs in the middle of the ensure,
+    /// before its (1 + step mod 16)-th filesystem call ([`SimFs::interleave`]), and if
+    /// the ensure holds the home's lock by then it waits for the ensure to finish.
+    /// Deterministic, so a failing input replays (the step's index in the sequence picks
+    /// the interleaving).
     EnsureAndReleaseConcurrently(EnsureArgs),
 }
 
@@ -347,7 +351,7 @@ pub struct RunReport {
 /// An invariant [`run`] checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invariant {
-    /// Nothing panics (a racing thread's panic is caught here; others fail the caller).
+    /// Nothing panics (a racing call's panic is caught here; others fail the caller).
     NoPanic,
     /// `ensure`'s own allocation never leaves free space below the headroom.
     Headroom,
@@ -475,46 +479,6 @@ impl Tap {
         self.max_free_seen = self.fs.take_max_free_reported();
         self.fs.crashes() > self.crashes_before
     }
-}
-
-// ------------------------------------------------------------------ the racing thread
-
-/// A job for the racing thread.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// The thread that races the calling one ([`Op::EnsureAndReleaseConcurrently`]), started
-/// once: spawning one per race was the dearest thing a step did. Jobs from several
-/// callers (tests run in parallel) take turns; a job never waits for another.
-fn racing_thread() -> &'static mpsc::Sender<Job> {
-    static JOBS: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
-    JOBS.get_or_init(|| {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("scenario-race".into())
-            .spawn(move || queue.into_iter().for_each(|job| job()))
-            .expect("the racing thread starts");
-        jobs
-    })
-}
-
-/// Runs `here` on the calling thread while `there` runs on the racing thread; a panic on
-/// either side is caught and returned.
-fn race<A, B: Send + 'static>(
-    here: impl FnOnce() -> A,
-    there: impl FnOnce() -> B + Send + 'static,
-) -> (std::thread::Result<A>, std::thread::Result<B>) {
-    let (done, result) = mpsc::sync_channel(1);
-    let job: Job = Box::new(move || {
-        // The caller waits for this send; it only fails if the caller is gone.
-        let _ = done.send(panic::catch_unwind(AssertUnwindSafe(there)));
-    });
-    // A job that cannot be sent is dropped, and `recv` says so.
-    let _ = racing_thread().send(job);
-    let here = panic::catch_unwind(AssertUnwindSafe(here));
-    let there = result
-        .recv()
-        .unwrap_or_else(|_| Err(Box::new("the racing thread is gone")));
-    (here, there)
 }
 
 // ------------------------------------------------------------------ the driver
@@ -1704,7 +1668,7 @@ impl Driver {
         self.settle(&view, !disturbance.other_writer)
     }
 
-    /// An `ensure` and a `release` at once, on two threads.
+    /// An `ensure` and a `release` at once: the release in the middle of the ensure.
     fn race(&mut self, args: Args) -> Result<(), Violation> {
         let before = self.before();
         // The two serial orders.
@@ -1737,13 +1701,45 @@ impl Driver {
         let ensure_second = m.ensure(args.size, args.headroom, args.strategy);
         let end_b = ensure_second.after;
 
-        let fs = self.fs.clone();
-        let (ensured, released) = race(
-            || scenario_reserve(&self.fs, args.config()).ensure(),
-            move || scenario_reserve(&fs, args.config()).release(),
-        );
+        // The release's turn comes just before the ensure's (1 + step mod 16)-th
+        // filesystem call, on this thread: where the operation stands in the sequence
+        // picks the interleaving, and an input replays exactly (two threads raced for
+        // real before, which no fuzzer can replay, and cost a third of the run in
+        // wake-ups). A release that finds the home locked gives up at once, as a second
+        // process would start waiting, and runs again when the ensure is done; one that
+        // does not has nothing to stop it but the lock, so a lock that does not exclude
+        // breaks the serial order below.
+        let turn = 1 + (self.step % 16) as u32;
+        let in_turn = Arc::new(Mutex::new(None));
+        let racer = (self.fs.clone(), Arc::clone(&in_turn));
+        self.fs.interleave(turn, move || {
+            let (fs, in_turn) = racer;
+            let released = panic::catch_unwind(AssertUnwindSafe(|| {
+                scenario_reserve(&fs, args.config())
+                    .lock_timeout(Some(std::time::Duration::ZERO))
+                    .release()
+            }));
+            *in_turn.lock().unwrap_or_else(PoisonError::into_inner) = Some(released);
+        });
+        let ensured = panic::catch_unwind(AssertUnwindSafe(|| {
+            scenario_reserve(&self.fs, args.config()).ensure()
+        }));
+        // The turn may not have come (the ensure made fewer calls).
+        self.fs.interleave(0, || {});
+        let in_turn = in_turn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let released = match in_turn {
+            Some(Ok(Err(Error::LockTimeout { .. }))) | None => {
+                panic::catch_unwind(AssertUnwindSafe(|| {
+                    scenario_reserve(&self.fs, args.config()).release()
+                }))
+            }
+            Some(released) => released,
+        };
         let (Ok(ensured), Ok(released)) = (ensured, released) else {
-            return Err(self.violation(Invariant::NoPanic, "a racing thread panicked".into()));
+            return Err(self.violation(Invariant::NoPanic, "a racing call panicked".into()));
         };
         let disturbance = self.disturbance(&before);
         let view = self.view();
@@ -1765,7 +1761,7 @@ impl Driver {
                 (Err(r), Err(e)) => refusal_matches(*r, e),
                 _ => false,
             };
-            // Two threads: the measured gain of the release is the other thread's to move.
+            // Interleaved: the measured gain of the release is the ensure's to move.
             let same_r = |f: &Result<Released, Refusal>| match (f, &released) {
                 (
                     Ok(Released::Released {

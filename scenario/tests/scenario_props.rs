@@ -587,3 +587,29 @@ fn a_deferral_makes_what_is_there_durable() {
         ],
     });
 }
+
+/// The release of [`Op::EnsureAndReleaseConcurrently`] runs in the middle of the ensure,
+/// at a call the step's place picks: sixteen races in a row put it before each of the
+/// ensure's first sixteen calls, before the home's lock is taken and while it is held.
+/// With a lock that does not exclude (tried on purpose: `try_lock` always granting),
+/// the release runs inside the ensure and the serial order breaks.
+#[test]
+fn a_release_in_the_middle_of_an_ensure_waits_for_the_home_lock() {
+    let mut ops = vec![usual()];
+    for i in 0..16 {
+        ops.push(Op::EnsureAndReleaseConcurrently(EnsureArgs::default()));
+        if i % 2 == 0 {
+            ops.push(usual());
+        }
+    }
+    let report = run(&Scenario {
+        setup: SimSetup {
+            capacity_blocks: 4096,
+            usual_size_blocks: 64,
+            ..SimSetup::default()
+        },
+        ops,
+    })
+    .unwrap_or_else(|violation| panic!("{violation}"));
+    assert_eq!(report.steps, 25, "{report:?}");
+}

@@ -18,7 +18,7 @@ impl fmt::Debug for SimDir {
 
 impl SimDir {
     pub(super) fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<MutexGuard<'_, State>> {
-        let mut state = self.fs.state();
+        let mut state = self.fs.call_state();
         state.begin_on(op, names, self.generation)?;
         Ok(state)
     }
@@ -339,7 +339,7 @@ impl Drop for SimFile {
 
 impl SimFile {
     pub(super) fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
-        let mut state = self.fs.state();
+        let mut state = self.fs.call_state();
         state.begin_on(op, &[&self.name], self.generation)?;
         Ok(state)
     }

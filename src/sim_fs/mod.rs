@@ -120,6 +120,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use camino::{Utf8Path, Utf8PathBuf};
@@ -322,7 +323,15 @@ struct Inner {
     state: Mutex<State>,
     /// Signalled when a directory lock is released or the lock table is emptied.
     lock_released: Condvar,
+    /// Calls left before the planned actor's turn ([`SimFs::interleave`]; 0: none).
+    /// Read on every call outside the state lock, so an idle plan costs one load.
+    turn_countdown: AtomicU32,
+    /// The planned actor.
+    turn: Mutex<Option<Actor>>,
 }
+
+/// Another actor's turn in the middle of a call ([`SimFs::interleave`]).
+type Actor = Box<dyn FnOnce() + Send>;
 
 impl SimFs {
     /// An empty filesystem of `capacity_bytes` with 4096-byte blocks; only `/` exists.
@@ -357,6 +366,8 @@ impl SimFs {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new(capacity_bytes, block_size)),
                 lock_released: Condvar::new(),
+                turn_countdown: AtomicU32::new(0),
+                turn: Mutex::new(None),
             }),
         }
     }
@@ -390,9 +401,38 @@ impl SimFs {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state for a [`HostFs`], [`DirHandle`] or [`FileHandle`] call: first, if its
+    /// turn has come, the actor planned with [`interleave`](SimFs::interleave) runs,
+    /// outside the state lock.
+    fn call_state(&self) -> MutexGuard<'_, State> {
+        if self.inner.turn_countdown.load(Ordering::Acquire) != 0 {
+            self.count_down_turn();
+        }
+        self.state()
+    }
+
+    #[cold]
+    fn count_down_turn(&self) {
+        let left =
+            self.inner
+                .turn_countdown
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if left == Ok(1) {
+            let actor = self
+                .inner
+                .turn
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(actor) = actor {
+                actor();
+            }
+        }
+    }
+
     /// The state after the prelude every [`HostFs`] call goes through.
     fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<MutexGuard<'_, State>> {
-        let mut state = self.state();
+        let mut state = self.call_state();
         state.begin(op, names)?;
         Ok(state)
     }
@@ -1022,6 +1062,49 @@ impl SimFs {
     pub fn move_after(&self, n: u32, from: impl AsRef<Utf8Path>, to: impl AsRef<Utf8Path>) {
         let mut state = self.state();
         state.pending_move = (n > 0).then(|| (n, from.as_ref().to_owned(), to.as_ref().to_owned()));
+    }
+
+    /// Plans another actor's turn in the middle of a call: just before the `n`-th next
+    /// call (1-based) the simulator counts (every [`HostFs`], [`DirHandle`] and
+    /// [`FileHandle`] operation but `sync_fs`, as for [`move_after`](SimFs::move_after)),
+    /// on the thread making that call and before anything of the call happens (counting,
+    /// fault plans, a planned power cut or move), `actor` runs once — a second process's whole
+    /// `ensure` between two syscalls of the first, or a writer filling the disk — then
+    /// the call goes on. It runs outside the simulator's lock, so it may call this
+    /// filesystem itself; its own calls do not count toward the plan. Unlike two threads,
+    /// the interleaving is the same on every run, so a failing test replays exactly.
+    ///
+    /// `0` cancels the plan (dropping `actor`); a new plan replaces an earlier one. A
+    /// panic in `actor` unwinds through the call it interrupted.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/srv/app");
+    /// let home = fs.open_dir("/srv/app".into())?;
+    /// let other = fs.clone();
+    /// let seen = Arc::new(Mutex::new(None));
+    /// let seen_by_actor = Arc::clone(&seen);
+    /// fs.interleave(2, move || {
+    ///     // Another process takes the name between our probe and our create.
+    ///     other.write_file("/srv/app/f", 10).unwrap();
+    ///     *seen_by_actor.lock().unwrap() = Some(other.used_bytes());
+    /// });
+    /// assert!(home.probe("f")?.is_none()); // call 1
+    /// let error = home.open_file("f", OpenOptions::create_new()).unwrap_err(); // call 2
+    /// assert_eq!(error.raw_os_error(), Some(libc::EEXIST));
+    /// assert_eq!(*seen.lock().unwrap(), Some(4096));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn interleave(&self, n: u32, actor: impl FnOnce() + Send + 'static) {
+        let mut turn = self
+            .inner
+            .turn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *turn = (n > 0).then(|| Box::new(actor) as Actor);
+        self.inner.turn_countdown.store(n, Ordering::Release);
     }
 
     /// How many moves planned with [`move_after`](SimFs::move_after) have happened.
