@@ -48,8 +48,6 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use camino::Utf8PathBuf;
-
 use disk_reserve::{
     AllocateMode, DeferReason, Ensured, Error, FileKind, Plan, Probe, Released, Reserve,
     ReserveConfig, SimFs, SimOp, SizeSpec, Strategy, is_out_of_space,
@@ -1115,13 +1113,7 @@ impl Driver {
     /// The model's view of the reserve path becomes `entry`. A file a snapshot shared
     /// that is gone or replaced leaves its shared blocks with the snapshot.
     fn set_entry(&mut self, entry: Entry) {
-        if let Entry::Shared { shared, .. } = self.model.entry
-            && entry != self.model.entry
-            && !matches!(entry, Entry::Shared { .. })
-        {
-            self.model.pinned_bytes += shared * BLOCK_BYTES;
-        }
-        self.model.entry = entry;
+        self.model.set_entry(entry);
     }
 
     /// Bytes the reflink copy holds that the reserve does not share (0 without a copy).
@@ -1178,13 +1170,15 @@ impl Driver {
         if self.fs.moves() == moves {
             return Ok(());
         }
-        let leaked: Vec<Utf8PathBuf> = self
-            .fs
-            .snapshot()
-            .entries
-            .into_keys()
-            .filter(|p| p.starts_with(HOME) && p.as_str() != HOME)
-            .collect();
+        let mut leaked = Vec::new();
+        self.fs.for_each_entry(|path, _, _| {
+            if path
+                .strip_prefix(HOME)
+                .is_some_and(|rest| rest.starts_with('/'))
+            {
+                leaked.push(path.to_owned());
+            }
+        });
         self.check(leaked.is_empty(), Invariant::StaysInItsHome, || {
             format!("the home was moved to {MOVED_HOME} mid-call, and the call wrote {leaked:?} in the new directory at {HOME}")
         })?;
@@ -1691,13 +1685,15 @@ impl Driver {
             .into_iter()
             .map(|found| {
                 let mut m = tidied.clone();
-                m.entry = found;
+                m.set_entry(found);
                 m.release()
             })
             .collect();
         let (release_first, after_release) = tidied.release();
         let mut m = tidied;
-        m.entry = after_release;
+        // A shared reserve the release removed leaves its shared blocks with the
+        // snapshot or the copy, where they still count (against the quota too).
+        m.set_entry(after_release);
         let ensure_second = m.ensure(args.size, args.headroom, args.strategy);
         let end_b = ensure_second.after;
 

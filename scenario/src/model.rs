@@ -342,6 +342,18 @@ impl Model {
     }
 
     /// What `release` does from the current state, and the path afterwards.
+    /// What is at the reserve path becomes `entry`. A file a snapshot or a copy shared
+    /// that is gone or replaced leaves its shared blocks with them.
+    pub fn set_entry(&mut self, entry: Entry) {
+        if let Entry::Shared { shared, .. } = self.entry
+            && entry != self.entry
+            && !matches!(entry, Entry::Shared { .. })
+        {
+            self.pinned_bytes += shared * self.block_bytes;
+        }
+        self.entry = entry;
+    }
+
     pub fn release(&self) -> (Result<Released, Refusal>, Entry) {
         match self.entry {
             Entry::Absent => (Ok(Released::Absent), Entry::Absent),

@@ -613,3 +613,66 @@ fn a_release_in_the_middle_of_an_ensure_waits_for_the_home_lock() {
     .unwrap_or_else(|violation| panic!("{violation}"));
     assert_eq!(report.steps, 25, "{report:?}");
 }
+
+/// Postmortem (found by the fuzzer once races became deterministic): a release racing an
+/// ensure removed a reserve whose blocks a reflink copy shared; the model's release-first
+/// order forgot that those blocks stay with the copy and count against the quota, and
+/// predicted a reserve the quota could not hold.
+#[test]
+fn racing_release_of_a_shared_reserve_leaves_its_shared_blocks_counted() {
+    let args = |size, headroom, strategy| EnsureArgs {
+        size,
+        headroom,
+        strategy,
+    };
+    let usual_with = |strategy| args(SizeChoice::Usual, HeadroomChoice::SameAsSize, strategy);
+    assert_runs(Scenario {
+        setup: SimSetup {
+            capacity_blocks: 640_079_258,
+            quota_blocks: None,
+            allocate: AllocateMode::Supported,
+            bystander_blocks: 4_294_910_971,
+            usual_size_blocks: 16_777_215,
+            faults: vec![],
+        },
+        ops: vec![
+            Op::EnsureAndReleaseConcurrently(usual_with(Allocation::Fallocate)),
+            Op::FailNext {
+                op: SimOp::OpenSubdir,
+                errno: Errno::Eio,
+            },
+            Op::EnsureAndReleaseConcurrently(args(
+                SizeChoice::Blocks(4_294_967_295),
+                HeadroomChoice::Bytes(1_869_573_999),
+                Allocation::Fallocate,
+            )),
+            Op::FailNext {
+                op: SimOp::SyncDir,
+                errno: Errno::Enospc,
+            },
+            Op::FailNext {
+                op: SimOp::SyncDir,
+                errno: Errno::Eintr,
+            },
+            Op::FailNext {
+                op: SimOp::SyncFile,
+                errno: Errno::Eintr,
+            },
+            Op::Ensure(args(
+                SizeChoice::Usual,
+                HeadroomChoice::Blocks(2_711_712_357),
+                Allocation::Fallocate,
+            )),
+            Op::SnapshotReserve,
+            Op::ReflinkReserve,
+            Op::ReflinkReserve,
+            Op::ReflinkReserve,
+            Op::ReflinkReserve,
+            Op::Ensure(usual_with(Allocation::Write)),
+            Op::SetQuota(Some(3_958_107_115)),
+            Op::Ensure(usual_with(Allocation::Auto)),
+            Op::Crash,
+            Op::EnsureAndReleaseConcurrently(usual_with(Allocation::Auto)),
+        ],
+    });
+}
