@@ -49,6 +49,9 @@ cargo fuzz run lifecycle "${flags[@]}" "$work" -- \
 
 execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
 rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
+# The target's own count (every 2^16 inputs): executions per second only compare at the
+# same depth.
+depth="$(sed -n 's/^#depth .*operations, \([0-9.]*\) operations per input$/\1/p' "$log" | tail -1)"
 if [ "$status" -ne 0 ]; then
     # The violation, the input that found it and how to replay it.
     grep -E "violates|panicked|ERROR|SUMMARY|Test unit written|artifact" "$log" | head -20 || true
@@ -56,4 +59,4 @@ if [ "$status" -ne 0 ]; then
     tail -40 "$log"
     exit 1
 fi
-echo "fuzz-smoke: ${execs:-?} executions in ${seconds} s, ${rate:-?} exec/s, no crash"
+echo "fuzz-smoke: ${execs:-?} executions in ${seconds} s, ${rate:-?} exec/s, ${depth:-?} operations per input, no crash"
