@@ -344,6 +344,12 @@ pub struct RunReport {
     pub linked: usize,
     /// Lifecycle calls that found a reserve sharing blocks with a snapshot or a copy.
     pub shared: usize,
+    /// Races ([`Op::EnsureAndReleaseConcurrently`]) whose release ran whole in the middle
+    /// of the ensure, before the ensure took the home's lock.
+    pub releases_mid_ensure: usize,
+    /// Races whose release found the home locked by the ensure (or came after its last
+    /// call) and ran once the ensure was done.
+    pub releases_after_ensure: usize,
 }
 
 /// An invariant [`run`] checks.
@@ -1728,11 +1734,15 @@ impl Driver {
             .take();
         let released = match in_turn {
             Some(Ok(Err(Error::LockTimeout { .. }))) | None => {
+                self.report.releases_after_ensure += 1;
                 panic::catch_unwind(AssertUnwindSafe(|| {
                     scenario_reserve(&self.fs, args.config()).release()
                 }))
             }
-            Some(released) => released,
+            Some(released) => {
+                self.report.releases_mid_ensure += 1;
+                released
+            }
         };
         let (Ok(ensured), Ok(released)) = (ensured, released) else {
             return Err(self.violation(Invariant::NoPanic, "a racing call panicked".into()));

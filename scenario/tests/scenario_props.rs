@@ -612,6 +612,9 @@ fn a_release_in_the_middle_of_an_ensure_waits_for_the_home_lock() {
     })
     .unwrap_or_else(|violation| panic!("{violation}"));
     assert_eq!(report.steps, 25, "{report:?}");
+    // Both sides of the lock: some releases ran before the ensure locked, some waited.
+    assert!(report.releases_mid_ensure > 0, "{report:?}");
+    assert!(report.releases_after_ensure > 0, "{report:?}");
 }
 
 /// Postmortem (found by the fuzzer once races became deterministic): a release racing an
