@@ -385,8 +385,9 @@ impl<F: HostFs> Reserve<F> {
         self
     }
 
-    /// How long, at most, `ensure` (on the way to a deferral) and `release` (measuring
-    /// what it gave back) wait for frees the filesystem accounts late; default one second.
+    /// How long, at most, `ensure` (on the way to a deferral, and reporting one after a
+    /// rolled-back allocation) and `release` (measuring what it gave back) wait for frees
+    /// the filesystem accounts late; default one second.
     /// Waiting stops as soon as the space is there, and early when the filesystem stops
     /// giving space back. `Duration::ZERO` still flushes and reads twice, without sleeping.
     pub fn settle_time(mut self, limit: Duration) -> Self {
@@ -669,10 +670,13 @@ impl<F: HostFs> Reserve<F> {
                         Filled::Changed => continue,
                         Filled::RanOut(reason) => {
                             // Rolled back already: "not now", not an error (rule 4). The
-                            // space is read once the rollback's frees show.
+                            // space is read once the rollback's frees show, that is once it
+                            // stops moving: enough free space is not the test, since the
+                            // report must count the blocks the rollback gave back (on XFS
+                            // `syncfs` does not show them, a second `statvfs` does).
                             let needed_bytes =
                                 observed.missing_bytes(size).saturating_add(headroom);
-                            let space = self.settled_space(dir, needed_bytes).ok().or(last_space);
+                            let space = self.steady_space(dir).ok().or(last_space);
                             let free_bytes = space.map_or(0, |s| s.free_bytes);
                             tracing::warn!(
                                 path = %self.path, free_bytes, needed_bytes, reason = reason.as_str(),

@@ -2177,6 +2177,13 @@ fn interleave_zero_cancels_and_drops_the_actor_and_a_new_plan_replaces_the_old()
     assert_eq!(Arc::strong_count(&token), 2);
     fs.interleave(0, || {});
     assert_eq!(Arc::strong_count(&token), 1, "cancelling drops the actor");
+    let held = Arc::clone(&token);
+    fs.interleave(0, move || drop(held));
+    assert_eq!(
+        Arc::strong_count(&token),
+        1,
+        "an actor planned for no call is dropped"
+    );
     home.space().unwrap();
 
     let other = fs.clone();
@@ -2205,4 +2212,32 @@ fn interleave_runs_before_the_call_is_counted_or_faulted() {
     assert_eq!(errno(home.space()), libc::EIO);
     assert_eq!(*seen.lock().unwrap(), Some(before));
     assert_eq!(fs.calls(SimOp::Space), before + 1);
+}
+
+// ---- late frees: syncfs on XFS ----
+
+/// XFS: `syncfs` does not wait for the worker that frees an unlinked file's blocks, so it
+/// shows nothing; the first `statvfs` after it kicks the worker and the second shows the
+/// frees. btrfs (the default): `syncfs` commits and shows them.
+#[test]
+fn sync_fs_leaves_late_frees_to_a_later_statvfs_when_set_as_on_xfs() {
+    for shown_by_sync in [false, true] {
+        let fs = home();
+        fs.write_file("/home/a", 16 * BS).unwrap();
+        fs.set_late_frees(true);
+        fs.set_sync_fs_shows_late_frees(shown_by_sync);
+        let free = fs.free_bytes();
+        let home = dir(&fs, "/home");
+        home.remove_file("a").unwrap();
+        home.sync_fs().unwrap();
+        let first = home.space().unwrap().free_bytes;
+        let second = home.space().unwrap().free_bytes;
+        if shown_by_sync {
+            assert_eq!((first, second), (free + 16 * BS, free + 16 * BS), "btrfs");
+        } else {
+            assert_eq!((first, second), (free, free + 16 * BS), "XFS");
+        }
+        // Either way the blocks were free for allocation at once.
+        assert_eq!(fs.free_bytes() + fs.pending_free_bytes(), free + 16 * BS);
+    }
 }

@@ -919,6 +919,9 @@ struct Sharing {
     snapshot: bool,
     /// Frees that `statvfs` shows late (xfs, btrfs).
     late_frees: bool,
+    /// Whether `syncfs` shows them (btrfs) or leaves them to a later `statvfs` (xfs):
+    /// [`SimFs::set_sync_fs_shows_late_frees`].
+    sync_fs_shows_late_frees: bool,
     /// Growing a file whose end is inside a block writes that block (btrfs):
     /// [`SimFs::set_eof_block_zeroing`].
     zeroes_eof_block: bool,
@@ -934,6 +937,7 @@ impl Sharing {
                 reflink: true,
                 snapshot: false,
                 late_frees: true,
+                sync_fs_shows_late_frees: false,
                 zeroes_eof_block: false,
                 cow_prealloc_bytes: XFS_COW_WINDOW_BYTES,
             },
@@ -941,6 +945,7 @@ impl Sharing {
                 reflink: true,
                 snapshot: true,
                 late_frees: true,
+                sync_fs_shows_late_frees: true,
                 zeroes_eof_block: true,
                 cow_prealloc_bytes: 0,
             },
@@ -1091,6 +1096,7 @@ impl Differential {
         let sim_fs = SimFs::with_home(total, home);
         sim_fs.mkdir_all(other).unwrap();
         sim_fs.set_late_frees(sharing.late_frees);
+        sim_fs.set_sync_fs_shows_late_frees(sharing.sync_fs_shows_late_frees);
         sim_fs.set_eof_block_zeroing(sharing.zeroes_eof_block);
         let config = ReserveConfig::with_size_bytes(DIFF_SIZE);
         Differential {
@@ -1132,6 +1138,8 @@ impl Differential {
         self.sim_fs = SimFs::with_home(total, &home);
         self.sim_fs.mkdir_all(&self.other).unwrap();
         self.sim_fs.set_late_frees(self.sharing.late_frees);
+        self.sim_fs
+            .set_sync_fs_shows_late_frees(self.sharing.sync_fs_shows_late_frees);
         self.sim_fs
             .set_eof_block_zeroing(self.sharing.zeroes_eof_block);
         let config = ReserveConfig::with_size_bytes(DIFF_SIZE).strategy(strategy);

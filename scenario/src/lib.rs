@@ -307,7 +307,10 @@ pub enum Op {
     /// `SimFs` counts blocks both a snapshot and a copy hold twice once both outlive the
     /// file, and one copy is all the model tracks.
     ReflinkReserve,
-    /// Frees show in `statvfs` late (XFS, btrfs), or at once again.
+    /// Frees show in `statvfs` late, or at once again. Late frees are btrfs's (`syncfs`
+    /// shows them) at an even step and XFS's (`syncfs` does not,
+    /// [`SimFs::set_sync_fs_shows_late_frees`]) at an odd one: the step's place picks the
+    /// flavour, so the encoding of inputs stays as it was.
     SetLateFrees(bool),
     /// The filesystem becomes read-only, or writable again.
     SetReadOnly(bool),
@@ -1086,6 +1089,7 @@ impl Driver {
             }
             Op::SetLateFrees(late) => {
                 self.fs.set_late_frees(late);
+                self.fs.set_sync_fs_shows_late_frees(step.is_multiple_of(2));
                 Ok(())
             }
             Op::SetReadOnly(read_only) => {

@@ -615,6 +615,17 @@ fn a_release_in_the_middle_of_an_ensure_waits_for_the_home_lock() {
     // Both sides of the lock: some releases ran before the ensure locked, some waited.
     assert!(report.releases_mid_ensure > 0, "{report:?}");
     assert!(report.releases_after_ensure > 0, "{report:?}");
+
+    // At step 0 the release's turn is the ensure's first call: it runs before anything.
+    let first = run(&Scenario {
+        setup: SimSetup::default(),
+        ops: vec![Op::EnsureAndReleaseConcurrently(EnsureArgs::default())],
+    })
+    .unwrap_or_else(|violation| panic!("{violation}"));
+    assert_eq!(
+        (first.releases_mid_ensure, first.releases_after_ensure),
+        (1, 0)
+    );
 }
 
 /// Postmortem (found by the fuzzer once races became deterministic): a release racing an

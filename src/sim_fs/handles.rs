@@ -251,7 +251,8 @@ impl DirHandle for SimDir {
 
     /// As `syncfs(2)`: makes the whole filesystem durable — every file's length, blocks
     /// and bytes and every directory's entries, as if each were fsynced — and shows every
-    /// pending free ([`SimFs::set_late_frees`]). Not counted and never faulted; `EIO`
+    /// pending free ([`SimFs::set_late_frees`]; not on XFS,
+    /// [`SimFs::set_sync_fs_shows_late_frees`]). Not counted and never faulted; `EIO`
     /// through a handle from before a crash.
     fn sync_fs(&self) -> io::Result<()> {
         let mut state = self.fs.state();
@@ -259,8 +260,10 @@ impl DirHandle for SimDir {
             return Err(errno(libc::EIO));
         }
         state.sync_everything();
-        state.pending_free = 0;
-        state.pending_seen = false;
+        if state.sync_fs_shows_late_frees {
+            state.pending_free = 0;
+            state.pending_seen = false;
+        }
         Ok(())
     }
 

@@ -52,6 +52,9 @@ pub(super) struct State {
     pub(super) pending_free: u64,
     /// Whether a `space` call has seen `pending_free` (the next one shows it).
     pub(super) pending_seen: bool,
+    /// Whether `sync_fs` shows the frees still pending (btrfs; not XFS,
+    /// [`SimFs::set_sync_fs_shows_late_frees`]).
+    pub(super) sync_fs_shows_late_frees: bool,
     /// Snapshots: inode → how many of its first blocks a snapshot holds
     /// ([`SimFs::snapshot_file`]). What the file no longer shares, the snapshot alone holds.
     pub(super) snapshots: BTreeMap<u64, u64>,
@@ -136,6 +139,7 @@ impl State {
             spare: SpareBlocks::default(),
             pending_free: 0,
             pending_seen: false,
+            sync_fs_shows_late_frees: true,
             snapshots: BTreeMap::new(),
             snapshot_only_blocks: 0,
             clones: BTreeMap::new(),
