@@ -2130,14 +2130,16 @@ fn a_torn_overwrite_keeps_a_prefix_of_the_rewritten_blocks() {
 
 #[test]
 fn interleave_runs_the_actor_once_just_before_the_nth_call_then_the_call_sees_its_work() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
     let fs = SimFs::with_home(MIB, "/home");
     let home = dir(&fs, "/home");
     let other = fs.clone();
-    let turns = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let turns = Arc::new(AtomicU32::new(0));
     let counted = Arc::clone(&turns);
     let space_before = fs.calls(SimOp::Space);
     fs.interleave(3, move || {
-        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        counted.fetch_add(1, SeqCst);
         // The actor's own calls go through the filesystem and are counted, but do not
         // move the plan: it has fired.
         other.open_dir(p("/home")).unwrap().space().unwrap();
@@ -2148,10 +2150,10 @@ fn interleave_runs_the_actor_once_just_before_the_nth_call_then_the_call_sees_it
         "call 1: before the turn"
     );
     home.space().unwrap(); // call 2
-    assert_eq!(turns.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(turns.load(SeqCst), 0);
     // Call 3: the actor runs first, so the probe sees its file.
     assert!(home.probe("theirs").unwrap().is_some());
-    assert_eq!(turns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(turns.load(SeqCst), 1);
     assert_eq!(
         fs.calls(SimOp::Space),
         space_before + 2,
@@ -2160,11 +2162,7 @@ fn interleave_runs_the_actor_once_just_before_the_nth_call_then_the_call_sees_it
     for _ in 0..20 {
         home.space().unwrap();
     }
-    assert_eq!(
-        turns.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "one turn only"
-    );
+    assert_eq!(turns.load(SeqCst), 1, "one turn only");
 }
 
 #[test]
