@@ -341,7 +341,6 @@ impl Model {
         forecast(Ok(outcome), after, shrunk)
     }
 
-    /// What `release` does from the current state, and the path afterwards.
     /// What is at the reserve path becomes `entry`. A file a snapshot or a copy shared
     /// that is gone or replaced leaves its shared blocks with them.
     pub fn set_entry(&mut self, entry: Entry) {
@@ -354,6 +353,7 @@ impl Model {
         self.entry = entry;
     }
 
+    /// What `release` does from the current state, and the path afterwards.
     pub fn release(&self) -> (Result<Released, Refusal>, Entry) {
         match self.entry {
             Entry::Absent => (Ok(Released::Absent), Entry::Absent),
