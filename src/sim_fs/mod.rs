@@ -1096,11 +1096,12 @@ impl SimFs {
     /// call (1-based) the simulator counts (every [`HostFs`], [`DirHandle`] and
     /// [`FileHandle`] operation but `sync_fs`, as for [`move_after`](SimFs::move_after)),
     /// on the thread making that call and before anything of the call happens (counting,
-    /// fault plans, a planned power cut or move), `actor` runs once — a second process's whole
-    /// `ensure` between two syscalls of the first, or a writer filling the disk — then
-    /// the call goes on. It runs outside the simulator's lock, so it may call this
-    /// filesystem itself; its own calls do not count toward the plan. Unlike two threads,
-    /// the interleaving is the same on every run, so a failing test replays exactly.
+    /// fault plans, a planned power cut or move), `actor` runs once — a second
+    /// process's whole `ensure` between two syscalls of the first, or a writer filling
+    /// the disk — then the call goes on. It runs outside the simulator's lock, so it may
+    /// call this filesystem itself; its own calls do not count toward the plan. Unlike
+    /// two threads, the interleaving is the same on every run, so a failing test
+    /// replays exactly.
     ///
     /// `0` cancels the plan (dropping `actor`); a new plan replaces an earlier one. A
     /// panic in `actor` unwinds through the call it interrupted.
