@@ -787,12 +787,13 @@ impl Driver {
 
     fn before(&self) -> Before {
         let view = self.view();
+        let pending = self.fs.pending_free_bytes();
         Before {
             entry: view.entry(),
             probe: view.reserve,
             calls: self.calls(),
-            free: self.true_free(),
-            pending: self.fs.pending_free_bytes(),
+            free: self.fs.free_bytes() + pending,
+            pending,
             replacing: view.replacing.is_some(),
             replacing_bytes: view.replacing.map_or(0, |p| p.allocated_bytes),
             file_bytes: view.file_bytes,
