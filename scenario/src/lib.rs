@@ -1718,15 +1718,14 @@ impl Driver {
         // breaks the serial order below.
         let turn = 1 + (self.step % 16) as u32;
         let in_turn = Arc::new(Mutex::new(None));
-        let racer = (self.fs.clone(), Arc::clone(&in_turn));
+        let (fs, slot) = (self.fs.clone(), Arc::clone(&in_turn));
         self.fs.interleave(turn, move || {
-            let (fs, in_turn) = racer;
             let released = panic::catch_unwind(AssertUnwindSafe(|| {
                 scenario_reserve(&fs, args.config())
                     .lock_timeout(Some(std::time::Duration::ZERO))
                     .release()
             }));
-            *in_turn.lock().unwrap_or_else(PoisonError::into_inner) = Some(released);
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(released);
         });
         let ensured = panic::catch_unwind(AssertUnwindSafe(|| {
             scenario_reserve(&self.fs, args.config()).ensure()
