@@ -1180,7 +1180,7 @@ impl SimFs {
                 {
                     return Err(errno(libc::ENOTEMPTY));
                 }
-                entry
+                (entry.0, entry.1.to_owned())
             }
         };
         if let Node::Directory { live, durable } = state.node_mut(parent) {

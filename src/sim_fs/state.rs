@@ -2,11 +2,12 @@
 
 use super::*;
 
-/// Where a path resolved to.
-pub(super) struct Lookup {
+/// Where a path resolved to. The name borrows from the path or from a symlink's target,
+/// so a lookup that only wants the inode allocates nothing.
+pub(super) struct Lookup<'a> {
     /// The directory holding the last component and its name, or `None` when the path
     /// ends at `/`, `.` or `..` (then `ino` is that directory).
-    pub(super) entry: Option<(u64, String)>,
+    pub(super) entry: Option<(u64, &'a str)>,
     /// The inode at the path, if any.
     pub(super) ino: Option<u64>,
 }
@@ -104,6 +105,60 @@ pub(super) fn components(path: &str) -> impl Iterator<Item = Component<'_>> + '_
         name => Component::Normal(name),
     });
     root.into_iter().chain(middle).chain(trailing_slash)
+}
+
+/// The directories a path resolution is in, `/` first: `..` goes back one. Held inline up
+/// to a depth no path here reaches, so resolving allocates nothing.
+struct Ancestors {
+    inline: [u64; Ancestors::INLINE],
+    len: usize,
+    /// Those past the first `INLINE`.
+    deeper: Vec<u64>,
+}
+
+impl Ancestors {
+    const INLINE: usize = 32;
+
+    fn new() -> Self {
+        let mut inline = [0; Ancestors::INLINE];
+        inline[0] = ROOT_INO;
+        Ancestors {
+            inline,
+            len: 1,
+            deeper: Vec::new(),
+        }
+    }
+
+    fn last(&self) -> u64 {
+        match self.deeper.last() {
+            Some(&ino) => ino,
+            None => self.inline[self.len - 1],
+        }
+    }
+
+    fn push(&mut self, ino: u64) {
+        if self.len < Ancestors::INLINE {
+            self.inline[self.len] = ino;
+        } else {
+            self.deeper.push(ino);
+        }
+        self.len += 1;
+    }
+
+    /// `..`: back one directory, staying at `/`.
+    fn pop(&mut self) {
+        if self.len > 1 {
+            self.len -= 1;
+            if self.len >= Ancestors::INLINE {
+                self.deeper.pop();
+            }
+        }
+    }
+
+    fn back_to_root(&mut self) {
+        self.len = 1;
+        self.deeper.clear();
+    }
 }
 
 impl State {
@@ -574,7 +629,7 @@ impl State {
         &'a self,
         path: &'a Utf8Path,
         follow_last: bool,
-    ) -> io::Result<Lookup> {
+    ) -> io::Result<Lookup<'a>> {
         let text = path.as_str();
         if text.is_empty() {
             return Err(errno(libc::ENOENT));
@@ -589,20 +644,18 @@ impl State {
         // go first, from `expanded` (next one last), which is only filled by a symlink.
         let mut rest = components(text).peekable();
         let mut expanded: Vec<Component> = Vec::new();
-        let mut stack = vec![ROOT_INO];
+        let mut stack = Ancestors::new();
         let mut hops = 0;
         while let Some(component) = expanded.pop().or_else(|| rest.next()) {
             let is_last = expanded.is_empty() && rest.peek().is_none();
             let name = match component {
                 Component::Root => {
-                    stack.truncate(1);
+                    stack.back_to_root();
                     continue;
                 }
                 Component::Current => continue,
                 Component::Parent => {
-                    if stack.len() > 1 {
-                        stack.pop();
-                    }
+                    stack.pop();
                     continue;
                 }
                 Component::Normal(name) => name,
@@ -610,11 +663,11 @@ impl State {
             if name.len() > NAME_MAX {
                 return Err(errno(libc::ENAMETOOLONG));
             }
-            let dir = *stack.last().expect("resolution stack holds `/`");
+            let dir = stack.last();
             let Some(&ino) = self.live_entries(dir).get(name) else {
                 if is_last {
                     return Ok(Lookup {
-                        entry: Some((dir, name.to_owned())),
+                        entry: Some((dir, name)),
                         ino: None,
                     });
                 }
@@ -635,7 +688,7 @@ impl State {
                 }
                 _ if is_last => {
                     return Ok(Lookup {
-                        entry: Some((dir, name.to_owned())),
+                        entry: Some((dir, name)),
                         ino: Some(ino),
                     });
                 }
@@ -645,7 +698,7 @@ impl State {
         }
         Ok(Lookup {
             entry: None,
-            ino: stack.last().copied(),
+            ino: Some(stack.last()),
         })
     }
 
@@ -725,7 +778,7 @@ impl State {
             Lookup {
                 entry: Some(entry),
                 ino: None,
-            } => Ok(entry),
+            } => Ok((entry.0, entry.1.to_owned())),
             _ => Err(errno(libc::EEXIST)),
         }
     }
@@ -969,7 +1022,7 @@ impl State {
             Lookup {
                 entry: Some((dir, name)),
                 ino: Some(ino),
-            } => (dir, name, ino),
+            } => (dir, name.to_owned(), ino),
             Lookup { entry: None, .. } => return Err(errno(libc::EINVAL)),
             _ => return Err(errno(libc::ENOENT)),
         };
@@ -1080,11 +1133,37 @@ impl State {
         path: &mut String,
         visit: &mut impl FnMut(&str, &Probe, u64),
     ) {
+        // Every inode's live names, counted in one pass rather than one pass per entry.
+        let mut named: Vec<u64> = self
+            .nodes
+            .values()
+            .filter_map(|node| match node {
+                Node::Directory { live, .. } => Some(live.values().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        named.sort_unstable();
+        self.walk_counted(ino, path, visit, &named);
+    }
+
+    /// [`walk`](State::walk) given every live name's inode, sorted.
+    fn walk_counted(
+        &self,
+        ino: u64,
+        path: &mut String,
+        visit: &mut impl FnMut(&str, &Probe, u64),
+        named: &[u64],
+    ) {
         let node = self.node(ino);
+        let links = || {
+            let first = named.partition_point(|&n| n < ino);
+            named[first..].partition_point(|&n| n == ino) as u64
+        };
         let (links, shared) = match node {
             Node::Directory { .. } => (1, 0),
-            Node::Regular { .. } => (self.links(ino), self.shared_blocks(ino) * self.block_size),
-            _ => (self.links(ino), 0),
+            Node::Regular { .. } => (links(), self.shared_blocks(ino) * self.block_size),
+            _ => (links(), 0),
         };
         visit(path, &node.probe(self.block_size, links), shared);
         if let Node::Directory { live, .. } = node {
@@ -1094,7 +1173,7 @@ impl State {
                     path.push('/');
                 }
                 path.push_str(name);
-                self.walk(child, path, visit);
+                self.walk_counted(child, path, visit, named);
                 path.truncate(len);
             }
         }
