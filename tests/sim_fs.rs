@@ -378,6 +378,38 @@ fn open_dir_of_a_non_directory_is_enotdir_and_a_symlink_to_one_is_followed() {
 }
 
 #[test]
+fn dot_dot_walks_back_through_paths_deeper_than_the_inline_stack() {
+    // Resolution keeps the first 32 directories inline and the rest apart: `..` must
+    // cross that boundary both ways, and `/` in a symlink must start again from the root.
+    let fs = home();
+    let deep: String = (0..40).map(|i| format!("/d{i}")).collect();
+    fs.mkdir_all(&deep).unwrap();
+    fs.write_file(format!("{deep}/f"), BS).unwrap();
+    fs.write_file("/d0/d1/g", 2 * BS).unwrap();
+    let up_10 = "/..".repeat(10);
+    let back_in: String = (30..40).map(|i| format!("/d{i}")).collect();
+    assert_eq!(allocated(&fs, &format!("{deep}{up_10}{back_in}/f")), BS);
+    let up_38 = "/..".repeat(38);
+    assert_eq!(allocated(&fs, &format!("{deep}{up_38}/g")), 2 * BS);
+    assert_eq!(
+        allocated(&fs, &format!("{deep}{}/d0/d1/g", "/..".repeat(45))),
+        2 * BS,
+        "`..` stops at `/`"
+    );
+    fs.symlink(format!("{deep}/to-d1"), "/d0/d1").unwrap();
+    assert_eq!(allocated(&fs, &format!("{deep}/to-d1/g")), 2 * BS);
+    assert_eq!(
+        allocated(&fs, &format!("{deep}/to-d1/..{}/f", &deep[3..])),
+        BS,
+        "`..` after a symlink is the target's parent"
+    );
+    assert!(
+        !matches!(fs.lookup(format!("{deep}/d40-missing/../f")), Ok(Some(_))),
+        "a missing directory before `..` is not skipped"
+    );
+}
+
+#[test]
 fn intermediate_symlinks_are_followed() {
     let fs = home();
     fs.mkdir_all("/data/deep").unwrap();
