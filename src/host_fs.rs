@@ -360,7 +360,7 @@ impl fmt::Debug for DirLock {
 /// # Errors
 /// `EINVAL` as above; `ENAMETOOLONG` past 255 bytes (`NAME_MAX`).
 pub fn check_name(name: &str) -> io::Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+    if name.is_empty() || name == "." || name == ".." || name.bytes().any(|b| b == b'/' || b == 0) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     if name.len() > 255 {

@@ -634,7 +634,7 @@ impl State {
         if text.is_empty() {
             return Err(errno(libc::ENOENT));
         }
-        if text.contains('\0') || !text.starts_with('/') {
+        if text.bytes().any(|b| b == 0) || !text.starts_with('/') {
             return Err(errno(libc::EINVAL));
         }
         if text.len() >= PATH_MAX {
