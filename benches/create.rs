@@ -2,8 +2,9 @@
 //!
 //! * `ensure` by `fallocate` (the default strategy) against the floor
 //!   `open(O_CREAT|O_EXCL)` + `fallocate` + `fsync(file)` + `fsync(dir)` (goal ≤ 1.15).
-//! * `ensure --strategy write` against a plain loop writing the same 64 MiB with the same
-//!   1 MiB buffer + `fsync(file)` + `fsync(dir)` (goal: ≥ 0.9 of its throughput). The
+//! * `ensure --strategy write` against a plain loop writing the same 64 MiB from a 1 MiB
+//!   buffer + `fsync(file)` + `fsync(dir)` (goal: ≥ 0.9 of its throughput; the write path
+//!   itself fills and writes 256 KiB at a time, see `RealFs::write_fill`). The
 //!   loop is measured twice: writing zeros (the floor) and writing the incompressible
 //!   pattern generated per chunk as our write path does, which shows what the pattern
 //!   costs over zeros, and a third time writing zeros from a buffer whose pages were
