@@ -433,6 +433,86 @@ pub(super) fn written_back(
     disk
 }
 
+/// The inode table: inodes in increasing number order, found by binary search.
+///
+/// Numbers are handed out in increasing order and never reused, so a new inode goes at
+/// the end; a tree of a few inodes (what a test or a fuzz input holds) costs one
+/// allocation instead of a B-tree node per insert, and a lookup is a short search of one
+/// array. Its methods mirror the `BTreeMap<u64, Node>` it replaces.
+#[derive(Debug, Default)]
+pub(super) struct Inodes(Vec<(u64, Node)>);
+
+impl Inodes {
+    fn position(&self, ino: u64) -> Option<usize> {
+        self.0.binary_search_by_key(&ino, |&(i, _)| i).ok()
+    }
+
+    pub(super) fn get(&self, ino: &u64) -> Option<&Node> {
+        self.position(*ino).map(|i| &self.0[i].1)
+    }
+
+    pub(super) fn get_mut(&mut self, ino: &u64) -> Option<&mut Node> {
+        self.position(*ino).map(|i| &mut self.0[i].1)
+    }
+
+    pub(super) fn contains_key(&self, ino: &u64) -> bool {
+        self.position(*ino).is_some()
+    }
+
+    /// Adds `node` as `ino`, which must be larger than every number in the table.
+    pub(super) fn insert(&mut self, ino: u64, node: Node) {
+        assert!(
+            self.0.last().is_none_or(|&(last, _)| last < ino),
+            "sim_fs: inode numbers are handed out in increasing order"
+        );
+        self.0.push((ino, node));
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&u64, &mut Node) -> bool) {
+        self.0.retain_mut(|(ino, node)| keep(ino, node));
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Node> {
+        self.0.iter().map(|(_, node)| node)
+    }
+
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Node> {
+        self.0.iter_mut().map(|(_, node)| node)
+    }
+}
+
+impl std::ops::Index<&u64> for Inodes {
+    type Output = Node;
+
+    fn index(&self, ino: &u64) -> &Node {
+        self.get(ino).expect("sim_fs: dangling inode number")
+    }
+}
+
+impl<'a> IntoIterator for &'a Inodes {
+    type Item = (&'a u64, &'a Node);
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, (u64, Node)>, fn(&'a (u64, Node)) -> Self::Item>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(ino, node)| (ino, node))
+    }
+}
+
+impl<'a> IntoIterator for &'a mut Inodes {
+    type Item = (&'a u64, &'a mut Node);
+    type IntoIter =
+        std::iter::Map<std::slice::IterMut<'a, (u64, Node)>, fn(&'a mut (u64, Node)) -> Self::Item>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter_mut().map(|(ino, node)| (&*ino, node))
+    }
+}
+
 /// One inode. Directories and files keep a live state and the state a crash returns to.
 #[derive(Debug)]
 pub(super) enum Node {
@@ -478,7 +558,8 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use super::{Extents, SplitMix64, overlapping};
+    use super::{Extents, Inodes, Node, SplitMix64, overlapping};
+    use crate::host_fs::FileKind;
 
     /// The reference SplitMix64 sequence from seed 0, so a torn crash's seed means the
     /// same tears in every version.
@@ -587,5 +668,43 @@ mod tests {
         assert_eq!(ranges(&extents), [(0, 5)]);
         extents.truncate(0);
         assert_eq!(extents.block_count(), 0);
+    }
+
+    fn special() -> Node {
+        Node::Special(FileKind::Fifo)
+    }
+
+    /// The table finds every inode it holds and no other, before and after inodes are
+    /// dropped from the middle, and iterates in number order.
+    #[test]
+    fn inodes_find_what_they_hold_in_number_order() {
+        let mut inodes = Inodes::default();
+        for ino in [1, 2, 5, 9, 10] {
+            inodes.insert(ino, special());
+        }
+        inodes.retain(|&ino, _| ino != 2 && ino != 9);
+        assert_eq!(inodes.len(), 3);
+        for ino in 0..12 {
+            let held = [1, 5, 10].contains(&ino);
+            assert_eq!(inodes.contains_key(&ino), held, "{ino}");
+            assert_eq!(inodes.get(&ino).is_some(), held, "{ino}");
+        }
+        let order: Vec<u64> = (&inodes).into_iter().map(|(&ino, _)| ino).collect();
+        assert_eq!(order, [1, 5, 10]);
+        inodes.insert(11, Node::Special(FileKind::Socket));
+        assert_eq!(inodes[&11].kind(), FileKind::Socket);
+        assert_eq!(
+            inodes.get_mut(&10).map(|node| node.kind()),
+            Some(FileKind::Fifo)
+        );
+    }
+
+    /// A number not above every one held would break the binary search: refused loudly.
+    #[test]
+    #[should_panic(expected = "increasing order")]
+    fn inodes_refuse_a_number_out_of_order() {
+        let mut inodes = Inodes::default();
+        inodes.insert(3, special());
+        inodes.insert(3, special());
     }
 }

@@ -28,7 +28,7 @@ pub(super) struct State {
     pub(super) quota: Option<u64>,
     pub(super) allocate_mode: AllocateMode,
     pub(super) read_only: bool,
-    pub(super) nodes: BTreeMap<u64, Node>,
+    pub(super) nodes: Inodes,
     pub(super) next_ino: u64,
     pub(super) faults: Vec<Fault>,
     pub(super) calls: [u64; OP_COUNT],
@@ -163,7 +163,7 @@ impl Ancestors {
 
 impl State {
     pub(super) fn new(capacity: u64, block_size: u64) -> Self {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = Inodes::default();
         nodes.insert(
             ROOT_INO,
             Node::Directory {
