@@ -354,7 +354,9 @@ impl<F: HostFs> Reserve<F> {
         if crate::host_fs::check_name(&name).is_err() {
             return Err(Error::InvalidFileName { name });
         }
-        let path = home.join(&name);
+        let mut path = Utf8PathBuf::with_capacity(home.as_str().len() + 1 + name.len());
+        path.push(&home);
+        path.push(&name);
         Ok(Reserve {
             fs,
             home,
@@ -996,7 +998,11 @@ impl<F: HostFs> Reserve<F> {
     /// The name a replacement reserve is built under before it is renamed over the
     /// reserve's name: `<name>.replacing`.
     fn temp_name(&self) -> String {
-        format!("{}.replacing", self.name)
+        const SUFFIX: &str = ".replacing";
+        let mut temp = String::with_capacity(self.name.len() + SUFFIX.len());
+        temp.push_str(&self.name);
+        temp.push_str(SUFFIX);
+        temp
     }
 
     /// Best effort, under the lock: removes a replacement an interrupted call left behind,

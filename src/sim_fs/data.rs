@@ -443,7 +443,8 @@ pub(super) fn written_back(
 pub(super) struct Inodes(Vec<(u64, Node)>);
 
 impl Inodes {
-    fn position(&self, ino: u64) -> Option<usize> {
+    /// Where `ino` is in number order, if held.
+    pub(super) fn position(&self, ino: u64) -> Option<usize> {
         self.0.binary_search_by_key(&ino, |&(i, _)| i).ok()
     }
 
@@ -468,8 +469,13 @@ impl Inodes {
         self.0.push((ino, node));
     }
 
-    pub(super) fn retain(&mut self, mut keep: impl FnMut(&u64, &mut Node) -> bool) {
-        self.0.retain_mut(|(ino, node)| keep(ino, node));
+    /// Keeps the inodes whose [`position`](Inodes::position) is marked in `keep`.
+    pub(super) fn retain_positions(&mut self, keep: &[bool]) {
+        let mut at = 0;
+        self.0.retain(|_| {
+            at += 1;
+            keep[at - 1]
+        });
     }
 
     pub(super) fn len(&self) -> usize {
@@ -682,7 +688,8 @@ mod tests {
         for ino in [1, 2, 5, 9, 10] {
             inodes.insert(ino, special());
         }
-        inodes.retain(|&ino, _| ino != 2 && ino != 9);
+        assert_eq!(inodes.position(9), Some(3));
+        inodes.retain_positions(&[true, false, true, false, true]);
         assert_eq!(inodes.len(), 3);
         for ino in 0..12 {
             let held = [1, 5, 10].contains(&ino);

@@ -757,19 +757,30 @@ impl State {
 
     /// Drops inodes no directory names, live or durable.
     pub(super) fn collect_garbage(&mut self) {
-        let mut reachable = std::collections::BTreeSet::from([ROOT_INO]);
-        reachable.extend(self.open_files.keys().copied());
+        // Marks by place in the inode table, not a set of numbers: no allocation per inode.
+        let mut reachable = vec![false; self.nodes.len()];
+        let mut mark = |ino: u64| match self.nodes.position(ino) {
+            Some(at) if !reachable[at] => {
+                reachable[at] = true;
+                true
+            }
+            _ => false,
+        };
+        mark(ROOT_INO);
+        for &ino in self.open_files.keys() {
+            mark(ino);
+        }
         let mut queue = vec![ROOT_INO];
         while let Some(ino) = queue.pop() {
             if let Some(Node::Directory { live, durable }) = self.nodes.get(&ino) {
                 for &child in live.values().chain(durable.values()) {
-                    if reachable.insert(child) {
+                    if mark(child) {
                         queue.push(child);
                     }
                 }
             }
         }
-        self.nodes.retain(|ino, _| reachable.contains(ino));
+        self.nodes.retain_positions(&reachable);
     }
 
     /// The directory and name where something new can go at `path`: `EEXIST` if taken.
