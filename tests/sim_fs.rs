@@ -1256,6 +1256,56 @@ fn setup_hard_link_and_rename_are_durable_and_keep_handles_working() {
     assert_eq!(fs.lookup("/moved/new").unwrap(), None, "never synced");
 }
 
+/// `SimFs::rename` is `mv` followed by a sync of both directories, as on the kernel: a
+/// name the source directory had only durably (a rename in it not yet synced) is gone
+/// after a crash too, so nothing comes back under two names.
+#[test]
+fn a_durable_move_leaves_nothing_under_an_older_unsynced_name() {
+    let fs = home();
+    fs.mkdir_all("/x/a").unwrap();
+    fs.write_file("/x/a/f", BS).unwrap();
+    fs.write_file("/x/c", BS).unwrap();
+    let x = dir(&fs, "/x");
+    x.rename("a", "b").unwrap();
+    x.rename("c", "d").unwrap();
+    fs.rename("/x/b", "/y").unwrap();
+    fs.rename("/x/d", "/e").unwrap();
+    // With /x/a still durable, /y was under /x (durably) and /x now under /y: a loop.
+    fs.rename("/x", "/y/x").unwrap();
+    fs.crash();
+    assert_eq!(fs.lookup("/x").unwrap(), None);
+    assert_eq!(
+        fs.lookup("/y/x/a").unwrap(),
+        None,
+        "the directory has one name"
+    );
+    assert_eq!(fs.lookup("/y/x/c").unwrap(), None, "the file has one name");
+    assert_eq!(lookup(&fs, "/e").links, 1);
+    assert_eq!(allocated(&fs, "/y/f"), BS);
+    let mut paths = Vec::new();
+    fs.for_each_entry(|path, _, _| paths.push(path.to_owned()));
+    assert_eq!(paths, ["/", "/e", "/home", "/y", "/y/f", "/y/x"]);
+}
+
+/// `rename(2)` refuses to move a directory into itself, however the target path is
+/// spelt: through a symlink too (it would otherwise cut the directory off the tree).
+#[test]
+fn a_directory_cannot_be_moved_into_itself_through_a_symlink() {
+    let fs = home();
+    fs.mkdir_all("/x/sub").unwrap();
+    fs.write_file("/x/f", BS).unwrap();
+    fs.symlink("/s", "/x").unwrap();
+    assert_eq!(errno(fs.rename("/x", "/s/moved")), libc::EINVAL);
+    assert_eq!(errno(fs.rename("/x", "/s/sub/moved")), libc::EINVAL);
+    assert_eq!(errno(fs.rename("/x", "/home/../x/moved")), libc::EINVAL);
+    assert_eq!(allocated(&fs, "/x/f"), BS);
+    // A file into a directory beside it, and a directory next to itself (its own name
+    // in the path, then `..`), still move.
+    fs.rename("/x/f", "/s/sub/f").unwrap();
+    fs.rename("/x/sub", "/x/sub/../sub2").unwrap();
+    assert_eq!(allocated(&fs, "/x/sub2/f"), BS);
+}
+
 #[test]
 fn mkdir_all_is_idempotent_and_refuses_a_file_at_the_path() {
     let fs = home();

@@ -1060,12 +1060,15 @@ impl SimFs {
     }
 
     /// Moves whatever is at `from` to `to` (any two directories), durably, like `mv` on
-    /// one filesystem: a release directory renamed, a home moved aside. Handles opened
-    /// before keep working on what they opened.
+    /// one filesystem followed by a sync of both directories: a release directory
+    /// renamed, a home moved aside. As with a directory sync, whatever else changed in
+    /// the two directories is durable too, and a name they had only at their last sync
+    /// is gone. Handles opened before keep working on what they opened.
     ///
     /// # Errors
     /// `ENOENT` if `from` is missing, `EEXIST` if `to` is taken, `EINVAL` if `to` is
-    /// inside `from` or either ends in `.`/`..` or is `/`.
+    /// inside `from` (spelt through a symlink or `..` too) or either ends in `.`/`..` or
+    /// is `/`.
     pub fn rename(&self, from: impl AsRef<Utf8Path>, to: impl AsRef<Utf8Path>) -> io::Result<()> {
         self.state().rename_path(from.as_ref(), to.as_ref())
     }

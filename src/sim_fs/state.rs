@@ -1026,9 +1026,6 @@ impl State {
 
     /// See [`SimFs::rename`].
     pub(super) fn rename_path(&mut self, from: &Utf8Path, to: &Utf8Path) -> io::Result<()> {
-        if to.starts_with(from) {
-            return Err(errno(libc::EINVAL));
-        }
         let (from_dir, from_name, ino) = match self.resolve(from, false)? {
             Lookup {
                 entry: Some((dir, name)),
@@ -1037,16 +1034,46 @@ impl State {
             Lookup { entry: None, .. } => return Err(errno(libc::EINVAL)),
             _ => return Err(errno(libc::ENOENT)),
         };
+        // Into itself, however `to` is spelt (a symlink, `..`): `rename(2)`'s `EINVAL`,
+        // before `EEXIST` as there.
+        if let Lookup {
+            entry: Some((dir, _)),
+            ..
+        } = self.resolve(to, false)?
+            && self.holds_dir(ino, dir)
+        {
+            return Err(errno(libc::EINVAL));
+        }
         let (to_dir, to_name) = self.free_entry(to)?;
-        if let Node::Directory { live, durable } = self.node_mut(from_dir) {
+        if let Node::Directory { live, .. } = self.node_mut(from_dir) {
             live.remove(&from_name);
-            durable.remove(&from_name);
         }
-        if let Node::Directory { live, durable } = self.node_mut(to_dir) {
-            live.insert(to_name.clone(), ino);
-            durable.insert(to_name, ino);
+        if let Node::Directory { live, .. } = self.node_mut(to_dir) {
+            live.insert(to_name, ino);
         }
+        // Durably, as `mv` and a sync of both directories: each directory's entries are
+        // durable as they are live, so a name only the last sync knew is gone too.
+        for dir in [from_dir, to_dir] {
+            if let Node::Directory { live, durable } = self.node_mut(dir) {
+                durable.clone_from(live);
+            }
+        }
+        self.collect_garbage();
         Ok(())
+    }
+
+    /// Whether `dir` is `root` or inside it (by live names).
+    fn holds_dir(&self, root: u64, dir: u64) -> bool {
+        let mut queue = vec![root];
+        while let Some(ino) = queue.pop() {
+            if ino == dir {
+                return true;
+            }
+            if let Some(Node::Directory { live, .. }) = self.nodes.get(&ino) {
+                queue.extend(live.values().copied());
+            }
+        }
+        false
     }
 
     /// Runs a planned [`SimFs::move_after`] when its call comes.
