@@ -1618,6 +1618,63 @@ fn a_second_snapshot_keeps_what_the_first_holds_alone() {
     assert_eq!(fs.free_bytes(), MIB - 100 * BS);
 }
 
+/// Writing into blocks a snapshot shares takes new blocks, as btrfs's copy-on-write
+/// does (the `snapshot_overwrite` real-mount test measures it): the snapshot keeps the
+/// old ones, the blocks are the file's own from then on (a second write takes nothing),
+/// and without room for the copies the write fails with `ENOSPC` and changes nothing.
+/// A crash before a sync loses the copies and the file shares the blocks again.
+#[test]
+fn writing_into_blocks_a_snapshot_shares_takes_new_ones() {
+    let fs = home();
+    fs.write_file("/home/f", 16 * BS).unwrap();
+    fs.snapshot_file("/home/f").unwrap();
+    let f = dir(&fs, "/home")
+        .open_file("f", OpenOptions::read_write())
+        .unwrap();
+    let free = fs.free_bytes();
+    f.write_at(2 * BS + 10, &[7; 4 * BS as usize]).unwrap();
+    assert_eq!(fs.free_bytes(), free - 5 * BS, "blocks 2..7 copied");
+    assert_eq!(fs.shared_bytes_of("/home/f"), 11 * BS);
+    assert_eq!(
+        fs.pinned_bytes(),
+        5 * BS,
+        "the snapshot alone holds the old ones"
+    );
+    f.write_at(3 * BS, &[8; BS as usize]).unwrap();
+    assert_eq!(
+        fs.free_bytes(),
+        free - 5 * BS,
+        "block 3 is the file's own now"
+    );
+    let mut back = [0; 4];
+    f.read_at(3 * BS, &mut back).unwrap();
+    assert_eq!(back, [8; 4]);
+
+    fs.set_free(2 * BS).unwrap();
+    assert_eq!(
+        errno(f.write_at(8 * BS, &[9; 3 * BS as usize])),
+        libc::ENOSPC
+    );
+    assert_eq!(fs.free_bytes(), 2 * BS, "a refused write takes nothing");
+    assert_eq!(fs.shared_bytes_of("/home/f"), 11 * BS);
+    f.write_fill(8 * BS, 2 * BS).unwrap();
+    assert_eq!(fs.free_bytes(), 0);
+    assert_eq!(fs.shared_bytes_of("/home/f"), 9 * BS);
+
+    fs.crash();
+    assert_eq!(
+        fs.shared_bytes_of("/home/f"),
+        16 * BS,
+        "the copies were never synced"
+    );
+    assert_eq!(fs.pinned_bytes(), 0);
+    assert_eq!(
+        fs.free_bytes(),
+        7 * BS,
+        "the 7 copied blocks are free again"
+    );
+}
+
 /// Three copies of one file (a copy of a file that already has one joins its group):
 /// with the middle one removed, the other two still share every block, and the blocks
 /// count once in free space.

@@ -31,6 +31,15 @@ impl Extents {
         gaps
     }
 
+    /// Whether any block of `[start, end)` is in a range.
+    pub(super) fn touches(&self, start: u64, end: u64) -> bool {
+        // Ranges are disjoint: only the last one starting before `end` can reach `start`.
+        self.0
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &range_end)| range_end > start)
+    }
+
     /// Whether every block of `[start, end)` is allocated (an empty range is).
     pub(super) fn covers(&self, start: u64, end: u64) -> bool {
         start >= end
@@ -158,9 +167,10 @@ pub(super) fn overlapping(
 pub(super) struct FileData {
     pub(super) len: u64,
     pub(super) blocks: Extents,
-    /// How many of its first blocks are shared with a snapshot ([`SimFs::snapshot_file`]):
-    /// freeing them does not give space back.
-    pub(super) shared: u64,
+    /// Its blocks a snapshot shares ([`SimFs::snapshot_file`]): writing one takes a new
+    /// block (copy-on-write, the snapshot keeps the old one), and freeing one gives no
+    /// space back.
+    pub(super) shared: Extents,
     /// The bytes of the blocks a caller wrote with [`FileHandle::write_at`], by block
     /// index, each one block long; every other byte reads as zero. Only written blocks
     /// cost memory, never allocated ones, and a clone (a sync) shares them until one side
@@ -229,7 +239,9 @@ impl FileData {
         if self.blocks != live.blocks {
             self.blocks.clone_from(&live.blocks);
         }
-        self.shared = live.shared;
+        if self.shared != live.shared {
+            self.shared.clone_from(&live.shared);
+        }
         for (&block, bytes) in &live.data {
             match self.data.get_mut(&block) {
                 Some(mine) if Arc::ptr_eq(mine, bytes) => {}

@@ -583,9 +583,10 @@ impl SimFs {
     }
 
     /// Takes a snapshot of the file at `path` (a btrfs snapshot, a reflink copy kept
-    /// elsewhere): its blocks are now shared, so [`FileHandle::shared_bytes`] counts them
-    /// and deleting or truncating the file does not give them back until
-    /// [`drop_snapshots`](SimFs::drop_snapshots).
+    /// elsewhere): its blocks are now shared, so [`FileHandle::shared_bytes`] counts them,
+    /// a write into one takes a new block (copy-on-write: the snapshot keeps the old one,
+    /// and without room the write fails with `ENOSPC`), and deleting or truncating the
+    /// file does not give them back until [`drop_snapshots`](SimFs::drop_snapshots).
     ///
     /// # Errors
     /// `ENOENT`, `ENOTDIR`; `EINVAL` if `path` is not a regular file.
@@ -599,10 +600,10 @@ impl SimFs {
         let (taken, left_behind) = match state.node_mut(ino) {
             Node::Regular { live, durable } => {
                 // What the last snapshot holds that the file no longer has stays held.
-                let left_behind = held - live.shared.min(held);
-                live.shared = live.blocks.block_count();
-                durable.shared = durable.blocks.block_count().min(live.shared);
-                (live.shared, left_behind)
+                let left_behind = held - live.shared.block_count().min(held);
+                live.shared.clone_from(&live.blocks);
+                durable.shared = durable.blocks.intersection(&live.shared);
+                (live.shared.block_count(), left_behind)
             }
             _ => return Err(errno(libc::EINVAL)),
         };
@@ -665,7 +666,7 @@ impl SimFs {
             Node::Regular { live, .. } => live.clone(),
             _ => return Err(errno(libc::EINVAL)),
         };
-        data.shared = 0;
+        data.shared = Extents::default();
         let (parent, name) = state.free_entry(to.as_ref())?;
         let blocks = data.blocks.clone();
         let node = Node::Regular {
@@ -701,8 +702,8 @@ impl SimFs {
         state.snapshot_only_blocks = 0;
         for node in state.nodes.values_mut() {
             if let Node::Regular { live, durable } = node {
-                live.shared = 0;
-                durable.shared = 0;
+                live.shared = Extents::default();
+                durable.shared = Extents::default();
             }
         }
     }

@@ -335,17 +335,15 @@ impl State {
     /// `FIEMAP_EXTENT_SHARED`.
     pub(super) fn shared_blocks(&self, ino: u64) -> u64 {
         let snapshot = match self.nodes.get(&ino) {
-            Some(Node::Regular { live, .. }) => live.shared,
+            Some(Node::Regular { live, .. }) => &live.shared,
             _ => return 0,
         };
+        if self.clones.is_empty() {
+            return snapshot.block_count();
+        }
         let cloned = self.clone_shared(ino);
-        // The snapshot shares the first `snapshot` blocks: the copy's below them count once.
-        let both: u64 = cloned
-            .0
-            .range(..snapshot)
-            .map(|(&start, &end)| end.min(snapshot) - start)
-            .sum();
-        snapshot + cloned.block_count() - both
+        // A block both a snapshot and a copy share counts once.
+        snapshot.block_count() + cloned.block_count() - snapshot.intersection(&cloned).block_count()
     }
 
     /// `ino` stops pointing at its groups' blocks in `[first, last)`: from now on they
@@ -358,9 +356,10 @@ impl State {
         }
     }
 
-    /// Copy-on-write before a write to `[first, last)` of `ino`: blocks another reflink
-    /// copy shares get new blocks, taken from `budget`. `false` (nothing changed) when
-    /// the budget does not cover them all.
+    /// Copy-on-write before a write to `[first, last)` of `ino`: blocks a snapshot or
+    /// another reflink copy shares get new blocks, taken from `budget` (the snapshot and
+    /// the copy keep the old ones). `false` (nothing changed) when the budget does not
+    /// cover them all.
     pub(super) fn unshare_for_write(
         &mut self,
         ino: u64,
@@ -368,17 +367,34 @@ impl State {
         last: u64,
         budget: &mut u64,
     ) -> bool {
-        if self.clones.is_empty() {
+        let snapshot_shared = match self.nodes.get(&ino) {
+            Some(Node::Regular { live, .. }) => live.shared.touches(first, last),
+            _ => false,
+        };
+        if self.clones.is_empty() && !snapshot_shared {
             return true;
         }
         let mut range = Extents::default();
         range.insert(first, last);
-        let copied = self.clone_shared(ino).intersection(&range).block_count();
+        let mut copied = if self.clones.is_empty() {
+            Extents::default()
+        } else {
+            self.clone_shared(ino).intersection(&range)
+        };
+        if let Some(Node::Regular { live, .. }) = self.nodes.get(&ino) {
+            for (&start, &end) in &live.shared.intersection(&range).0 {
+                copied.insert(start, end);
+            }
+        }
+        let copied = copied.block_count();
         if copied > *budget {
             return false;
         }
         *budget -= copied;
         self.leave_clone_groups(ino, first, last);
+        if let Some(Node::Regular { live, .. }) = self.nodes.get_mut(&ino) {
+            live.shared.remove(first, last);
+        }
         true
     }
 
@@ -390,7 +406,7 @@ impl State {
             .snapshots
             .iter()
             .map(|(ino, taken)| match self.nodes.get(ino) {
-                Some(Node::Regular { live, .. }) => taken - live.shared.min(*taken),
+                Some(Node::Regular { live, .. }) => taken - live.shared.block_count().min(*taken),
                 _ => *taken,
             })
             .sum();
@@ -456,7 +472,8 @@ impl State {
     }
 
     pub(super) fn allocation_budget_for(&self, gaps: &[(u64, u64)]) -> (u64, i32) {
-        if gaps.is_empty() && self.clones.is_empty() {
+        // Nothing to allocate and nothing to copy on write: no need to count.
+        if gaps.is_empty() && self.clones.is_empty() && self.snapshots.is_empty() {
             return (0, libc::ENOSPC);
         }
         self.allocation_budget()
@@ -513,9 +530,9 @@ impl State {
         live.data.split_off(&first_freed);
         let after = live.blocks.block_count();
         let freed = before - after;
-        let still_shared = live.shared.min(after);
-        let shared_freed = (live.shared - still_shared).min(freed);
-        live.shared = still_shared;
+        let shared_before = live.shared.block_count();
+        live.shared.truncate(first_freed);
+        let shared_freed = shared_before - live.shared.block_count();
         if late {
             self.pending_free += (freed - shared_freed).saturating_sub(clone_kept) * block_size;
             self.pending_seen = false;
@@ -996,7 +1013,9 @@ impl State {
             offset >> shift,
             (end >> shift) + u64::from(end & (block_size - 1) != 0),
         );
-        if offset > live.len || !live.blocks.covers(first, last) {
+        // Blocks a snapshot shares are copied on write: the slow path takes new ones.
+        if offset > live.len || !live.blocks.covers(first, last) || live.shared.touches(first, last)
+        {
             return false;
         }
         live.len = live.len.max(end);
