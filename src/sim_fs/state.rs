@@ -913,15 +913,7 @@ impl State {
         }
         // A file with no live name: its data as synced (what it had before its unlink
         // may have reached the disk or not; the live state is already freed).
-        let named: std::collections::BTreeSet<u64> = self
-            .nodes
-            .values()
-            .filter_map(|node| match node {
-                Node::Directory { live, .. } => Some(live.values().copied()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let named: std::collections::BTreeSet<u64> = self.live_names().collect();
         let block_size = self.block_size;
         for (ino, node) in &mut self.nodes {
             if let Node::Regular { live, durable } = node
@@ -1183,6 +1175,17 @@ impl State {
         }
     }
 
+    /// The inode each live name in every directory names, once per name.
+    fn live_names(&self) -> impl Iterator<Item = u64> + '_ {
+        self.nodes
+            .values()
+            .filter_map(|node| match node {
+                Node::Directory { live, .. } => Some(live.values().copied()),
+                _ => None,
+            })
+            .flatten()
+    }
+
     /// See [`SimFs::for_each_entry`]: visits `ino`, named `path`, and what is under it.
     pub(super) fn walk(
         &self,
@@ -1191,15 +1194,7 @@ impl State {
         visit: &mut impl FnMut(&str, &Probe, u64),
     ) {
         // Every inode's live names, counted in one pass rather than one pass per entry.
-        let mut named: Vec<u64> = self
-            .nodes
-            .values()
-            .filter_map(|node| match node {
-                Node::Directory { live, .. } => Some(live.values().copied()),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let mut named: Vec<u64> = self.live_names().collect();
         named.sort_unstable();
         self.walk_counted(ino, path, visit, &named);
     }
@@ -1239,12 +1234,8 @@ impl State {
     pub(super) fn snapshot(&self) -> SimSnapshot {
         // Every name's link count in one pass, not one pass per name.
         let mut names: HashMap<u64, u64> = HashMap::new();
-        for node in self.nodes.values() {
-            if let Node::Directory { live, .. } = node {
-                for &child in live.values() {
-                    *names.entry(child).or_insert(0) += 1;
-                }
-            }
+        for child in self.live_names() {
+            *names.entry(child).or_insert(0) += 1;
         }
         let mut entries = BTreeMap::new();
         let mut shared_bytes = BTreeMap::new();
