@@ -1675,6 +1675,23 @@ fn writing_into_blocks_a_snapshot_shares_takes_new_ones() {
     );
 }
 
+/// Copies a sync made durable survive a crash: the blocks stay the file's own and the
+/// snapshot alone keeps holding the old ones.
+#[test]
+fn synced_copies_of_snapshot_blocks_survive_a_crash() {
+    let fs = home();
+    fs.write_file("/home/f", 8 * BS).unwrap();
+    fs.snapshot_file("/home/f").unwrap();
+    let f = open(&fs, "f");
+    f.write_at(0, &[1; 3 * BS as usize]).unwrap();
+    f.sync_all().unwrap();
+    let free = fs.free_bytes();
+    fs.crash();
+    assert_eq!(fs.shared_bytes_of("/home/f"), 5 * BS);
+    assert_eq!(fs.pinned_bytes(), 3 * BS);
+    assert_eq!(fs.free_bytes(), free);
+}
+
 /// Three copies of one file (a copy of a file that already has one joins its group):
 /// with the middle one removed, the other two still share every block, and the blocks
 /// count once in free space.

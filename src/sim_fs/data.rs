@@ -612,6 +612,24 @@ mod tests {
     }
 
     #[test]
+    fn extents_touches_only_ranges_that_share_a_block() {
+        let mut extents = Extents::default();
+        extents.insert(2, 4);
+        extents.insert(8, 9);
+        for (start, end, touches) in [
+            (0, 2, false),
+            (1, 3, true),
+            (3, 4, true),
+            (4, 8, false),
+            (4, 9, true),
+            (9, 20, false),
+            (0, 20, true),
+        ] {
+            assert_eq!(extents.touches(start, end), touches, "[{start}, {end})");
+        }
+    }
+
+    #[test]
     fn extents_gaps_lists_unallocated_ranges_in_order() {
         let mut extents = Extents::default();
         extents.insert(2, 4);
