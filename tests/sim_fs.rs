@@ -1299,6 +1299,13 @@ fn a_directory_cannot_be_moved_into_itself_through_a_symlink() {
     assert_eq!(errno(fs.rename("/x", "/s/sub/moved")), libc::EINVAL);
     assert_eq!(errno(fs.rename("/x", "/home/../x/moved")), libc::EINVAL);
     assert_eq!(allocated(&fs, "/x/f"), BS);
+    // Onto itself, or onto another name of the same file: nothing happens.
+    fs.rename("/x", "/s").unwrap_err();
+    fs.rename("/x", "/home/../x").unwrap();
+    fs.hard_link("/x/f", "/x/g").unwrap();
+    fs.rename("/x/f", "/x/g").unwrap();
+    assert_eq!(lookup(&fs, "/x/f").links, 2, "both names stay");
+    fs.remove("/x/g").unwrap();
     // A file into a directory beside it, and a directory next to itself (its own name
     // in the path, then `..`), still move.
     fs.rename("/x/f", "/s/sub/f").unwrap();

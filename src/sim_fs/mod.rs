@@ -1067,7 +1067,8 @@ impl SimFs {
     /// is gone. Handles opened before keep working on what they opened.
     ///
     /// # Errors
-    /// `ENOENT` if `from` is missing, `EEXIST` if `to` is taken, `EINVAL` if `to` is
+    /// `ENOENT` if `from` is missing, `EEXIST` if `to` is taken (by anything but what
+    /// `from` names: then nothing happens, as `rename(2)` does), `EINVAL` if `to` is
     /// inside `from` (spelt through a symlink or `..` too) or either ends in `.`/`..` or
     /// is `/`.
     pub fn rename(&self, from: impl AsRef<Utf8Path>, to: impl AsRef<Utf8Path>) -> io::Result<()> {

@@ -1045,12 +1045,14 @@ impl State {
             Lookup { entry: None, .. } => return Err(errno(libc::EINVAL)),
             _ => return Err(errno(libc::ENOENT)),
         };
+        let target = self.resolve(to, false)?;
+        // Two names of one file (or one name twice): `rename(2)` does nothing.
+        if target.ino == Some(ino) {
+            return Ok(());
+        }
         // Into itself, however `to` is spelt (a symlink, `..`): `rename(2)`'s `EINVAL`,
         // before `EEXIST` as there.
-        if let Lookup {
-            entry: Some((dir, _)),
-            ..
-        } = self.resolve(to, false)?
+        if let Some((dir, _)) = target.entry
             && self.holds_dir(ino, dir)
         {
             return Err(errno(libc::EINVAL));
