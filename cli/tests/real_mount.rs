@@ -2781,9 +2781,9 @@ fn snapshot() {
     );
 }
 
-/// Writes `len` bytes of the incompressible pattern (seed `seed`) into `path` at
-/// `offset`, in place, and syncs the file.
-fn write_pattern_at(path: &Path, offset: u64, len: u64, seed: u64) {
+/// Writes `len` [`incompressible`] bytes into `path` at `offset`, in place, and syncs
+/// the file.
+fn write_incompressible_at(path: &Path, offset: u64, len: u64) {
     use std::os::unix::fs::FileExt;
     let file = OpenOptions::new()
         .write(true)
@@ -2791,14 +2791,7 @@ fn write_pattern_at(path: &Path, offset: u64, len: u64, seed: u64) {
         .truncate(false)
         .open(path)
         .unwrap();
-    let mut buf = vec![0; MIB as usize];
-    let mut at = offset;
-    while at < offset + len {
-        let chunk = &mut buf[..(offset + len - at).min(MIB) as usize];
-        pattern::fill(chunk, seed, at);
-        file.write_all_at(chunk, at).unwrap();
-        at += chunk.len() as u64;
-    }
+    file.write_all_at(&incompressible(len), offset).unwrap();
     file.sync_all().unwrap();
 }
 
@@ -2829,7 +2822,7 @@ fn snapshot_overwrite() {
     sh("btrfs", &["subvolume", "create", path_str(&home)]);
     cleanup.subvolumes.push(home.clone());
     let shared = home.join("shared");
-    write_pattern_at(&shared, 0, FILE, 1);
+    write_incompressible_at(&shared, 0, FILE);
     let snap = dir.path().join("home.snap");
     sh(
         "btrfs",
@@ -2844,12 +2837,12 @@ fn snapshot_overwrite() {
     cleanup.subvolumes.push(snap);
     // Files written after the snapshot share nothing with it.
     let (own, half) = (home.join("own"), home.join("half"));
-    write_pattern_at(&own, 0, FILE, 2);
-    write_pattern_at(&half, 0, FILE, 3);
+    write_incompressible_at(&own, 0, FILE);
+    write_incompressible_at(&half, 0, FILE);
     let taken_by = |path: &Path, offset: u64, len: u64| {
         settle(root);
         let before = free_bytes(root);
-        write_pattern_at(path, offset, len, 4);
+        write_incompressible_at(path, offset, len);
         settle(root);
         before as i64 - free_bytes(root) as i64
     };

@@ -367,24 +367,21 @@ impl State {
         last: u64,
         budget: &mut u64,
     ) -> bool {
-        let snapshot_shared = match self.nodes.get(&ino) {
-            Some(Node::Regular { live, .. }) => live.shared.touches(first, last),
-            _ => false,
-        };
-        if self.clones.is_empty() && !snapshot_shared {
-            return true;
-        }
         let mut range = Extents::default();
-        range.insert(first, last);
-        let mut copied = if self.clones.is_empty() {
-            Extents::default()
-        } else {
-            self.clone_shared(ino).intersection(&range)
-        };
-        if let Some(Node::Regular { live, .. }) = self.nodes.get(&ino) {
-            for (&start, &end) in &live.shared.intersection(&range).0 {
+        let mut copied = Extents::default();
+        if let Some(Node::Regular { live, .. }) = self.nodes.get(&ino)
+            && live.shared.touches(first, last)
+        {
+            range.insert(first, last);
+            copied = live.shared.intersection(&range);
+        }
+        if !self.clones.is_empty() {
+            range.insert(first, last);
+            for (&start, &end) in &self.clone_shared(ino).intersection(&range).0 {
                 copied.insert(start, end);
             }
+        } else if copied.0.is_empty() {
+            return true;
         }
         let copied = copied.block_count();
         if copied > *budget {
