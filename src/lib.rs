@@ -109,5 +109,5 @@ pub use record::{Remembered, record_name};
 #[doc(hidden)]
 pub use reserve::WRITE_CHUNK_BYTES;
 pub use reserve::{DeferReason, EnsureReport, Ensured, Released, Reserve, Status};
-pub use sim_fs::{AllocateMode, SimFs, SimOp};
+pub use sim_fs::{AllocateMode, SimFs, SimOp, WholeExtents};
 pub use size::{HumanBytes, SizeSpec};

@@ -162,6 +162,184 @@ pub(super) fn overlapping(
     })
 }
 
+/// How btrfs keeps a file's blocks on disk ([`SimFs::set_whole_extents`]): in extents,
+/// each freed only when no block of it is the file's any more.
+///
+/// A block is *on disk* once a sync wrote it (a written extent, formed from the run of
+/// new blocks it belongs to) or once `allocate` reserved it (an unwritten extent, as
+/// `fallocate` makes); a block written since the last sync is still only in the page
+/// cache and in no extent. Writing a block of a written extent takes a new block (btrfs
+/// copies on write) and leaves the old one to its extent; writing one of an unwritten
+/// extent writes in place (a later write copies). Cutting blocks off leaves them to their
+/// extents. An extent whose blocks the file has all left is freed whole, and until then
+/// the blocks the file left stay held ([`pinned`](DiskExtents::pinned)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct DiskExtents {
+    /// The file's blocks that are on disk, as `[start, end)` ranges keyed by start.
+    segments: BTreeMap<u64, Segment>,
+    /// The extents, by number.
+    extents: BTreeMap<u64, DiskExtent>,
+    next_id: u64,
+    /// Blocks held only because their extent still has blocks in use: the sum over the
+    /// extents of `blocks - used`.
+    pub(super) pinned: u64,
+}
+
+/// A run of a file's blocks in one extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    end: u64,
+    extent: u64,
+    /// Reserved by `allocate` and never written since: a write goes in place.
+    unwritten: bool,
+}
+
+/// One extent: the blocks it holds on disk, and how many of them the file still uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DiskExtent {
+    blocks: u64,
+    used: u64,
+}
+
+impl DiskExtents {
+    /// Puts blocks `[start, end)`, in no extent yet, into new extents of at most `max`
+    /// blocks each.
+    pub(super) fn add(&mut self, start: u64, end: u64, unwritten: bool, max: u64) {
+        let mut at = start;
+        while at < end {
+            let piece_end = end.min(at.saturating_add(max.max(1)));
+            let id = self.next_id;
+            self.next_id += 1;
+            let blocks = piece_end - at;
+            self.extents.insert(id, DiskExtent { blocks, used: blocks });
+            self.segments.insert(
+                at,
+                Segment {
+                    end: piece_end,
+                    extent: id,
+                    unwritten,
+                },
+            );
+            at = piece_end;
+        }
+    }
+
+    /// A sync: every block of `blocks` in no extent yet goes into a written extent, one
+    /// per run of adjacent blocks (btrfs's delayed allocation), of at most `max` blocks.
+    pub(super) fn close(&mut self, blocks: &Extents, max: u64) {
+        let mut new = Vec::new();
+        for (start, end) in blocks.ranges() {
+            let mut cursor = start;
+            if let Some((_, seg)) = self.segments.range(..=start).next_back() {
+                cursor = cursor.max(seg.end);
+            }
+            for (&seg_start, seg) in self.segments.range(start..end) {
+                if seg_start > cursor {
+                    new.push((cursor, seg_start));
+                }
+                cursor = cursor.max(seg.end);
+            }
+            if cursor < end {
+                new.push((cursor, end));
+            }
+        }
+        for (start, end) in new {
+            self.add(start, end, false, max);
+        }
+    }
+
+    /// Whether any block of `[start, end)` is on disk.
+    pub(super) fn touches(&self, start: u64, end: u64) -> bool {
+        self.segments
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, seg)| seg.end > start)
+    }
+
+    /// The blocks of `[start, end)` in written extents: those a write copies.
+    pub(super) fn written_in(&self, start: u64, end: u64) -> Extents {
+        let mut written = Extents::default();
+        for (seg_start, seg) in self.overlapping(start, end) {
+            if !seg.unwritten {
+                written.insert(seg_start.max(start), seg.end.min(end));
+            }
+        }
+        written
+    }
+
+    /// The segments that overlap `[start, end)`, with their starts, in order.
+    fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = (u64, Segment)> + '_ {
+        let before = self
+            .segments
+            .range(..start)
+            .next_back()
+            .filter(|(_, seg)| seg.end > start);
+        before
+            .into_iter()
+            .chain(self.segments.range(start..end))
+            .map(|(&seg_start, &seg)| (seg_start, seg))
+    }
+
+    /// The file's blocks `[start, end)` leave their extents: written (or `written_too`,
+    /// unwritten) blocks become held by their extent alone, and blocks in `forget` (a
+    /// snapshot or a reflink copy holds them, and counts them) leave it altogether;
+    /// other unwritten blocks stay, now written (a write in place). Returns the blocks of
+    /// the extents this left with none in use: freed.
+    pub(super) fn leave(&mut self, start: u64, end: u64, forget: &Extents, written_too: bool) -> u64 {
+        let mut freed = 0;
+        for (seg_start, seg) in self.overlapping(start, end).collect::<Vec<_>>() {
+            self.segments.remove(&seg_start);
+            let (from, to) = (seg_start.max(start), seg.end.min(end));
+            // What stays as it was, before and after the range.
+            if seg_start < from {
+                self.segments.insert(seg_start, Segment { end: from, ..seg });
+            }
+            if to < seg.end {
+                self.segments.insert(to, Segment { end: seg.end, ..seg });
+            }
+            let mut in_range = Extents::default();
+            in_range.insert(from, to);
+            let forgotten = in_range.intersection(forget);
+            let forgotten_blocks = forgotten.block_count();
+            let mut kept = in_range;
+            for (f_start, f_end) in forgotten.ranges() {
+                kept.remove(f_start, f_end);
+            }
+            let mut left = forgotten_blocks;
+            let mut pinned_now = 0;
+            if seg.unwritten && !written_too {
+                for (k_start, k_end) in kept.ranges() {
+                    self.segments.insert(
+                        k_start,
+                        Segment {
+                            end: k_end,
+                            unwritten: false,
+                            ..seg
+                        },
+                    );
+                }
+            } else {
+                let n = kept.block_count();
+                left += n;
+                pinned_now = n;
+            }
+            let extent = self
+                .extents
+                .get_mut(&seg.extent)
+                .expect("sim_fs: a segment's extent exists");
+            extent.blocks -= forgotten_blocks;
+            extent.used -= left;
+            self.pinned += pinned_now;
+            if extent.used == 0 {
+                self.pinned -= extent.blocks;
+                freed += extent.blocks;
+                self.extents.remove(&seg.extent);
+            }
+        }
+        freed
+    }
+}
+
 /// Length, allocated blocks and written bytes of a regular file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct FileData {
@@ -176,6 +354,8 @@ pub(super) struct FileData {
     /// cost memory, never allocated ones, and a clone (a sync) shares them until one side
     /// writes again. Bytes past `len` in the last block are kept zero.
     pub(super) data: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Its blocks' extents on disk, kept only with [`SimFs::set_whole_extents`].
+    pub(super) disk: DiskExtents,
 }
 
 impl FileData {
@@ -241,6 +421,9 @@ impl FileData {
         }
         if self.shared != live.shared {
             self.shared.clone_from(&live.shared);
+        }
+        if self.disk != live.disk {
+            self.disk.clone_from(&live.disk);
         }
         for (&block, bytes) in &live.data {
             match self.data.get_mut(&block) {

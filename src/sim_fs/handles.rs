@@ -395,9 +395,14 @@ impl FileHandle for SimFile {
                 if needed > budget {
                     return Err(errno(out_of_space));
                 }
-                let blocks = &mut state.file_mut(ino).blocks;
+                let whole_extents = state.whole_extents;
+                let file = state.file_mut(ino);
                 for (start, end) in gaps {
-                    blocks.insert(start, end);
+                    file.blocks.insert(start, end);
+                    // `fallocate` reserves its extents at once, unwritten.
+                    if let Some((_, allocated_max)) = whole_extents {
+                        file.disk.add(start, end, true, allocated_max);
+                    }
                 }
             }
         }

@@ -253,6 +253,31 @@ pub enum AllocateMode {
     NoBlocks,
 }
 
+/// The largest extents a [`SimFs`] keeps whole ([`SimFs::set_whole_extents`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WholeExtents {
+    /// The most bytes a sync puts in one extent of written data.
+    pub written_bytes: u64,
+    /// The most bytes [`FileHandle::allocate`] puts in one extent.
+    pub allocated_bytes: u64,
+}
+
+impl WholeExtents {
+    /// btrfs: written extents of up to 128 MiB (`BTRFS_MAX_EXTENT_SIZE`), `fallocate`
+    /// extents of up to 256 MiB.
+    pub const BTRFS: WholeExtents = WholeExtents {
+        written_bytes: 128 << 20,
+        allocated_bytes: 256 << 20,
+    };
+
+    /// btrfs mounted with `compress` or `compress-force`: written data goes in extents
+    /// of at most 128 KiB (`BTRFS_MAX_UNCOMPRESSED`), `fallocate` extents as without.
+    pub const BTRFS_COMPRESSED: WholeExtents = WholeExtents {
+        written_bytes: 128 << 10,
+        allocated_bytes: 256 << 20,
+    };
+}
+
 /// What a [`SimFs`] holds at one moment ([`SimFs::snapshot`]): every live path with what
 /// [`DirHandle::probe`] says of it, and the bytes other writers hold.
 ///
@@ -582,6 +607,72 @@ impl SimFs {
         self.state().eof_block_zeroing = on;
     }
 
+    /// Keeps files' blocks in whole extents, as btrfs does: an extent is freed only when
+    /// no block of it is in use any more, and a write into a block a sync already wrote
+    /// takes a new block (copy-on-write). `None` (the default) is ext4, XFS and tmpfs:
+    /// every block is freed as its file lets go of it, and a write goes in place.
+    ///
+    /// With it on, a sync puts each run of adjacent blocks written since the last one
+    /// into extents of at most [`WholeExtents::written_bytes`] (btrfs's delayed
+    /// allocation makes one extent of appends synced once, one per sync of appends
+    /// synced one by one), and [`FileHandle::allocate`] reserves extents of at most
+    /// [`WholeExtents::allocated_bytes`], unwritten. Then:
+    ///
+    /// * cutting blocks off with `set_len` frees nothing while the rest of their extent
+    ///   is the file's (a 16 MiB file written in one go and cut to 8 MiB still holds
+    ///   16 MiB; so does a 16 MiB `fallocate`d one);
+    /// * rewriting blocks of a written extent takes new blocks while the old ones stay
+    ///   held by the rest of their extent (rewriting the middle 8 MiB of that file takes
+    ///   8 MiB; rewriting all of it takes none once it is done, but needs the room while
+    ///   it runs, so a rewrite in place on a full disk fails with `ENOSPC` and changes
+    ///   nothing); a write into an `allocate`d block goes in place the first time;
+    /// * deleting the file frees everything (as late as [`set_late_frees`] says).
+    ///
+    /// Each of these was measured on btrfs (Linux 6.18; the mount matrix's
+    /// `whole_extents` test compares it). Not modelled: btrfs also ends an extent at its
+    /// block group (about a tenth of a small filesystem) and may cut a large write into
+    /// smaller extents at writeback, so its extents can be smaller than the most this
+    /// sets; a block both an extent and a snapshot or reflink copy hold is counted by
+    /// the snapshot or copy alone.
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs, WholeExtents};
+    ///
+    /// let fs = SimFs::with_home(64 << 20, "/data");
+    /// fs.set_whole_extents(Some(WholeExtents::BTRFS));
+    /// let data = fs.open_dir("/data".into())?;
+    /// let file = data.open_file("log", OpenOptions::create_new())?;
+    /// file.write_all_at(0, &vec![7; 16 << 20])?;
+    /// file.sync_all()?; // one 16 MiB extent
+    /// let free = fs.free_bytes();
+    /// file.set_len(8 << 20)?;
+    /// assert_eq!(fs.free_bytes(), free); // the extent is still in use: nothing freed
+    /// file.write_all_at(0, &vec![9; 4 << 20])?;
+    /// assert_eq!(fs.free_bytes(), free - (4 << 20)); // copied on write
+    /// drop(file);
+    /// data.remove_file("log")?;
+    /// assert_eq!(fs.free_bytes(), 64 << 20);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    ///
+    /// [`set_late_frees`]: SimFs::set_late_frees
+    pub fn set_whole_extents(&self, extents: Option<WholeExtents>) {
+        let mut state = self.state();
+        let block_size = state.block_size;
+        let blocks = |bytes: u64| (bytes / block_size).max(1);
+        state.whole_extents =
+            extents.map(|e| (blocks(e.written_bytes), blocks(e.allocated_bytes)));
+        if extents.is_none() {
+            // Without extents every block the files let go of is free.
+            for node in state.nodes.values_mut() {
+                if let Node::Regular { live, durable } = node {
+                    live.disk = DiskExtents::default();
+                    durable.disk = DiskExtents::default();
+                }
+            }
+        }
+    }
+
     /// Takes a snapshot of the file at `path` (a btrfs snapshot, a reflink copy kept
     /// elsewhere): its blocks are now shared, so [`FileHandle::shared_bytes`] counts them,
     /// a write into one takes a new block (copy-on-write: the snapshot keeps the old one,
@@ -667,6 +758,8 @@ impl SimFs {
             _ => return Err(errno(libc::EINVAL)),
         };
         data.shared = Extents::default();
+        // The copy's blocks are the source's extents' (the clone group counts them).
+        data.disk = DiskExtents::default();
         let (parent, name) = state.free_entry(to.as_ref())?;
         let blocks = data.blocks.clone();
         let node = Node::Regular {
@@ -950,6 +1043,9 @@ impl SimFs {
             ..FileData::default()
         };
         data.blocks.insert(0, blocks);
+        if let Some((written_max, _)) = state.whole_extents {
+            data.disk.close(&data.blocks, written_max);
+        }
         let node = Node::Regular {
             live: data.clone(),
             durable: data,

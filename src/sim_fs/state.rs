@@ -47,6 +47,9 @@ pub(super) struct State {
     pub(super) late_frees: bool,
     /// Extending a file zeroes the rest of its last block ([`SimFs::set_eof_block_zeroing`]).
     pub(super) eof_block_zeroing: bool,
+    /// Files keep their blocks in whole extents ([`SimFs::set_whole_extents`]): the most
+    /// blocks in one written extent and in one `allocate`d extent.
+    pub(super) whole_extents: Option<(u64, u64)>,
     /// Block buffers kept for the next write ([`FileData::store`]).
     pub(super) spare: SpareBlocks,
     /// Bytes freed but not yet shown by `space`.
@@ -190,6 +193,7 @@ impl State {
             pending_move: None,
             moves: 0,
             late_frees: false,
+            whole_extents: None,
             eof_block_zeroing: false,
             spare: SpareBlocks::default(),
             pending_free: 0,
@@ -215,7 +219,7 @@ impl State {
             .nodes
             .values()
             .map(|node| match node {
-                Node::Regular { live, .. } => live.blocks.block_count(),
+                Node::Regular { live, .. } => live.blocks.block_count() + live.disk.pinned,
                 _ => 0,
             })
             .sum();
@@ -358,8 +362,9 @@ impl State {
 
     /// Copy-on-write before a write to `[first, last)` of `ino`: blocks a snapshot or
     /// another reflink copy shares get new blocks, taken from `budget` (the snapshot and
-    /// the copy keep the old ones). `false` (nothing changed) when the budget does not
-    /// cover them all.
+    /// the copy keep the old ones), and so do blocks of written extents with
+    /// [`SimFs::set_whole_extents`] (their extents keep the old ones). `false` (nothing
+    /// changed) when the budget does not cover them all.
     pub(super) fn unshare_for_write(
         &mut self,
         ino: u64,
@@ -380,17 +385,39 @@ impl State {
             for (&start, &end) in &self.clone_shared(ino).intersection(&range).0 {
                 copied.insert(start, end);
             }
-        } else if copied.0.is_empty() {
+        }
+        // Blocks of written extents, as far as no snapshot or copy already takes them.
+        let mut rewritten = 0;
+        let on_disk = match self.nodes.get(&ino) {
+            Some(Node::Regular { live, .. }) => live.disk.touches(first, last),
+            _ => false,
+        };
+        if on_disk && let Some(Node::Regular { live, .. }) = self.nodes.get(&ino) {
+            let mut written = live.disk.written_in(first, last);
+            for (start, end) in copied.ranges() {
+                written.remove(start, end);
+            }
+            rewritten = written.block_count();
+        } else if copied.0.is_empty() && self.clones.is_empty() {
             return true;
         }
-        let copied = copied.block_count();
-        if copied > *budget {
+        let needed = copied.block_count() + rewritten;
+        if needed > *budget {
             return false;
         }
-        *budget -= copied;
+        *budget -= needed;
         self.leave_clone_groups(ino, first, last);
+        let (block_size, late) = (self.block_size, self.late_frees);
+        let mut freed = 0;
         if let Some(Node::Regular { live, .. }) = self.nodes.get_mut(&ino) {
             live.shared.remove(first, last);
+            if on_disk {
+                freed = live.disk.leave(first, last, &copied, false);
+            }
+        }
+        if late && freed > 0 {
+            self.pending_free += freed * block_size;
+            self.pending_seen = false;
         }
         true
     }
@@ -470,7 +497,11 @@ impl State {
 
     pub(super) fn allocation_budget_for(&self, gaps: &[(u64, u64)]) -> (u64, i32) {
         // Nothing to allocate and nothing to copy on write: no need to count.
-        if gaps.is_empty() && self.clones.is_empty() && self.snapshots.is_empty() {
+        if gaps.is_empty()
+            && self.clones.is_empty()
+            && self.snapshots.is_empty()
+            && self.whole_extents.is_none()
+        {
             return (0, libc::ENOSPC);
         }
         self.allocation_budget()
@@ -515,6 +546,17 @@ impl State {
         // Blocks another reflink copy keeps: freeing them here gives nothing back.
         let mut clone_kept = self.clone_shared(ino);
         clone_kept.remove(0, first_freed);
+        // With whole extents, what a snapshot or a copy holds leaves the extents (the
+        // snapshot or the copy counts it); the rest stays held while its extent is in use.
+        let mut held_elsewhere = Extents::default();
+        if let Some(Node::Regular { live, .. }) = self.nodes.get(&ino)
+            && live.disk.touches(first_freed, u64::MAX)
+        {
+            held_elsewhere = clone_kept.clone();
+            for (start, end) in live.shared.ranges() {
+                held_elsewhere.insert(start.max(first_freed), end.max(first_freed));
+            }
+        }
         let clone_kept = clone_kept.block_count();
         if !keep_groups {
             self.leave_clone_groups(ino, first_freed, u64::MAX);
@@ -522,16 +564,20 @@ impl State {
         let Node::Regular { live, .. } = self.node_mut(ino) else {
             return;
         };
-        let before = live.blocks.block_count();
+        let before = live.blocks.block_count() + live.disk.pinned;
         live.blocks.truncate(first_freed);
         live.data.split_off(&first_freed);
-        let after = live.blocks.block_count();
-        let freed = before - after;
+        if live.disk.touches(first_freed, u64::MAX) {
+            live.disk.leave(first_freed, u64::MAX, &held_elsewhere, true);
+        }
+        let after = live.blocks.block_count() + live.disk.pinned;
+        // Negative (as zero) when blocks the file let go stay held by their extents.
+        let freed = before.saturating_sub(after);
         let shared_before = live.shared.block_count();
         live.shared.truncate(first_freed);
         let shared_freed = shared_before - live.shared.block_count();
         if late {
-            self.pending_free += (freed - shared_freed).saturating_sub(clone_kept) * block_size;
+            self.pending_free += freed.saturating_sub(shared_freed).saturating_sub(clone_kept) * block_size;
             self.pending_seen = false;
         }
     }
@@ -935,6 +981,7 @@ impl State {
     /// What `syncfs(2)` does: every inode's live state becomes the state a crash returns to.
     pub(super) fn sync_everything(&mut self) {
         let (lost, spare) = (&self.writeback_lost, &mut self.spare);
+        let whole_extents = self.whole_extents;
         for (ino, node) in &mut self.nodes {
             match node {
                 // Most directories did not change since the last sync: no copy for them.
@@ -943,10 +990,15 @@ impl State {
                         durable.clone_from(live);
                     }
                 }
-                Node::Regular { live, durable } => match lost.get(ino) {
-                    None => durable.sync_from(live, spare),
-                    Some(lost) => *durable = written_back(live, durable, Some(lost)),
-                },
+                Node::Regular { live, durable } => {
+                    if let Some((written_max, _)) = whole_extents {
+                        live.disk.close(&live.blocks, written_max);
+                    }
+                    match lost.get(ino) {
+                        None => durable.sync_from(live, spare),
+                        Some(lost) => *durable = written_back(live, durable, Some(lost)),
+                    }
+                }
                 Node::Symlink { .. } | Node::Special(_) => {}
             }
         }
@@ -959,6 +1011,9 @@ impl State {
     pub(super) fn write_back(&mut self, ino: u64) {
         let lost = self.writeback_lost.get(&ino);
         if let Some(Node::Regular { live, durable }) = self.nodes.get_mut(&ino) {
+            if let Some((written_max, _)) = self.whole_extents {
+                live.disk.close(&live.blocks, written_max);
+            }
             match lost {
                 None => durable.sync_from(live, &mut self.spare),
                 Some(lost) => *durable = written_back(live, durable, Some(lost)),
@@ -1003,7 +1058,10 @@ impl State {
             (end >> shift) + u64::from(end & (block_size - 1) != 0),
         );
         // Blocks a snapshot shares are copied on write: the slow path takes new ones.
-        if offset > live.len || !live.blocks.covers(first, last) || live.shared.touches(first, last)
+        if offset > live.len
+            || !live.blocks.covers(first, last)
+            || live.shared.touches(first, last)
+            || live.disk.touches(first, last)
         {
             return false;
         }
