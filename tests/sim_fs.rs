@@ -8,7 +8,7 @@ use std::thread;
 use camino::Utf8Path;
 use disk_reserve::sim_fs::SimSnapshot;
 use disk_reserve::{
-    AllocateMode, DirHandle, FileHandle, FileKind, HostFs, OpenOptions, SimFs, SimOp,
+    AllocateMode, DirHandle, FileHandle, FileKind, HostFs, OpenOptions, SimFs, SimOp, WholeExtents,
 };
 
 const MIB: u64 = 1 << 20;
@@ -2401,4 +2401,207 @@ fn sync_fs_leaves_late_frees_to_a_later_statvfs_when_set_as_on_xfs() {
         // Either way the blocks were free for allocation at once.
         assert_eq!(fs.free_bytes() + fs.pending_free_bytes(), free + 16 * BS);
     }
+}
+
+// ---- whole extents (btrfs) ----
+
+/// A 64 MiB disk keeping whole extents as `extents` says, with a handle on a new
+/// `/home/f`.
+fn extents_disk(extents: WholeExtents) -> (SimFs, Box<dyn FileHandle>) {
+    let fs = SimFs::with_home(64 * MIB, "/home");
+    fs.set_whole_extents(Some(extents));
+    let home = dir(&fs, "/home");
+    let f = home.open_file("f", OpenOptions::create_new()).unwrap();
+    home.sync().unwrap(); // the name survives a crash
+    (fs, f)
+}
+
+/// A handle reading `/home/f`.
+fn reader(fs: &SimFs) -> Box<dyn FileHandle> {
+    dir(fs, "/home")
+        .open_file("f", OpenOptions::read())
+        .unwrap()
+}
+
+/// Writes `len` bytes at `offset` in one call, as `dd` of that size does.
+fn write(f: &dyn FileHandle, offset: u64, len: u64) {
+    f.write_all_at(offset, &vec![0x5a; len as usize]).unwrap();
+}
+
+/// btrfs (measured on Linux 6.18): a 16 MiB file written in one go and synced, then
+/// cut to 8 MiB, freed nothing; neither did a 16 MiB `fallocate`d one. Only cutting
+/// the rest frees the extent, whole.
+#[test]
+fn cutting_part_of_a_whole_extent_frees_nothing_until_all_of_it_goes() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    write(&*f, 0, 16 * MIB);
+    f.sync_all().unwrap();
+    assert_eq!(fs.used_bytes(), 16 * MIB);
+    f.set_len(8 * MIB).unwrap();
+    assert_eq!(
+        fs.used_bytes(),
+        16 * MIB,
+        "the cut half stays with its extent"
+    );
+    assert_eq!(allocated(&fs, "/home/f"), 8 * MIB, "the file has 8 MiB");
+    f.set_len(BS).unwrap();
+    assert_eq!(fs.used_bytes(), 16 * MIB);
+    f.set_len(0).unwrap();
+    assert_eq!(fs.used_bytes(), 0, "no block of it in use: freed whole");
+
+    let g = dir(&fs, "/home")
+        .open_file("g", OpenOptions::create_new())
+        .unwrap();
+    g.allocate(0, 16 * MIB).unwrap();
+    g.set_len(8 * MIB).unwrap();
+    assert_eq!(fs.used_bytes(), 16 * MIB, "an allocated extent too");
+    drop(g);
+    dir(&fs, "/home").remove_file("g").unwrap();
+    assert_eq!(fs.used_bytes(), 0, "deleting the file frees it all");
+}
+
+/// btrfs: rewriting the middle 8 MiB of a synced 16 MiB file took 8224 KiB (the old
+/// blocks stay with their extent); rewriting what was left of it then frees the extent.
+/// Blocks not synced yet are rewritten in place.
+#[test]
+fn rewriting_synced_blocks_of_a_whole_extent_takes_new_ones() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    write(&*f, 0, 16 * MIB);
+    write(&*f, 4 * MIB, 8 * MIB);
+    assert_eq!(fs.used_bytes(), 16 * MIB, "not synced: rewritten in place");
+    f.sync_all().unwrap();
+    write(&*f, 4 * MIB, 8 * MIB);
+    assert_eq!(fs.used_bytes(), 24 * MIB, "copied on write");
+    write(&*f, 4 * MIB, 8 * MIB);
+    assert_eq!(fs.used_bytes(), 24 * MIB, "the copies are not synced yet");
+    write(&*f, 0, 4 * MIB);
+    write(&*f, 12 * MIB, 4 * MIB);
+    assert_eq!(
+        fs.used_bytes(),
+        16 * MIB,
+        "every block of the old extent rewritten: freed"
+    );
+    let mut back = [0; 2];
+    reader(&fs).read_at(MIB, &mut back).unwrap();
+    assert_eq!(back, [0x5a; 2]);
+}
+
+/// btrfs: a write into `fallocate`d blocks took no space; after a sync, writing the
+/// same blocks again took 8224 KiB for 8 MiB.
+#[test]
+fn allocated_blocks_are_written_in_place_once() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    f.allocate(0, 16 * MIB).unwrap();
+    write(&*f, 4 * MIB, 8 * MIB);
+    assert_eq!(fs.used_bytes(), 16 * MIB, "in place");
+    f.sync_all().unwrap();
+    write(&*f, 4 * MIB, 8 * MIB);
+    assert_eq!(fs.used_bytes(), 24 * MIB, "written now: copied");
+    write(&*f, 0, 4 * MIB);
+    assert_eq!(
+        fs.used_bytes(),
+        24 * MIB,
+        "still unwritten there: in place, and the extent keeps the rest"
+    );
+}
+
+/// btrfs: four 1 MiB appends synced once made one extent (cutting the file to 1 MiB
+/// freed nothing); each synced on its own made four (the cut freed 3 MiB).
+#[test]
+fn a_sync_puts_each_run_of_new_blocks_in_one_extent() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    for i in 0..4 {
+        write(&*f, i * MIB, MIB);
+    }
+    f.sync_all().unwrap();
+    f.set_len(MIB).unwrap();
+    assert_eq!(fs.used_bytes(), 4 * MIB, "one extent");
+    f.set_len(0).unwrap();
+    assert_eq!(fs.used_bytes(), 0);
+    for i in 0..4 {
+        write(&*f, i * MIB, MIB);
+        f.sync_all().unwrap();
+    }
+    f.set_len(MIB).unwrap();
+    assert_eq!(fs.used_bytes(), MIB, "four extents: three freed");
+
+    // An extent holds at most `written_bytes`.
+    let (fs, f) = extents_disk(WholeExtents {
+        written_bytes: MIB,
+        allocated_bytes: MIB,
+    });
+    write(&*f, 0, 4 * MIB);
+    f.sync_all().unwrap();
+    f.set_len(MIB + BS).unwrap();
+    assert_eq!(fs.used_bytes(), 2 * MIB, "1 MiB extents: two freed");
+    let g = dir(&fs, "/home")
+        .open_file("g", OpenOptions::create_new())
+        .unwrap();
+    g.allocate(0, 4 * MIB).unwrap();
+    g.set_len(BS).unwrap();
+    assert_eq!(fs.used_bytes(), 3 * MIB, "allocated extents of 1 MiB too");
+}
+
+/// With compression btrfs writes extents of 128 KiB: rewriting the middle 8 MiB of a
+/// 16 MiB file took nothing on `compress-force=zstd`, as whole extents are rewritten.
+#[test]
+fn compressed_extents_are_small() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS_COMPRESSED);
+    write(&*f, 0, 16 * MIB);
+    f.sync_all().unwrap();
+    write(&*f, 4 * MIB, 8 * MIB);
+    assert_eq!(fs.used_bytes(), 16 * MIB);
+    write(&*f, 0, BS);
+    assert_eq!(
+        fs.used_bytes(),
+        16 * MIB + BS,
+        "one block of a 128 KiB extent"
+    );
+}
+
+/// A rewrite in place needs room for the copies while it runs: on a full disk it fails
+/// with `ENOSPC` and changes nothing; a crash before a sync gives the old blocks back to
+/// the file and the copies' space back to the disk.
+#[test]
+fn rewriting_a_whole_extent_needs_room_and_a_crash_undoes_it() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    write(&*f, 0, 4 * MIB);
+    f.sync_all().unwrap();
+    fs.set_free(MIB).unwrap();
+    assert_eq!(
+        errno(f.write_at(0, &vec![1; 2 * MIB as usize])),
+        libc::ENOSPC
+    );
+    assert_eq!(fs.free_bytes(), MIB, "nothing taken");
+    let mut back = [0; 1];
+    reader(&fs).read_at(0, &mut back).unwrap();
+    assert_eq!(back, [0x5a], "nothing written");
+    f.write_all_at(0, &vec![1; MIB as usize]).unwrap();
+    assert_eq!(fs.free_bytes(), 0);
+    fs.crash();
+    assert_eq!(fs.free_bytes(), MIB, "the copies were never synced");
+    assert_eq!(allocated(&fs, "/home/f"), 4 * MIB);
+}
+
+/// With late frees on, a freed extent shows as the other frees do; turning whole
+/// extents off frees what they held.
+#[test]
+fn whole_extents_free_late_and_can_be_turned_off() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    fs.set_late_frees(true);
+    write(&*f, 0, 4 * MIB);
+    f.sync_all().unwrap();
+    write(&*f, 0, 4 * MIB);
+    let home = dir(&fs, "/home");
+    assert_eq!(
+        home.space().unwrap().free_bytes,
+        56 * MIB,
+        "the old extent's free is not shown yet"
+    );
+    assert_eq!(home.space().unwrap().free_bytes, 60 * MIB);
+    f.sync_all().unwrap();
+    f.set_len(MIB).unwrap();
+    assert_eq!(fs.used_bytes(), 4 * MIB, "held by the extent");
+    fs.set_whole_extents(None);
+    assert_eq!(fs.used_bytes(), MIB);
 }

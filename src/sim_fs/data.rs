@@ -211,7 +211,13 @@ impl DiskExtents {
             let id = self.next_id;
             self.next_id += 1;
             let blocks = piece_end - at;
-            self.extents.insert(id, DiskExtent { blocks, used: blocks });
+            self.extents.insert(
+                id,
+                DiskExtent {
+                    blocks,
+                    used: blocks,
+                },
+            );
             self.segments.insert(
                 at,
                 Segment {
@@ -285,17 +291,30 @@ impl DiskExtents {
     /// snapshot or a reflink copy holds them, and counts them) leave it altogether;
     /// other unwritten blocks stay, now written (a write in place). Returns the blocks of
     /// the extents this left with none in use: freed.
-    pub(super) fn leave(&mut self, start: u64, end: u64, forget: &Extents, written_too: bool) -> u64 {
+    pub(super) fn leave(
+        &mut self,
+        start: u64,
+        end: u64,
+        forget: &Extents,
+        written_too: bool,
+    ) -> u64 {
         let mut freed = 0;
         for (seg_start, seg) in self.overlapping(start, end).collect::<Vec<_>>() {
             self.segments.remove(&seg_start);
             let (from, to) = (seg_start.max(start), seg.end.min(end));
             // What stays as it was, before and after the range.
             if seg_start < from {
-                self.segments.insert(seg_start, Segment { end: from, ..seg });
+                self.segments
+                    .insert(seg_start, Segment { end: from, ..seg });
             }
             if to < seg.end {
-                self.segments.insert(to, Segment { end: seg.end, ..seg });
+                self.segments.insert(
+                    to,
+                    Segment {
+                        end: seg.end,
+                        ..seg
+                    },
+                );
             }
             let mut in_range = Extents::default();
             in_range.insert(from, to);
@@ -354,11 +373,26 @@ pub(super) struct FileData {
     /// cost memory, never allocated ones, and a clone (a sync) shares them until one side
     /// writes again. Bytes past `len` in the last block are kept zero.
     pub(super) data: BTreeMap<u64, Arc<Vec<u8>>>,
-    /// Its blocks' extents on disk, kept only with [`SimFs::set_whole_extents`].
-    pub(super) disk: DiskExtents,
+    /// Its blocks' extents on disk, kept only with [`SimFs::set_whole_extents`] (boxed:
+    /// most files never have any, and every inode is as large as its largest kind).
+    pub(super) disk: Option<Box<DiskExtents>>,
 }
 
 impl FileData {
+    /// Whether any block of `[start, end)` is in an extent on disk.
+    pub(super) fn on_disk(&self, start: u64, end: u64) -> bool {
+        self.disk.as_ref().is_some_and(|d| d.touches(start, end))
+    }
+
+    /// Blocks its extents hold that it no longer uses ([`DiskExtents::pinned`]).
+    pub(super) fn pinned_blocks(&self) -> u64 {
+        self.disk.as_ref().map_or(0, |d| d.pinned)
+    }
+
+    pub(super) fn disk_mut(&mut self) -> &mut DiskExtents {
+        self.disk.get_or_insert_default()
+    }
+
     /// Copies `bytes` into the file at `offset`, block by block. A block this copy alone
     /// holds is written in place; a block shared with the durable copy (the last sync) or
     /// a new one takes a buffer from `spare`, so that a block rewritten and synced in a

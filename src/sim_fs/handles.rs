@@ -401,7 +401,7 @@ impl FileHandle for SimFile {
                     file.blocks.insert(start, end);
                     // `fallocate` reserves its extents at once, unwritten.
                     if let Some((_, allocated_max)) = whole_extents {
-                        file.disk.add(start, end, true, allocated_max);
+                        file.disk_mut().add(start, end, true, allocated_max);
                     }
                 }
             }

@@ -660,14 +660,13 @@ impl SimFs {
         let mut state = self.state();
         let block_size = state.block_size;
         let blocks = |bytes: u64| (bytes / block_size).max(1);
-        state.whole_extents =
-            extents.map(|e| (blocks(e.written_bytes), blocks(e.allocated_bytes)));
+        state.whole_extents = extents.map(|e| (blocks(e.written_bytes), blocks(e.allocated_bytes)));
         if extents.is_none() {
             // Without extents every block the files let go of is free.
             for node in state.nodes.values_mut() {
                 if let Node::Regular { live, durable } = node {
-                    live.disk = DiskExtents::default();
-                    durable.disk = DiskExtents::default();
+                    live.disk = None;
+                    durable.disk = None;
                 }
             }
         }
@@ -759,7 +758,7 @@ impl SimFs {
         };
         data.shared = Extents::default();
         // The copy's blocks are the source's extents' (the clone group counts them).
-        data.disk = DiskExtents::default();
+        data.disk = None;
         let (parent, name) = state.free_entry(to.as_ref())?;
         let blocks = data.blocks.clone();
         let node = Node::Regular {
@@ -1044,7 +1043,8 @@ impl SimFs {
         };
         data.blocks.insert(0, blocks);
         if let Some((written_max, _)) = state.whole_extents {
-            data.disk.close(&data.blocks, written_max);
+            let blocks = data.blocks.clone();
+            data.disk_mut().close(&blocks, written_max);
         }
         let node = Node::Regular {
             live: data.clone(),

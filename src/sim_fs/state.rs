@@ -219,7 +219,7 @@ impl State {
             .nodes
             .values()
             .map(|node| match node {
-                Node::Regular { live, .. } => live.blocks.block_count() + live.disk.pinned,
+                Node::Regular { live, .. } => live.blocks.block_count() + live.pinned_blocks(),
                 _ => 0,
             })
             .sum();
@@ -389,11 +389,15 @@ impl State {
         // Blocks of written extents, as far as no snapshot or copy already takes them.
         let mut rewritten = 0;
         let on_disk = match self.nodes.get(&ino) {
-            Some(Node::Regular { live, .. }) => live.disk.touches(first, last),
+            Some(Node::Regular { live, .. }) => live.on_disk(first, last),
             _ => false,
         };
         if on_disk && let Some(Node::Regular { live, .. }) = self.nodes.get(&ino) {
-            let mut written = live.disk.written_in(first, last);
+            let mut written = live
+                .disk
+                .as_ref()
+                .map(|d| d.written_in(first, last))
+                .unwrap_or_default();
             for (start, end) in copied.ranges() {
                 written.remove(start, end);
             }
@@ -412,7 +416,7 @@ impl State {
         if let Some(Node::Regular { live, .. }) = self.nodes.get_mut(&ino) {
             live.shared.remove(first, last);
             if on_disk {
-                freed = live.disk.leave(first, last, &copied, false);
+                freed = live.disk_mut().leave(first, last, &copied, false);
             }
         }
         if late && freed > 0 {
@@ -550,7 +554,7 @@ impl State {
         // snapshot or the copy counts it); the rest stays held while its extent is in use.
         let mut held_elsewhere = Extents::default();
         if let Some(Node::Regular { live, .. }) = self.nodes.get(&ino)
-            && live.disk.touches(first_freed, u64::MAX)
+            && live.on_disk(first_freed, u64::MAX)
         {
             held_elsewhere = clone_kept.clone();
             for (start, end) in live.shared.ranges() {
@@ -564,20 +568,24 @@ impl State {
         let Node::Regular { live, .. } = self.node_mut(ino) else {
             return;
         };
-        let before = live.blocks.block_count() + live.disk.pinned;
+        let before = live.blocks.block_count() + live.pinned_blocks();
         live.blocks.truncate(first_freed);
         live.data.split_off(&first_freed);
-        if live.disk.touches(first_freed, u64::MAX) {
-            live.disk.leave(first_freed, u64::MAX, &held_elsewhere, true);
+        if live.on_disk(first_freed, u64::MAX) {
+            live.disk_mut()
+                .leave(first_freed, u64::MAX, &held_elsewhere, true);
         }
-        let after = live.blocks.block_count() + live.disk.pinned;
+        let after = live.blocks.block_count() + live.pinned_blocks();
         // Negative (as zero) when blocks the file let go stay held by their extents.
         let freed = before.saturating_sub(after);
         let shared_before = live.shared.block_count();
         live.shared.truncate(first_freed);
         let shared_freed = shared_before - live.shared.block_count();
         if late {
-            self.pending_free += freed.saturating_sub(shared_freed).saturating_sub(clone_kept) * block_size;
+            self.pending_free += freed
+                .saturating_sub(shared_freed)
+                .saturating_sub(clone_kept)
+                * block_size;
             self.pending_seen = false;
         }
     }
@@ -992,7 +1000,9 @@ impl State {
                 }
                 Node::Regular { live, durable } => {
                     if let Some((written_max, _)) = whole_extents {
-                        live.disk.close(&live.blocks, written_max);
+                        live.disk
+                            .get_or_insert_default()
+                            .close(&live.blocks, written_max);
                     }
                     match lost.get(ino) {
                         None => durable.sync_from(live, spare),
@@ -1012,7 +1022,9 @@ impl State {
         let lost = self.writeback_lost.get(&ino);
         if let Some(Node::Regular { live, durable }) = self.nodes.get_mut(&ino) {
             if let Some((written_max, _)) = self.whole_extents {
-                live.disk.close(&live.blocks, written_max);
+                live.disk
+                    .get_or_insert_default()
+                    .close(&live.blocks, written_max);
             }
             match lost {
                 None => durable.sync_from(live, &mut self.spare),
@@ -1061,7 +1073,7 @@ impl State {
         if offset > live.len
             || !live.blocks.covers(first, last)
             || live.shared.touches(first, last)
-            || live.disk.touches(first, last)
+            || live.on_disk(first, last)
         {
             return false;
         }
