@@ -40,6 +40,7 @@ use proptest::test_runner::{FileFailurePersistence, TestCaseError, TestRunner};
 
 use disk_reserve::{
     DirHandle, FileHandle, FileKind, HostFs, OpenOptions, RealFs, Reserve, ReserveConfig, SimFs,
+    WholeExtents,
 };
 
 const KIB: u64 = 1 << 10;
@@ -525,6 +526,12 @@ impl<'a> Run<'a> {
         sim.set_free(real_free).unwrap();
         // btrfs writes the block holding a file's end when the file grows past it.
         sim.set_eof_block_zeroing(mount.row.starts_with("btrfs"));
+        // btrfs frees an extent only when no block of it is in use.
+        sim.set_whole_extents(match mount.row.as_str() {
+            "btrfs" => Some(WholeExtents::BTRFS),
+            "btrfs-zstd" => Some(WholeExtents::BTRFS_COMPRESSED),
+            _ => None,
+        });
         let floor_sim = sim.other_writers_bytes();
         let tolerance = (total as f64 * mount.pct / 100.0) as u64 + mount.slack;
         tally.cases.fetch_add(1, Ordering::Relaxed);
