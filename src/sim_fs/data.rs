@@ -360,7 +360,11 @@ impl DiskExtents {
 }
 
 /// Length, allocated blocks and written bytes of a regular file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Two are equal when they have the same length, blocks, shared blocks and bytes: where
+/// their blocks are on disk ([`disk`](FileData::disk)) is the space's business, so a
+/// crash decides the same with whole extents on or off.
+#[derive(Debug, Clone, Default)]
 pub(super) struct FileData {
     pub(super) len: u64,
     pub(super) blocks: Extents,
@@ -377,6 +381,17 @@ pub(super) struct FileData {
     /// most files never have any, and every inode is as large as its largest kind).
     pub(super) disk: Option<Box<DiskExtents>>,
 }
+
+impl PartialEq for FileData {
+    fn eq(&self, other: &FileData) -> bool {
+        self.len == other.len
+            && self.blocks == other.blocks
+            && self.shared == other.shared
+            && self.data == other.data
+    }
+}
+
+impl Eq for FileData {}
 
 impl FileData {
     /// Whether any block of `[start, end)` is in an extent on disk.

@@ -896,7 +896,10 @@ impl SimFs {
     /// This is deliberately pessimistic: on ext4 and XFS a journal commit often makes
     /// earlier directory changes durable along with a later `fsync` of a file; here only a
     /// sync of the directory itself does. Code that survives these crashes follows the
-    /// rules the ALICE and CrashMonkey studies found applications breaking. Every directory lock is dropped; guards still held release nothing.
+    /// rules the ALICE and CrashMonkey studies found applications breaking. Every directory
+    /// lock is dropped; guards still held release nothing. Frees not shown yet
+    /// ([`set_late_frees`](SimFs::set_late_frees)) show at once: the filesystem mounted
+    /// again counts what its disk holds.
     pub fn crash(&self) {
         self.state().crash();
         self.inner.lock_released.notify_all();

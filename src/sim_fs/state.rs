@@ -906,6 +906,10 @@ impl State {
         self.removed_dirs.clear();
         self.shortened.clear();
         self.writeback_lost.clear();
+        // The filesystem mounted again counts what the disk holds: no free is late, and
+        // blocks a crash gave back to a file are not also counted as freed.
+        self.pending_free = 0;
+        self.pending_seen = false;
         self.generation += 1;
         self.crash_countdown = 0;
         self.crash_seed = None;
