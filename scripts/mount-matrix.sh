@@ -31,7 +31,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 IMAGE_MIB=${MOUNT_MATRIX_IMAGE_MIB:-512}
 TEST_TIMEOUT=${MOUNT_MATRIX_TEST_TIMEOUT:-300}
 DIFF_CASES=${MOUNT_MATRIX_DIFF_CASES:-200}
-TESTS=(${MOUNT_MATRIX_TESTS:-conformance fileapi_diff full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut syncfs_power_cut reflink_release cow_preallocation snapshot snapshot_overwrite whole_extents quota late_free never_fits overlay fuse_write_path})
+TESTS=(${MOUNT_MATRIX_TESTS:-conformance fileapi_diff full_host blocks_are_real processes kill_9 read_only differential hard_link moving_home power_cut syncfs_power_cut reflink_release cow_preallocation snapshot snapshot_overwrite whole_extents quota late_free report_counts_the_reserve never_fits overlay fuse_write_path})
 FILESYSTEMS=(${MOUNT_MATRIX_ONLY:-ext4 xfs btrfs btrfs-zstd ext2 tmpfs ext4-ro fusefat exfat-fuse})
 # Rows that run only some of the tests (the others show "-").
 declare -A ROW_TESTS=([fusefat]="fuse_write_path" [exfat-fuse]="fuse_write_path")

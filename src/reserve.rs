@@ -540,6 +540,10 @@ impl<F: HostFs> Reserve<F> {
     /// space it deferred on, not one read later). The space of an outcome other than a
     /// deferral is read after the call acted, on the same open home directory: renaming
     /// or re-pointing the home meanwhile cannot make the report describe another one.
+    /// After a call that laid down, topped up or cut the reserve, the space is read once
+    /// the filesystem has committed it (`syncfs`, then reads until two agree, within the
+    /// [`settle_time`](Reserve::settle_time)): btrfs counts written and allocated data
+    /// in `statvfs` only at a transaction commit, which `fsync` does not force.
     ///
     /// # Errors
     /// As [`ensure`](Reserve::ensure); reading the free space afterwards may fail too.
@@ -549,7 +553,11 @@ impl<F: HostFs> Reserve<F> {
         self.keep_record(&*dir);
         let space = match (done.outcome, done.space) {
             (Ensured::Deferred { .. }, Some(space)) => space,
-            _ => self.space(&*dir)?,
+            (Ensured::Present { .. }, _) => self.space(&*dir)?,
+            // It changed the disk: btrfs shows what it took or gave back only once a
+            // transaction commits, which `fsync` does not force (64 MiB written and synced
+            // showed as 0 taken; a `fallocate` right after a `release` as 64 MiB too free).
+            _ => self.steady_space(&*dir)?,
         };
         let allocated_bytes = match done.outcome.allocated_bytes() {
             Some(bytes) => bytes,

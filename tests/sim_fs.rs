@@ -2605,3 +2605,51 @@ fn whole_extents_free_late_and_can_be_turned_off() {
     fs.set_whole_extents(None);
     assert_eq!(fs.used_bytes(), MIB);
 }
+
+// ---- late writes (btrfs) ----
+
+/// btrfs (measured on Linux 6.18): 64 MiB written and `fsync`ed showed as nothing taken
+/// in `statvfs` until a `syncfs`. With late writes on, `space` shows written data only
+/// after `sync_fs`; the blocks are taken all the same (`ENOSPC` at the real limit);
+/// cutting unshown data shows nothing; a crash shows the truth.
+#[test]
+fn late_writes_show_in_space_only_after_sync_fs() {
+    let fs = SimFs::with_home(MIB, "/home");
+    fs.set_late_writes(true);
+    let home = dir(&fs, "/home");
+    let space = || home.space().unwrap().free_bytes;
+    let f = home.open_file("f", OpenOptions::create_new()).unwrap();
+    f.write_all_at(0, &[1; 64 * BS as usize]).unwrap();
+    f.sync_all().unwrap();
+    home.sync().unwrap();
+    assert_eq!(space(), MIB, "written and fsynced: not shown");
+    assert_eq!(fs.free_bytes(), MIB - 64 * BS, "but taken");
+    let written = f.write_at(64 * BS, &vec![2; 200 * BS as usize]).unwrap();
+    assert_eq!(
+        written,
+        192 * BS as usize,
+        "the write stops at the real limit"
+    );
+    assert_eq!(errno(f.write_at(256 * BS, &[3])), libc::ENOSPC);
+    assert_eq!(space(), MIB, "still nothing shown");
+    f.set_len(128 * BS).unwrap();
+    assert_eq!(space(), MIB, "cutting unshown data shows nothing");
+    home.sync_fs().unwrap();
+    assert_eq!(space(), MIB - 128 * BS, "shown after syncfs");
+    f.write_all_at(128 * BS, &[4; 16 * BS as usize]).unwrap();
+    assert_eq!(space(), MIB - 128 * BS);
+    f.set_len(128 * BS).unwrap();
+    assert_eq!(
+        space(),
+        MIB - 128 * BS,
+        "the unshown blocks cut off: never shown, nothing to show"
+    );
+    f.write_all_at(128 * BS, &[4; 16 * BS as usize]).unwrap();
+    fs.crash();
+    let home = dir(&fs, "/home");
+    assert_eq!(
+        home.space().unwrap().free_bytes,
+        MIB - 128 * BS,
+        "after a crash, the disk as it is"
+    );
+}

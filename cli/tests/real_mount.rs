@@ -3257,6 +3257,52 @@ fn late_free() {
     );
 }
 
+/// j4b. The ensure report counts the reserve it laid down (every writable filesystem):
+/// the free space `ensure --json` reports after creating 64 MiB, by the write path and
+/// by `--strategy auto` (`fallocate` where there is one), is what the filesystem says once settled, within 1 MiB. btrfs counts
+/// written data in `statvfs` only at a transaction commit, which `fsync` does not force:
+/// before the report read the space after a `syncfs`, it said the free space of before
+/// the write path laid the reserve down (the reserve counted as free).
+#[test]
+fn report_counts_the_reserve() {
+    let Some(mount) = test_mount("report_counts_the_reserve", Needs::Writable) else {
+        return;
+    };
+    let dir = Home::new(&mount, "report_counts_the_reserve");
+    let h = dir.path().join("home");
+    fs::create_dir(&h).unwrap();
+    // `auto`: `fallocate` where the filesystem has it.
+    for strategy in ["write", "auto"] {
+        let out = run(
+            "ensure",
+            &h,
+            &["--size", "64MiB", "--strategy", strategy, "--json"],
+        );
+        assert_eq!(
+            code(&out),
+            0,
+            "{strategy}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let report = json(&out);
+        assert_eq!(report["outcome"], "created", "{}", stdout(&out));
+        let reported = report["free_bytes"].as_u64().unwrap();
+        settle(&mount.root);
+        let settled = free_bytes(&mount.root);
+        println!(
+            "report_counts_the_reserve fs={} strategy={strategy}: reported {reported} B free, settled {settled} B",
+            mount.fs
+        );
+        assert!(
+            reported.abs_diff(settled) <= MIB,
+            "{strategy}: ensure reported {reported} bytes free after creating 64 MiB; the filesystem, settled, says {settled}"
+        );
+        let out = run("release", &h, &["--json"]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+}
+
 /// j5. Rules 4 and 11: a size plus headroom that can never fit in what an unprivileged
 /// writer can ever use is an error (exit 1, "can never fit"), not a deferral:
 /// `--size 300MiB` with the default headroom on a filesystem smaller than 600 MiB, and

@@ -425,6 +425,7 @@ impl FileHandle for SimFile {
         {
             gaps.insert(0, (block, block + 1));
         }
+        let held_before = state.held_before_write();
         let (mut budget, out_of_space) = state.allocation_budget_for(&gaps);
         if !state.unshare_for_write(self.ino, first, last, &mut budget) {
             return Err(errno(out_of_space));
@@ -448,6 +449,7 @@ impl FileHandle for SimFile {
         // The pattern is not kept: what it overwrote reads as zeros.
         file.zero(offset, written_end, block_size);
         state.redirtied(self.ino, first, written_end.div_ceil(block_size));
+        state.written_late(held_before);
         match stopped_at {
             Some(_) => Err(errno(out_of_space)),
             None => Ok(()),
@@ -551,6 +553,7 @@ impl FileHandle for SimFile {
         {
             gaps.insert(0, (block, block + 1));
         }
+        let held_before = state.held_before_write();
         let (mut budget, out_of_space) = state.allocation_budget_for(&gaps);
         if !state.unshare_for_write(ino, first, last, &mut budget) {
             return Err(errno(out_of_space));
@@ -568,12 +571,14 @@ impl FileHandle for SimFile {
         }
         let written_end = stopped_at.map_or(end, |block| (block * block_size).max(offset));
         if written_end == offset {
+            state.written_late(held_before);
             return Err(errno(out_of_space));
         }
         let written = (written_end - offset) as usize;
         file.len = file.len.max(written_end);
         state.store(ino, offset, &buf[..written]);
         state.redirtied(ino, first, written_end.div_ceil(block_size));
+        state.written_late(held_before);
         Ok(written)
     }
 }

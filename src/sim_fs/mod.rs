@@ -583,6 +583,37 @@ impl SimFs {
         self.state().sync_fs_shows_late_frees = shown;
     }
 
+    /// Makes [`DirHandle::space`] show data written with [`FileHandle::write_at`] or
+    /// [`FileHandle::write_fill`] only after the next [`DirHandle::sync_fs`], as btrfs
+    /// does: it counts written data in `statvfs` at a transaction commit, which `fsync`
+    /// does not force (64 MiB written and `fsync`ed showed as 0 bytes taken until a
+    /// `syncfs`, Linux 6.18). The blocks are taken all the same: a write past the free
+    /// space still fails with `ENOSPC`. Space `allocate` takes shows at once; cutting or
+    /// deleting data not shown yet changes nothing `space` shows; a crash shows
+    /// everything. Off by default (ext4, XFS, tmpfs).
+    ///
+    /// ```
+    /// use disk_reserve::{HostFs, OpenOptions, SimFs};
+    ///
+    /// let fs = SimFs::with_home(1 << 20, "/data");
+    /// fs.set_late_writes(true);
+    /// let data = fs.open_dir("/data".into())?;
+    /// let file = data.open_file("log", OpenOptions::create_new())?;
+    /// file.write_fill(0, 1 << 19)?;
+    /// file.sync_all()?;
+    /// assert_eq!(data.space()?.free_bytes, 1 << 20); // not shown yet
+    /// data.sync_fs()?;
+    /// assert_eq!(data.space()?.free_bytes, 1 << 19);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_late_writes(&self, late: bool) {
+        let mut state = self.state();
+        state.late_writes = late;
+        if !late {
+            state.unshown_writes = 0;
+        }
+    }
+
     /// Makes an extension of a file whose length ends inside a block write zeros over
     /// the rest of that block, allocating it if it was a hole, as btrfs does
     /// (`btrfs_truncate_block`): a `set_len` that grows the file, and a write or an

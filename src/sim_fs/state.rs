@@ -45,6 +45,10 @@ pub(super) struct State {
     pub(super) max_free_reported: u64,
     /// Frees show in `space` late ([`SimFs::set_late_frees`]).
     pub(super) late_frees: bool,
+    /// Written data shows in `space` only at the next `sync_fs` ([`SimFs::set_late_writes`]).
+    pub(super) late_writes: bool,
+    /// Bytes written since the last `sync_fs` that `space` does not show yet.
+    pub(super) unshown_writes: u64,
     /// Extending a file zeroes the rest of its last block ([`SimFs::set_eof_block_zeroing`]).
     pub(super) eof_block_zeroing: bool,
     /// Files keep their blocks in whole extents ([`SimFs::set_whole_extents`]): the most
@@ -193,6 +197,8 @@ impl State {
             pending_move: None,
             moves: 0,
             late_frees: false,
+            late_writes: false,
+            unshown_writes: 0,
             whole_extents: None,
             eof_block_zeroing: false,
             spare: SpareBlocks::default(),
@@ -581,13 +587,16 @@ impl State {
         let shared_before = live.shared.block_count();
         live.shared.truncate(first_freed);
         let shared_freed = shared_before - live.shared.block_count();
+        let freed_bytes = freed
+            .saturating_sub(shared_freed)
+            .saturating_sub(clone_kept)
+            * block_size;
         if late {
-            self.pending_free += freed
-                .saturating_sub(shared_freed)
-                .saturating_sub(clone_kept)
-                * block_size;
+            self.pending_free += freed_bytes;
             self.pending_seen = false;
         }
+        // Freeing what was written since the last commit: it was never shown.
+        self.unshown_writes = self.unshown_writes.saturating_sub(freed_bytes);
     }
 
     /// A file loses its data (last name and last handle gone).
@@ -608,11 +617,29 @@ impl State {
             if self.pending_seen {
                 self.pending_free = 0;
                 self.pending_seen = false;
-                return self.free_bytes();
+                return self.shown_free(self.free_bytes());
             }
             self.pending_seen = true;
         }
-        free
+        self.shown_free(free)
+    }
+
+    /// `free` as `space` shows it: without the writes not committed yet.
+    fn shown_free(&self, free: u64) -> u64 {
+        free.saturating_add(self.unshown_writes).min(self.capacity)
+    }
+
+    /// Before a write that may allocate: what is held, when late writes are on
+    /// ([`SimFs::set_late_writes`]), for [`written_late`](State::written_late).
+    pub(super) fn held_before_write(&self) -> Option<u64> {
+        self.late_writes.then(|| self.held_bytes())
+    }
+
+    /// After that write: what it took is not shown by `space` until the next `sync_fs`.
+    pub(super) fn written_late(&mut self, held_before: Option<u64>) {
+        if let Some(before) = held_before {
+            self.unshown_writes += self.held_bytes().saturating_sub(before);
+        }
     }
 
     /// Other writers take space as an allocation does: frees not shown yet count.
@@ -910,6 +937,7 @@ impl State {
         // blocks a crash gave back to a file are not also counted as freed.
         self.pending_free = 0;
         self.pending_seen = false;
+        self.unshown_writes = 0;
         self.generation += 1;
         self.crash_countdown = 0;
         self.crash_seed = None;
@@ -1017,6 +1045,7 @@ impl State {
             }
         }
         self.shortened.clear();
+        self.unshown_writes = 0;
         self.collect_garbage();
     }
 
