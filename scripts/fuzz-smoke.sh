@@ -38,7 +38,16 @@ flags=(-O -s none --no-trace-compares)
 cargo fuzz build lifecycle "${flags[@]}"
 
 # Run on a scratch copy of the seeds so the committed corpus only changes on purpose.
-work="$(mktemp -d)"
+# In memory (/dev/shm) where there is one: libFuzzer writes every input it keeps as a file
+# and deletes the ones it replaces, and on ext4 creating those files was about 14% of the
+# smoke's CPU (`perf`: inode allocation scanning recently deleted inodes). Measured the
+# same hour, 30 s from the seeds, two libFuzzer seeds each: 22.9k and 23.2k exec/s with
+# the copy on tmpfs, 19.2k and 19.3k on the ext4 root.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then
+    work="$(mktemp -d -p /dev/shm)"
+else
+    work="$(mktemp -d)"
+fi
 trap 'rm -rf "$work"' EXIT
 cp corpus/lifecycle/* "$work/"
 
