@@ -1386,3 +1386,50 @@ fn rule4_the_report_counts_a_reserve_the_write_path_wrote() {
         );
     }
 }
+
+/// The no-op path of the report flushes nothing: a complete reserve is reported with one
+/// `statvfs`, not after a `syncfs` (which would write out every other program's data on
+/// the filesystem): the free space shown is what the filesystem shows then.
+#[test]
+fn rule4_a_present_reserve_is_reported_without_a_flush() {
+    let fs = sim(64 * MIB);
+    let reserve = reserve_on(&fs, config()).settle_time(std::time::Duration::ZERO);
+    reserve.ensure().unwrap();
+    fs.set_late_writes(true);
+    let home = fs.open_dir(HOME.into()).unwrap();
+    let data = home
+        .open_file("data", disk_reserve::OpenOptions::create_new())
+        .unwrap();
+    data.write_fill(0, MIB).unwrap();
+    data.sync_all().unwrap();
+    let shown = home.space().unwrap().free_bytes;
+    assert_eq!(shown, fs.free_bytes() + MIB, "the data is not shown yet");
+    let report = reserve.ensure_report().unwrap();
+    assert!(
+        matches!(report.outcome, Ensured::Present { .. }),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.space.free_bytes, shown,
+        "reported without committing the other writer's data"
+    );
+}
+
+/// A deferral's report shows the free space the deferral was decided on, not one read
+/// later: another writer eating a block before every call must not make the report
+/// contradict its own outcome.
+#[test]
+fn rule4_a_deferral_is_reported_with_the_space_it_was_decided_on() {
+    let fs = sim(64 * MIB);
+    fs.set_free(SIZE).unwrap();
+    fs.schedule_space_changes(std::iter::repeat_n(4096, 500));
+    let reserve = reserve_on(&fs, config()).settle_time(std::time::Duration::ZERO);
+    let report = reserve.ensure_report().unwrap();
+    match report.outcome {
+        Ensured::Deferred { free_bytes, .. } => assert_eq!(
+            report.space.free_bytes, free_bytes,
+            "the report's free space is the deferral's"
+        ),
+        other => panic!("expected a deferral, got {other:?}"),
+    }
+}

@@ -2557,6 +2557,67 @@ fn compressed_extents_are_small() {
         16 * MIB + BS,
         "one block of a 128 KiB extent"
     );
+    // `fallocate` extents are not compressed: as large as without (btrfs-zstd: cutting an
+    // allocated 16 MiB file to 8 MiB freed nothing).
+    let g = dir(&fs, "/home")
+        .open_file("g", OpenOptions::create_new())
+        .unwrap();
+    g.allocate(0, 16 * MIB).unwrap();
+    g.set_len(8 * MIB).unwrap();
+    assert_eq!(
+        fs.used_bytes(),
+        32 * MIB + BS,
+        "the allocated extent is whole"
+    );
+}
+
+/// A sync makes an extent of the new blocks before an `allocate`d extent too, not only of
+/// those after the last one.
+#[test]
+fn a_sync_makes_an_extent_of_new_blocks_before_an_allocated_one() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    f.allocate(4 * MIB, 4 * MIB).unwrap();
+    write(&*f, 0, 4 * MIB);
+    f.sync_all().unwrap();
+    f.set_len(MIB).unwrap();
+    assert_eq!(
+        fs.used_bytes(),
+        4 * MIB,
+        "the written extent keeps its 4 MiB, the allocated one is gone"
+    );
+}
+
+/// A torn crash draws from its seed only for what changed since the last sync: a file
+/// with nothing unsynced draws nothing, so adding one does not change how the others
+/// tear (each seed tears `b` the same with and without a synced `a`).
+#[test]
+fn an_unchanged_file_draws_nothing_from_a_torn_crash() {
+    let torn = |with_a: bool, seed: u64| {
+        let fs = SimFs::with_home(MIB, "/home");
+        if with_a {
+            fs.write_file("/home/a", 8 * BS).unwrap();
+        }
+        let home = dir(&fs, "/home");
+        let b = home.open_file("b", OpenOptions::create_new()).unwrap();
+        home.sync().unwrap();
+        b.sync_all().unwrap();
+        for i in 0..8u8 {
+            b.write_all_at(u64::from(i) * BS, &[i + 1; BS as usize])
+                .unwrap();
+        }
+        drop(b);
+        fs.crash_torn(seed);
+        let mut bytes = vec![0; 8 * BS as usize];
+        let b = dir(&fs, "/home")
+            .open_file("b", OpenOptions::read())
+            .unwrap();
+        let n = b.read_at(0, &mut bytes).unwrap();
+        bytes.truncate(n);
+        (lookup(&fs, "/home/b"), bytes)
+    };
+    for seed in 0..32 {
+        assert_eq!(torn(true, seed), torn(false, seed), "seed {seed}");
+    }
 }
 
 /// A rewrite in place needs room for the copies while it runs: on a full disk it fails
@@ -2606,6 +2667,46 @@ fn whole_extents_free_late_and_can_be_turned_off() {
     assert_eq!(fs.used_bytes(), MIB);
 }
 
+/// A rewrite that frees no extent leaves a late free as it was: the second look after
+/// the free still shows it.
+#[test]
+fn a_rewrite_that_frees_nothing_leaves_late_frees_alone() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    fs.set_late_frees(true);
+    fs.write_file("/home/other", MIB).unwrap();
+    write(&*f, 0, 4 * MIB);
+    f.sync_all().unwrap();
+    let home = dir(&fs, "/home");
+    home.remove_file("other").unwrap();
+    let before = home.space().unwrap().free_bytes; // the first look: not shown yet
+    write(&*f, 0, MIB); // copied; the extent keeps the old MiB: nothing freed
+    assert_eq!(
+        home.space().unwrap().free_bytes,
+        before + MIB - MIB,
+        "the second look shows the deleted MiB (and the copies took one)"
+    );
+}
+
+/// Where a file's blocks are on disk is durable with the file: after a crash, an extent
+/// synced before it is still whole.
+#[test]
+fn whole_extents_survive_a_crash() {
+    let (fs, f) = extents_disk(WholeExtents::BTRFS);
+    write(&*f, 0, 16 * MIB);
+    f.sync_all().unwrap();
+    drop(f);
+    fs.crash();
+    let f = dir(&fs, "/home")
+        .open_file("f", OpenOptions::write())
+        .unwrap();
+    f.set_len(8 * MIB).unwrap();
+    assert_eq!(
+        fs.used_bytes(),
+        16 * MIB,
+        "the extent from before the crash is whole"
+    );
+}
+
 // ---- late writes (btrfs) ----
 
 /// btrfs (measured on Linux 6.18): 64 MiB written and `fsync`ed showed as nothing taken
@@ -2645,6 +2746,10 @@ fn late_writes_show_in_space_only_after_sync_fs() {
         "the unshown blocks cut off: never shown, nothing to show"
     );
     f.write_all_at(128 * BS, &[4; 16 * BS as usize]).unwrap();
+    assert_eq!(space(), MIB - 128 * BS);
+    fs.set_late_writes(false);
+    assert_eq!(space(), MIB - 144 * BS, "turned off: everything shows");
+    fs.set_late_writes(true);
     fs.crash();
     let home = dir(&fs, "/home");
     assert_eq!(

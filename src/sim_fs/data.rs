@@ -308,13 +308,7 @@ impl DiskExtents {
                     .insert(seg_start, Segment { end: from, ..seg });
             }
             if to < seg.end {
-                self.segments.insert(
-                    to,
-                    Segment {
-                        end: seg.end,
-                        ..seg
-                    },
-                );
+                self.segments.insert(to, seg);
             }
             let mut in_range = Extents::default();
             in_range.insert(from, to);
