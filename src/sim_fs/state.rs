@@ -393,24 +393,23 @@ impl State {
             }
         }
         // Blocks of written extents, as far as no snapshot or copy already takes them.
-        let mut rewritten = 0;
-        let on_disk = match self.nodes.get(&ino) {
-            Some(Node::Regular { live, .. }) => live.on_disk(first, last),
-            _ => false,
-        };
-        if on_disk && let Some(Node::Regular { live, .. }) = self.nodes.get(&ino) {
-            let mut written = live
-                .disk
-                .as_ref()
-                .map(|d| d.written_in(first, last))
-                .unwrap_or_default();
-            for (start, end) in copied.ranges() {
-                written.remove(start, end);
+        let written = match self.nodes.get(&ino) {
+            Some(Node::Regular { live, .. }) if live.on_disk(first, last) => {
+                live.disk.as_ref().map(|d| d.written_in(first, last))
             }
-            rewritten = written.block_count();
-        } else if copied.0.is_empty() && self.clones.is_empty() {
-            return true;
-        }
+            _ => None,
+        };
+        let on_disk = written.is_some();
+        let rewritten = match written {
+            Some(mut written) => {
+                for (start, end) in copied.ranges() {
+                    written.remove(start, end);
+                }
+                written.block_count()
+            }
+            None if copied.0.is_empty() && self.clones.is_empty() => return true,
+            None => 0,
+        };
         let needed = copied.block_count() + rewritten;
         if needed > *budget {
             return false;
