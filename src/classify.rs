@@ -40,6 +40,12 @@ pub fn is_out_of_space(err: &(dyn StdError + 'static)) -> bool {
             {
                 return true;
             }
+            // An OS error's message is `strerror` of its code, already judged above:
+            // formatting it (a `strerror_r` and a `format!`) could only say the same.
+            if io_err.raw_os_error().is_some() {
+                next = err.source();
+                continue;
+            }
         }
         if message_is_out_of_space(&err.to_string()) {
             return true;

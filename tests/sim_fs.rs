@@ -1137,6 +1137,35 @@ fn try_lock_excludes_another_thread_until_dropped() {
 }
 
 #[test]
+fn lock_within_wakes_as_soon_as_the_holder_lets_go() {
+    let fs = home();
+    let held = dir(&fs, "/home").try_lock().unwrap().unwrap();
+    let waiter = {
+        let fs = fs.clone();
+        thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let lock = dir(&fs, "/home")
+                .lock_within(std::time::Duration::from_secs(120))
+                .unwrap();
+            (lock.is_some(), started.elapsed())
+        })
+    };
+    // The waiter has tried once and found the lock held; give it time to start waiting.
+    while fs.calls(SimOp::LockDir) < 2 {
+        thread::yield_now();
+    }
+    thread::sleep(std::time::Duration::from_millis(50));
+    drop(held);
+    let (locked, waited) = waiter.join().unwrap();
+    assert!(locked, "the lock was let go");
+    // Woken by the release, not by its two-minute deadline.
+    assert!(
+        waited < std::time::Duration::from_secs(60),
+        "waited {waited:?} for a lock let go after 50 ms"
+    );
+}
+
+#[test]
 fn calls_counts_every_call_per_op_failed_ones_included() {
     let fs = home();
     for &op in SimOp::ALL {

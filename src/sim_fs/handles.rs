@@ -274,18 +274,20 @@ impl DirHandle for SimDir {
             if let Some(lock) = self.try_lock()? {
                 return Ok(Some(lock));
             }
-            let state = self.fs.state();
+            let mut state = self.fs.state();
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
             if state.locks.contains_key(&self.ino) {
-                let _ = self
+                state.lock_waiters += 1;
+                let (mut state, _) = self
                     .fs
                     .inner
                     .lock_released
                     .wait_timeout(state, left)
                     .unwrap_or_else(PoisonError::into_inner);
+                state.lock_waiters -= 1;
             }
         }
     }

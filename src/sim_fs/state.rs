@@ -83,6 +83,9 @@ pub(super) struct State {
     /// Held directory locks: directory inode → token of the holder.
     pub(super) locks: HashMap<u64, u64>,
     pub(super) next_lock_token: u64,
+    /// Threads waiting in `lock_within` for a lock to be let go: a release wakes them only
+    /// when there are some (a wake-up is a `futex` system call even with no one waiting).
+    pub(super) lock_waiters: u32,
     /// Directories whose name was removed (`rmdir`, or a rename over them): their handles
     /// can no longer create or find anything, as the kernel's dead directories.
     pub(super) removed_dirs: std::collections::HashSet<u64>,
@@ -212,6 +215,7 @@ impl State {
             space_changes: VecDeque::new(),
             locks: HashMap::new(),
             next_lock_token: 1,
+            lock_waiters: 0,
             removed_dirs: std::collections::HashSet::new(),
             shortened: std::collections::BTreeSet::new(),
             writeback_lost: BTreeMap::new(),
@@ -1383,7 +1387,9 @@ impl Drop for SimLockGuard {
             .unwrap_or_else(PoisonError::into_inner);
         if state.locks.get(&self.dir_ino) == Some(&self.token) {
             state.locks.remove(&self.dir_ino);
-            self.inner.lock_released.notify_all();
+            if state.lock_waiters > 0 {
+                self.inner.lock_released.notify_all();
+            }
         }
     }
 }
