@@ -5,21 +5,47 @@ use super::*;
 /// Allocated blocks of one file: disjoint, non-adjacent `[start, end)` block ranges keyed
 /// by start.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Extents(pub(super) BTreeMap<u64, u64>);
+pub(super) struct Extents {
+    ranges: BTreeMap<u64, u64>,
+    /// The blocks in `ranges`, kept as they change: every `lstat` of a file reads it, and
+    /// the scenario's view after each step reads every file's.
+    blocks: u64,
+}
 
 impl Extents {
     pub(super) fn block_count(&self) -> u64 {
-        self.0.iter().map(|(start, end)| end - start).sum()
+        debug_assert_eq!(
+            self.blocks,
+            self.ranges
+                .iter()
+                .map(|(start, end)| end - start)
+                .sum::<u64>(),
+            "the count kept follows the ranges"
+        );
+        self.blocks
+    }
+
+    /// Adds the range `[start, end)`, which touches none held.
+    fn put(&mut self, start: u64, end: u64) {
+        self.blocks += end - start;
+        self.ranges.insert(start, end);
+    }
+
+    /// Takes away the range that starts at `start`: its end.
+    fn take(&mut self, start: u64) -> u64 {
+        let end = self.ranges.remove(&start).expect("a range held");
+        self.blocks -= end - start;
+        end
     }
 
     /// The unallocated ranges inside `[start, end)`, in order.
     pub(super) fn gaps(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         let mut gaps = Vec::new();
         let mut cursor = start;
-        if let Some((_, &covered_to)) = self.0.range(..=start).next_back() {
+        if let Some((_, &covered_to)) = self.ranges.range(..=start).next_back() {
             cursor = cursor.max(covered_to);
         }
-        for (&range_start, &range_end) in self.0.range(start..end) {
+        for (&range_start, &range_end) in self.ranges.range(start..end) {
             if range_start > cursor {
                 gaps.push((cursor, range_start));
             }
@@ -34,7 +60,7 @@ impl Extents {
     /// Whether any block of `[start, end)` is in a range.
     pub(super) fn touches(&self, start: u64, end: u64) -> bool {
         // Ranges are disjoint: only the last one starting before `end` can reach `start`.
-        self.0
+        self.ranges
             .range(..end)
             .next_back()
             .is_some_and(|(_, &range_end)| range_end > start)
@@ -44,7 +70,7 @@ impl Extents {
     pub(super) fn covers(&self, start: u64, end: u64) -> bool {
         start >= end
             || self
-                .0
+                .ranges
                 .range(..=start)
                 .next_back()
                 .is_some_and(|(_, &covered_to)| covered_to >= end)
@@ -56,7 +82,7 @@ impl Extents {
             return;
         }
         let (mut merged_start, mut merged_end) = (start, end);
-        if let Some((&before_start, &before_end)) = self.0.range(..start).next_back()
+        if let Some((&before_start, &before_end)) = self.ranges.range(..start).next_back()
             && before_end >= start
         {
             merged_start = before_start;
@@ -64,19 +90,20 @@ impl Extents {
         }
         // The ranges from `merged_start` to `end` are absorbed: taken one at a time, each
         // lookup finding the next, so no list of them is built.
-        while let Some((&range_start, &range_end)) = self.0.range(merged_start..=end).next() {
-            self.0.remove(&range_start);
-            merged_end = merged_end.max(range_end);
+        while let Some((&range_start, _)) = self.ranges.range(merged_start..=end).next() {
+            merged_end = merged_end.max(self.take(range_start));
         }
-        self.0.insert(merged_start, merged_end);
+        self.put(merged_start, merged_end);
     }
 
     /// Frees every block at index `first_freed` or later.
     pub(super) fn truncate(&mut self, first_freed: u64) {
-        self.0.split_off(&first_freed);
-        if let Some(mut last) = self.0.last_entry()
+        let freed = self.ranges.split_off(&first_freed);
+        self.blocks -= freed.iter().map(|(start, end)| end - start).sum::<u64>();
+        if let Some(mut last) = self.ranges.last_entry()
             && *last.get() > first_freed
         {
+            self.blocks -= *last.get() - first_freed;
             *last.get_mut() = first_freed;
         }
     }
@@ -92,7 +119,7 @@ impl Extents {
 
     /// The ranges, in order.
     pub(super) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.0.iter().map(|(&start, &end)| (start, end))
+        self.ranges.iter().map(|(&start, &end)| (start, end))
     }
 
     /// The ranges both `self` and `other` cover, in order.
@@ -103,14 +130,17 @@ impl Extents {
     /// Adds `[start, end)`, which starts at or after every range held: appended, or
     /// joined to the last range when it touches it.
     fn push(&mut self, start: u64, end: u64) {
-        if let Some(mut last) = self.0.last_entry()
+        if let Some(mut last) = self.ranges.last_entry()
             && *last.get() >= start
         {
             let last_end = last.get_mut();
-            *last_end = (*last_end).max(end);
+            if end > *last_end {
+                self.blocks += end - *last_end;
+                *last_end = end;
+            }
             return;
         }
-        self.0.insert(start, end);
+        self.put(start, end);
     }
 
     /// Forgets the blocks in `[start, end)`.
@@ -121,18 +151,18 @@ impl Extents {
         // The ranges that overlap `[start, end)` are the last ones starting before `end`
         // (they are disjoint and sorted): taken from the back until one ends at or before
         // `start`. What is put back ends at `start` or starts at `end`, so the loop stops.
-        while let Some((&range_start, &range_end)) = self
-            .0
+        while let Some((&range_start, _)) = self
+            .ranges
             .range(..end)
             .next_back()
             .filter(|&(_, &range_end)| range_end > start)
         {
-            self.0.remove(&range_start);
+            let range_end = self.take(range_start);
             if range_start < start {
-                self.0.insert(range_start, start);
+                self.put(range_start, start);
             }
             if range_end > end {
-                self.0.insert(end, range_end);
+                self.put(end, range_end);
             }
         }
     }
@@ -603,9 +633,8 @@ pub(super) fn torn_file(
     let shrunk = live.len < durable.len
         || durable
             .blocks
-            .0
-            .iter()
-            .any(|(&start, &end)| !live.blocks.gaps(start, end).is_empty());
+            .ranges()
+            .any(|(start, end)| !live.blocks.gaps(start, end).is_empty());
     if shrunk {
         return if rng.coin() {
             live.clone()
@@ -616,7 +645,7 @@ pub(super) fn torn_file(
     // The blocks whose allocation or bytes differ, in order. Growth only: every block
     // `durable` has, `live` has too.
     let mut differing: Vec<u64> = Vec::new();
-    for (&start, &end) in &live.blocks.0 {
+    for (start, end) in live.blocks.ranges() {
         for (gap_start, gap_end) in durable.blocks.gaps(start, end) {
             differing.extend(gap_start..gap_end);
         }
@@ -821,7 +850,7 @@ mod tests {
     }
 
     fn ranges(extents: &Extents) -> Vec<(u64, u64)> {
-        extents.0.iter().map(|(&s, &e)| (s, e)).collect()
+        extents.ranges().collect()
     }
 
     #[test]
@@ -872,7 +901,7 @@ mod tests {
     fn extents_operations_agree_with_a_set_of_blocks() {
         use std::collections::BTreeSet;
         let blocks = |extents: &Extents| -> BTreeSet<u64> {
-            extents.0.iter().flat_map(|(&s, &e)| s..e).collect()
+            extents.ranges().flat_map(|(s, e)| s..e).collect()
         };
         let well_formed = |extents: &Extents| {
             let list = ranges(extents);
@@ -890,19 +919,32 @@ mod tests {
                 } else {
                     (&mut b, &mut set_b)
                 };
-                if rng.up_to(3) == 0 {
-                    extents.remove(start, end);
-                    set.retain(|block| !(start..end).contains(block));
-                } else {
-                    extents.insert(start, end);
-                    set.extend(start..end);
+                match rng.up_to(5) {
+                    0 | 1 => {
+                        extents.remove(start, end);
+                        set.retain(|block| !(start..end).contains(block));
+                    }
+                    2 => {
+                        extents.truncate(start);
+                        set.retain(|&block| block < start);
+                    }
+                    _ => {
+                        extents.insert(start, end);
+                        set.extend(start..end);
+                    }
                 }
-                assert_eq!(blocks(extents), *set, "after an insert or a remove");
+                assert_eq!(blocks(extents), *set, "after an insert, remove or truncate");
+                assert_eq!(extents.block_count(), set.len() as u64, "the count kept");
                 assert!(well_formed(extents), "{:?}", ranges(extents));
             }
             let both: BTreeSet<u64> = set_a.intersection(&set_b).copied().collect();
             let intersection = a.intersection(&b);
             assert_eq!(blocks(&intersection), both, "{a:?} ∩ {b:?}");
+            assert_eq!(
+                intersection.block_count(),
+                both.len() as u64,
+                "{a:?} ∩ {b:?}"
+            );
             assert!(well_formed(&intersection), "{:?}", ranges(&intersection));
             let counted: u64 = overlapping(a.ranges(), b.ranges())
                 .map(|(start, end)| end - start)

@@ -802,7 +802,7 @@ impl SimFs {
         let mut own = blocks;
         for members in state.clones.values_mut() {
             if let Some(in_group) = members.get(&source).cloned() {
-                for (&start, &end) in &in_group.0 {
+                for (start, end) in in_group.ranges() {
                     own.remove(start, end);
                 }
                 members.insert(copy, in_group);

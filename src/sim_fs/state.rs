@@ -305,7 +305,7 @@ impl State {
             let mut union = Extents::default();
             for (_, blocks) in &members {
                 overlap += blocks.block_count();
-                for (&start, &end) in &blocks.0 {
+                for (start, end) in blocks.ranges() {
                     union.insert(start, end);
                 }
             }
@@ -334,11 +334,11 @@ impl State {
             };
             let mut others = Extents::default();
             for (_, blocks) in members.iter().filter(|(member, _)| *member != ino) {
-                for (&start, &end) in &blocks.0 {
+                for (start, end) in blocks.ranges() {
                     others.insert(start, end);
                 }
             }
-            for (&start, &end) in &own.intersection(&others).0 {
+            for (start, end) in own.intersection(&others).ranges() {
                 shared.insert(start, end);
             }
         }
@@ -392,7 +392,7 @@ impl State {
         }
         if !self.clones.is_empty() {
             range.insert(first, last);
-            for (&start, &end) in &self.clone_shared(ino).intersection(&range).0 {
+            for (start, end) in self.clone_shared(ino).intersection(&range).ranges() {
                 copied.insert(start, end);
             }
         }
@@ -411,7 +411,7 @@ impl State {
                 }
                 written.block_count()
             }
-            None if copied.0.is_empty() && self.clones.is_empty() => return true,
+            None if copied.block_count() == 0 && self.clones.is_empty() => return true,
             None => 0,
         };
         let needed = copied.block_count() + rewritten;
