@@ -598,6 +598,9 @@ struct Driver {
     /// Every path outside the reserve path at the start, in [`SimFs::for_each_entry`]'s
     /// order, with its `lstat`.
     outside: Vec<(String, Probe)>,
+    /// The last [`View`] read and the disk's [`SimFs::changes`] then: while they stay
+    /// the same (and `outside` is not set again), it is the view.
+    last_view: std::cell::Cell<Option<(u64, View)>>,
     report: RunReport,
     step: usize,
     /// The operation being played (formatted only for a violation).
@@ -708,6 +711,7 @@ impl Driver {
                 entry: Entry::Absent,
             },
             outside: outside_entries(&fs),
+            last_view: std::cell::Cell::new(None),
             fs,
             capacity_blocks,
             usual_size_blocks: 1 + u64::from(setup.usual_size_blocks) % capacity_blocks,
@@ -800,8 +804,21 @@ impl Driver {
         }
     }
 
-    /// What the disk holds now, read in one pass.
+    /// What the disk holds now, read in one pass (or not at all, when the disk has not
+    /// changed since the last view).
     fn view(&self) -> View {
+        let changes = self.fs.changes();
+        if let Some((seen, view)) = self.last_view.get()
+            && seen == changes
+        {
+            return view;
+        }
+        let view = self.read_view();
+        self.last_view.set(Some((changes, view)));
+        view
+    }
+
+    fn read_view(&self) -> View {
         let mut view = View {
             reserve: None,
             reserve_shared: 0,
@@ -1057,6 +1074,7 @@ impl Driver {
                     self.copy = false;
                     self.model.pinned_in_files = false;
                     self.outside = outside_entries(&self.fs);
+                    self.last_view.set(None);
                 }
                 self.model.pinned_bytes = 0;
                 if let Entry::Shared { len, blocks, .. } = self.model.entry {
@@ -1078,6 +1096,7 @@ impl Driver {
                     .expect("a regular file at the reserve path, nothing at the copy's");
                 self.copy = true;
                 self.outside = outside_entries(&self.fs);
+                self.last_view.set(None);
                 // Every block is shared now; the copy holds nothing of its own.
                 self.model.pinned_in_files = true;
                 self.model.entry = Entry::Shared {

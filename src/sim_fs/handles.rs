@@ -17,7 +17,7 @@ impl fmt::Debug for SimDir {
 }
 
 impl SimDir {
-    pub(super) fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<MutexGuard<'_, State>> {
+    pub(super) fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<StateGuard<'_>> {
         let mut state = self.fs.call_state();
         state.begin_on(op, names, self.generation)?;
         Ok(state)
@@ -26,7 +26,7 @@ impl SimDir {
     /// The prelude of `unlinkat(2)`, `rmdir(2)` and `renameat(2)`: every name checked,
     /// write access to the mount taken (`EROFS`) before any lookup, then the inode the
     /// first name names (`ENOENT` if none).
-    fn begin_removal(&self, op: SimOp, names: &[&str]) -> io::Result<(MutexGuard<'_, State>, u64)> {
+    fn begin_removal(&self, op: SimOp, names: &[&str]) -> io::Result<(StateGuard<'_>, u64)> {
         let state = self.begin(op, names)?;
         for name in names {
             check_name(name)?;
@@ -281,13 +281,13 @@ impl DirHandle for SimDir {
             }
             if state.locks.contains_key(&self.ino) {
                 state.lock_waiters += 1;
-                let (mut state, _) = self
+                let (woken, _) = self
                     .fs
                     .inner
                     .lock_released
-                    .wait_timeout(state, left)
+                    .wait_timeout(state.0, left)
                     .unwrap_or_else(PoisonError::into_inner);
-                state.lock_waiters -= 1;
+                StateGuard(woken).lock_waiters -= 1;
             }
         }
     }
@@ -343,7 +343,7 @@ impl Drop for SimFile {
 }
 
 impl SimFile {
-    pub(super) fn begin(&self, op: SimOp) -> io::Result<MutexGuard<'_, State>> {
+    pub(super) fn begin(&self, op: SimOp) -> io::Result<StateGuard<'_>> {
         let mut state = self.fs.call_state();
         state.begin_on(op, &[&self.name], self.generation)?;
         Ok(state)
@@ -351,11 +351,7 @@ impl SimFile {
 
     /// The prelude of a call that writes: `EBADF` unless opened for writing (`fallocate`
     /// and `pwrite` say so; `ftruncate` says `EINVAL`), `EROFS` on a read-only filesystem.
-    pub(super) fn begin_write(
-        &self,
-        op: SimOp,
-        not_writable: i32,
-    ) -> io::Result<MutexGuard<'_, State>> {
+    pub(super) fn begin_write(&self, op: SimOp, not_writable: i32) -> io::Result<StateGuard<'_>> {
         let state = self.begin(op)?;
         if !self.write {
             return Err(errno(not_writable));

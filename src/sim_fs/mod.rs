@@ -355,6 +355,12 @@ struct Inner {
     turn: Mutex<Option<Actor>>,
 }
 
+impl Inner {
+    fn state(&self) -> StateGuard<'_> {
+        StateGuard(self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// Another actor's turn in the middle of a call ([`SimFs::interleave`]).
 type Actor = Box<dyn FnOnce() + Send>;
 
@@ -419,17 +425,14 @@ impl SimFs {
         fs
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> StateGuard<'_> {
+        self.inner.state()
     }
 
     /// The state for a [`HostFs`], [`DirHandle`] or [`FileHandle`] call: first, if its
     /// turn has come, the actor planned with [`interleave`](SimFs::interleave) runs,
     /// outside the state lock.
-    fn call_state(&self) -> MutexGuard<'_, State> {
+    fn call_state(&self) -> StateGuard<'_> {
         if self.inner.turn_countdown.load(Ordering::Acquire) != 0 {
             self.count_down_turn();
         }
@@ -456,7 +459,7 @@ impl SimFs {
     }
 
     /// The state after the prelude every [`HostFs`] call goes through.
-    fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<MutexGuard<'_, State>> {
+    fn begin(&self, op: SimOp, names: &[&str]) -> io::Result<StateGuard<'_>> {
         let mut state = self.call_state();
         state.begin(op, names)?;
         Ok(state)
@@ -1391,6 +1394,27 @@ impl SimFs {
         let mut path = String::with_capacity(128);
         path.push('/');
         state.walk(ROOT_INO, &mut path, &mut visit);
+    }
+
+    /// A number that moves whenever the filesystem may have changed: two equal readings
+    /// mean nothing changed in between, so what was read of it then still holds. Every
+    /// call through [`HostFs`] and its handles moves it (each is counted,
+    /// [`calls`](SimFs::calls)), and so does every knob and crash; reads such as
+    /// [`free_bytes`](SimFs::free_bytes), [`snapshot`](SimFs::snapshot) and
+    /// [`for_each_entry`](SimFs::for_each_entry) do not. For checks after every step
+    /// that can skip looking again.
+    ///
+    /// ```
+    /// let fs = disk_reserve::SimFs::with_home(1 << 20, "/home");
+    /// let seen = fs.changes();
+    /// assert_eq!(fs.free_bytes(), 1 << 20);
+    /// assert_eq!(fs.changes(), seen, "a read changes nothing");
+    /// fs.write_file("/home/f", 4096)?;
+    /// assert_ne!(fs.changes(), seen);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn changes(&self) -> u64 {
+        self.state().changes
     }
 
     /// Bytes other writers hold ([`SimFs::eat`]), as [`SimSnapshot`] says.

@@ -86,6 +86,8 @@ pub(super) struct State {
     /// Threads waiting in `lock_within` for a lock to be let go: a release wakes them only
     /// when there are some (a wake-up is a `futex` system call even with no one waiting).
     pub(super) lock_waiters: u32,
+    /// Mutable borrows of the state so far ([`SimFs::changes`], counted by `StateGuard`).
+    pub(super) changes: u64,
     /// Directories whose name was removed (`rmdir`, or a rename over them): their handles
     /// can no longer create or find anything, as the kernel's dead directories.
     pub(super) removed_dirs: std::collections::HashSet<u64>,
@@ -216,6 +218,7 @@ impl State {
             locks: HashMap::new(),
             next_lock_token: 1,
             lock_waiters: 0,
+            changes: 0,
             removed_dirs: std::collections::HashSet::new(),
             shortened: std::collections::BTreeSet::new(),
             writeback_lost: BTreeMap::new(),
@@ -1378,13 +1381,28 @@ pub(super) struct SimLockGuard {
     pub(super) token: u64,
 }
 
+/// The locked state. Every mutable borrow of it counts as a change
+/// ([`SimFs::changes`]): nothing can change the state without one.
+pub(super) struct StateGuard<'a>(pub(super) MutexGuard<'a, State>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.changes += 1;
+        &mut self.0
+    }
+}
+
 impl Drop for SimLockGuard {
     fn drop(&mut self) {
-        let mut state = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.inner.state();
         if state.locks.get(&self.dir_ino) == Some(&self.token) {
             state.locks.remove(&self.dir_ino);
             if state.lock_waiters > 0 {
