@@ -1137,6 +1137,37 @@ fn try_lock_excludes_another_thread_until_dropped() {
 }
 
 #[test]
+fn changes_moves_with_every_call_and_knob_and_not_with_reads() {
+    let fs = home();
+    let mut seen = fs.changes();
+    let mut moved = |what: &str, fs: &SimFs| {
+        let now = fs.changes();
+        assert!(now > seen, "{what} did not move changes ({seen} -> {now})");
+        seen = now;
+    };
+    let home_dir = dir(&fs, "/home");
+    moved("open_dir", &fs);
+    home_dir.probe("nothing").unwrap();
+    moved("a probe (counted as a call)", &fs);
+    let file = home_dir.open_file("f", OpenOptions::create_new()).unwrap();
+    moved("open_file", &fs);
+    file.write_fill(0, 8192).unwrap();
+    moved("write_fill", &fs);
+    fs.eat(4096);
+    moved("eat", &fs);
+    drop(file);
+    moved("closing a file", &fs);
+    fs.crash();
+    moved("crash", &fs);
+
+    let before = fs.changes();
+    let _ = (fs.free_bytes(), fs.used_bytes(), fs.pending_free_bytes());
+    let _ = (fs.other_writers_bytes(), fs.all_calls(), fs.snapshot());
+    fs.for_each_entry(|_, _, _| {});
+    assert_eq!(fs.changes(), before, "reads changed nothing");
+}
+
+#[test]
 fn lock_within_wakes_as_soon_as_the_holder_lets_go() {
     let fs = home();
     let held = dir(&fs, "/home").try_lock().unwrap().unwrap();
