@@ -127,19 +127,16 @@ impl Extents {
         overlapping(self.ranges(), other.ranges())
     }
 
-    /// Adds `[start, end)`, which starts at or after every range held: appended, or
-    /// joined to the last range when it touches it.
+    /// Appends `[start, end)`, which starts past the end of every range held and does not
+    /// touch the last: what `intersection` gets from `overlapping` of two well-formed
+    /// lists (a range of theirs ends only where one of the two has a gap).
     fn push(&mut self, start: u64, end: u64) {
-        if let Some(mut last) = self.ranges.last_entry()
-            && *last.get() >= start
-        {
-            let last_end = last.get_mut();
-            if end > *last_end {
-                self.blocks += end - *last_end;
-                *last_end = end;
-            }
-            return;
-        }
+        debug_assert!(
+            self.ranges
+                .last_key_value()
+                .is_none_or(|(_, &last_end)| last_end < start),
+            "[{start}, {end}) touches or overlaps what is held"
+        );
         self.put(start, end);
     }
 
